@@ -1,0 +1,17 @@
+// Builds the eBPF programs (ebpf/flowpol-ebpf) for the BPF target with the nightly
+// toolchain and bpf-linker, when the `agent` feature is on. `make setup` installs both.
+fn main() -> anyhow::Result<()> {
+    #[cfg(feature = "agent")]
+    {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../ebpf/flowpol-ebpf");
+        aya_build::build_ebpf(
+            [aya_build::Package {
+                name: "flowpol-ebpf",
+                root_dir: root,
+                ..Default::default()
+            }],
+            aya_build::Toolchain::Nightly,
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,70 @@
+//! The `flowpol` command line. One module per command; each owns its flags.
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "flowpol",
+    version,
+    about = "Observe pod traffic with eBPF; recommend, audit and explain Kubernetes NetworkPolicies"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter (tracing EnvFilter syntax), e.g. `info`, `flowpol=debug`.
+    #[arg(long, global = true, env = "FLOWPOL_LOG", default_value = "info")]
+    pub log: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "FLOWPOL_LOG_JSON")]
+    pub log_json: bool,
+}
+
+pub mod agent;
+pub mod connectivity;
+pub mod explain;
+pub mod flows;
+pub mod lint;
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node agent: capture flows and drops with eBPF into SQLite.
+    Agent(agent::AgentArgs),
+    /// List stored flows.
+    Flows(flows::FlowsArgs),
+    /// Who may talk to whom under the given manifests' NetworkPolicies.
+    Connectivity(connectivity::ConnectivityArgs),
+    /// Whether one connection is allowed, and why.
+    Explain(explain::ExplainArgs),
+    /// Find common NetworkPolicy mistakes.
+    Lint(lint::LintArgs),
+}
+
+pub fn init_tracing(global: &GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&global.log).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if global.log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Flows(args) => flows::run(args),
+        Command::Connectivity(args) => connectivity::run(args),
+        Command::Explain(args) => explain::run(args),
+        Command::Lint(args) => lint::run(args),
+    }
+}

@@ -1,0 +1,4 @@
+//! flowpol's node agent and CLI. Modules follow the data:
+//! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
+//! and the CLI commands on top.
+pub mod cli;
