@@ -256,9 +256,16 @@ impl Store {
             }
             FileState::Flowpol { schema_version } => schema_version,
         };
+        // A reader of a WAL database needs the -shm file; in a folder where
+        // it cannot be created (a copy on a read-only mount) and with no
+        // writer (no -wal file), read the file as immutable instead.
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        let immutable = !Path::new(&wal).exists() && RealFs.writable(&parent_dir(path)).is_err();
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
+            .immutable(immutable)
             .create_if_missing(false)
             .busy_timeout(StoreOptions::default().busy_timeout);
         let pool = SqlitePoolOptions::new()
@@ -295,6 +302,15 @@ impl Store {
     /// Closes every connection; the last one checkpoints and removes the WAL.
     pub async fn close(self) {
         self.pool.close().await;
+        // sqlx closes connections that were on their way back to the pool on
+        // a background task: wait for them, so that when this returns SQLite
+        // has checkpointed and removed the WAL (bounded, never hangs).
+        for _ in 0..1000 {
+            if self.pool.size() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Writes one drain interval's flows in one transaction.
