@@ -301,6 +301,14 @@ impl Store {
 
     /// Closes every connection; the last one checkpoints and removes the WAL.
     pub async fn close(self) {
+        if !self.read_only {
+            // Fold the WAL into the database file now, so the file is complete
+            // when this returns whatever order the connections close in.
+            // Failure only means the next open replays the WAL.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+        }
         self.pool.close().await;
         // sqlx closes connections that were on their way back to the pool on
         // a background task: wait for them, so that when this returns SQLite
@@ -335,6 +343,8 @@ impl Store {
             .await
             .map_err(|e| write_error(path, "starting a transaction", e))?;
         let mut rest = flows;
+        let mut first_id = None;
+        let mut last_id = None;
         for size in chunk_sizes(flows.len()) {
             let (chunk, tail) = rest.split_at(size);
             rest = tail;
@@ -343,11 +353,33 @@ impl Store {
             for f in chunk {
                 q = bind_flow(q, f);
             }
-            q.execute(&mut *tx)
+            let done = q
+                .execute(&mut *tx)
                 .await
                 .map_err(|e| write_error(path, "inserting flows", e))?;
+            // Rows of one INSERT get consecutive ids (AUTOINCREMENT, one writer).
+            let last = done.last_insert_rowid();
+            first_id.get_or_insert(last - size as i64 + 1);
+            last_id = Some(last);
         }
         let recorded_ns = codec::time_to_ns(&recorded_at);
+        if !flows.is_empty() || !losses.is_empty() {
+            let last_seen = flows.iter().map(|f| codec::time_to_ns(&f.last_seen));
+            sqlx::query(
+                "INSERT INTO drains (recorded_ns, node, first_flow_id, last_flow_id, flow_count, \
+                 min_last_seen_ns, max_last_seen_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(recorded_ns)
+            .bind(node)
+            .bind(first_id)
+            .bind(last_id)
+            .bind(flows.len() as i64)
+            .bind(last_seen.clone().min())
+            .bind(last_seen.max())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(path, "recording the drain", e))?;
+        }
         for loss in losses.iter().filter(|l| l.delta > 0) {
             sqlx::query(
                 "INSERT INTO capture_losses (recorded_ns, node, counter, delta) VALUES (?, ?, ?, ?)",
