@@ -2,3 +2,9 @@
 //! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
 //! and the CLI commands on top.
 pub mod cli;
+
+// --- capture (kernel side and agent loop) ---
+#[cfg(feature = "agent")]
+pub mod agent;
+#[cfg(feature = "agent")]
+pub mod capture;
