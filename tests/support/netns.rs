@@ -119,7 +119,7 @@ pub struct Lab {
 
 impl Lab {
     pub fn new(n: usize) -> Self {
-        assert!(n <= 6);
+        assert!(n <= 5);
         let (base, idx) = unique("fpc");
         let pid = std::process::id();
         let (o2, o3) = (200 + (pid % 50) as u8, ((pid / 50) % 256) as u8);
@@ -156,7 +156,7 @@ impl Lab {
                 v6: v6.parse().unwrap(),
             });
         }
-        let silent_v4 = format!("10.{o2}.{o3}.{}", sub + 7).parse().unwrap();
+        let silent_v4 = format!("10.{o2}.{o3}.{}", sub + 6).parse().unwrap();
         Self {
             hosts,
             hub,
@@ -317,7 +317,9 @@ pub struct FlowSum {
     pub drop_reasons: Vec<String>,
 }
 
-/// Records from `src` to `dst` (ip, optional port) with the given protocol.
+/// Records from `src` to `dst` (ip, optional port) with the given protocol that
+/// were delivered or unanswered (`dropped` records count the dropped packets
+/// again: look at them separately).
 pub fn flow_sum(
     records: &[serde_json::Value],
     protocol: &str,
@@ -335,6 +337,7 @@ pub fn flow_sum(
         let port_ok =
             |side: &str, want: Option<u16>| want.is_none_or(|p| r[side]["port"] == p as u64);
         if r["protocol"] == protocol
+            && r["verdict"] != "dropped"
             && ip_is("src", src.0)
             && ip_is("dst", dst.0)
             && port_ok("src", src.1)
