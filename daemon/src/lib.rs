@@ -3,3 +3,10 @@
 //! and the CLI commands on top.
 pub mod cli;
 pub mod store;
+
+
+// --- capture (kernel side and agent loop) ---
+#[cfg(feature = "agent")]
+pub mod agent;
+#[cfg(feature = "agent")]
+pub mod capture;
