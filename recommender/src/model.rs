@@ -434,9 +434,46 @@ impl Cluster {
                     })
                     .map(|e| e.workload)
                     .collect();
-                by_pod.first().copied().ok_or_else(|| {
-                    format!("no workload or pod `{name}` in namespace `{ns}` in the manifests")
-                })
+                if let Some(&w) = by_pod.first() {
+                    return Ok(w);
+                }
+                // `frontend` finds `frontend-99684f7f8[ReplicaSet]`, the usual name of a
+                // Deployment's pods' owner in `kubectl get pods` dumps.
+                let prefix = format!("{name}-");
+                let by_prefix: Vec<usize> = self
+                    .workloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.namespace == ns && w.name.starts_with(&prefix))
+                    .map(|(i, _)| i)
+                    .collect();
+                match by_prefix.as_slice() {
+                    [one] => Ok(*one),
+                    [] => {
+                        let known: Vec<String> = self
+                            .workloads
+                            .iter()
+                            .filter(|w| w.namespace == ns)
+                            .take(10)
+                            .map(|w| w.peer_name())
+                            .collect();
+                        Err(format!(
+                            "no workload or pod `{name}` in namespace `{ns}` in the manifests{}",
+                            if known.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (there: {})", known.join(", "))
+                            }
+                        ))
+                    }
+                    many => Err(format!(
+                        "`{text}` is ambiguous: {}",
+                        many.iter()
+                            .map(|&i| self.workloads[i].peer_name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
             }
             many => Err(format!(
                 "`{text}` is ambiguous: {}; add the kind, e.g. `{ns}/{name}[{}]`",
