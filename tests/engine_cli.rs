@@ -39,7 +39,10 @@ fn connectivity_txt_matches_the_oracle_case() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let expected = std::fs::read_to_string(dir.join("expected.txt")).expect("oracle case present");
     let lines = |s: &str| -> BTreeSet<String> {
-        s.lines().filter(|l| !l.trim().is_empty()).map(str::to_string).collect()
+        s.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string)
+            .collect()
     };
     assert_eq!(lines(&stdout(&out)), lines(&expected));
 }
@@ -55,37 +58,98 @@ fn connectivity_other_formats_and_a_bad_one() {
     for format in ["md", "csv", "dot"] {
         let out = flowpol(&["connectivity", "--manifests", m, "-o", format]);
         assert_eq!(out.status.code(), Some(0), "{format}: {}", stderr(&out));
-        assert!(stdout(&out).contains("default/frontend-99684f7f8[ReplicaSet]"), "{format}");
+        assert!(
+            stdout(&out).contains("default/frontend-99684f7f8[ReplicaSet]"),
+            "{format}"
+        );
     }
     let out = flowpol(&["connectivity", "--manifests", m, "-o", "yaml"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("unknown output format `yaml`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("unknown output format `yaml`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn explain_exit_codes_and_reasons() {
     let manifests = case("onlineboutique").join("manifests");
     let m = manifests.to_str().unwrap();
-    let out = flowpol(&["explain", "--manifests", m, "--from", "default/frontend", "--to", "default/cartservice", "--port", "7070"]);
+    let out = flowpol(&[
+        "explain",
+        "--manifests",
+        m,
+        "--from",
+        "default/frontend",
+        "--to",
+        "default/cartservice",
+        "--port",
+        "7070",
+    ]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("ALLOWED: default/frontend-99684f7f8[ReplicaSet] -> default/cartservice-74f56fd4b[ReplicaSet] TCP 7070"), "{text}");
-    assert!(text.contains("allowed by default/cartservice-netpol spec.ingress[1]"), "{text}");
+    assert!(
+        text.contains("allowed by default/cartservice-netpol spec.ingress[1]"),
+        "{text}"
+    );
 
-    let out = flowpol(&["explain", "--manifests", m, "--from", "default/cartservice", "--to", "default/frontend", "--port", "8080/tcp"]);
+    let out = flowpol(&[
+        "explain",
+        "--manifests",
+        m,
+        "--from",
+        "default/cartservice",
+        "--to",
+        "default/frontend",
+        "--port",
+        "8080/tcp",
+    ]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.starts_with("DENIED"), "{text}");
-    assert!(text.contains("isolated by default/frontend-netpol"), "{text}");
+    assert!(
+        text.contains("isolated by default/frontend-netpol"),
+        "{text}"
+    );
     assert!(text.contains("to allow it, add this rule"), "{text}");
 
-    let out = flowpol(&["explain", "--manifests", m, "--from", "default/nope", "--to", "default/frontend", "--port", "80"]);
+    let out = flowpol(&[
+        "explain",
+        "--manifests",
+        m,
+        "--from",
+        "default/nope",
+        "--to",
+        "default/frontend",
+        "--port",
+        "80",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--from `default/nope`: no workload or pod `nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--from `default/nope`: no workload or pod `nope`"),
+        "{}",
+        stderr(&out)
+    );
 
-    let out = flowpol(&["explain", "--manifests", m, "--from", "default/frontend", "--to", "default/frontend", "--port", "80/icmp"]);
+    let out = flowpol(&[
+        "explain",
+        "--manifests",
+        m,
+        "--from",
+        "default/frontend",
+        "--to",
+        "default/frontend",
+        "--port",
+        "80/icmp",
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--port `80/icmp`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--port `80/icmp`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -93,7 +157,11 @@ fn lint_exit_codes() {
     let manifests = case("onlineboutique").join("manifests");
     let out = flowpol(&["lint", "--manifests", manifests.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stdout(&out).contains("[egress-without-dns] NetworkPolicy default/adservice-netpol"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("[egress-without-dns] NetworkPolicy default/adservice-netpol"),
+        "{}",
+        stdout(&out)
+    );
 
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -102,7 +170,13 @@ fn lint_exit_codes() {
     )
     .unwrap();
     let out = flowpol(&["lint", "--manifests", dir.path().to_str().unwrap()]);
-    assert_eq!(out.status.code(), Some(0), "{}{}", stdout(&out), stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).contains("0 finding(s)"));
 }
 
@@ -120,6 +194,9 @@ fn bad_manifests_fail_with_file_object_and_field() {
         assert_eq!(out.status.code(), Some(2), "{command}");
         let err = stderr(&out);
         assert!(err.contains(&format!("error: {}: NetworkPolicy a/np: field `spec.ingress[0].from[0].ipBlock.cidr`: invalid CIDR `300.0.0.0/8`", file.display())), "{command}: {err}");
-        assert!(stdout(&out).is_empty(), "{command}: nothing printed on error");
+        assert!(
+            stdout(&out).is_empty(),
+            "{command}: nothing printed on error"
+        );
     }
 }

@@ -10,10 +10,14 @@ use flowpol_recommender::model::Cluster;
 use flowpol_recommender::synth::{SynthSpec, generate_yaml};
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let workloads = args.first().copied().unwrap_or(1_000);
     let policies = args.get(1).copied().unwrap_or(1_000);
-    let dir = std::env::temp_dir().join(format!("flowpol-bench-connectivity-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("flowpol-bench-connectivity-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let file = dir.join("cluster.yaml");
     std::fs::write(

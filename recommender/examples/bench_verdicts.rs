@@ -12,7 +12,10 @@ use flowpol_recommender::model::Cluster;
 use flowpol_recommender::synth::{SynthSpec, generate_yaml};
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
     let pods = args.first().copied().unwrap_or(10_000);
     let policies = args.get(1).copied().unwrap_or(1_000);
     let spec = SynthSpec {
@@ -41,7 +44,9 @@ fn main() {
     let n = cluster.endpoints.len();
     let mut state = 7u64;
     let mut next = |bound: usize| {
-        state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         ((state >> 33) as usize) % bound
     };
     let ports = [8080u16, 9050, 5432, 53, 443, 22];
@@ -49,11 +54,19 @@ fn main() {
         .map(|i| {
             let src = PeerRef::Endpoint(next(n));
             let dst = if i % 10 == 0 {
-                PeerRef::Ip(format!("192.168.{}.{}", next(256), next(256)).parse().unwrap())
+                PeerRef::Ip(
+                    format!("192.168.{}.{}", next(256), next(256))
+                        .parse()
+                        .unwrap(),
+                )
             } else {
                 PeerRef::Endpoint(next(n))
             };
-            let protocol = if i % 7 == 0 { Protocol::Udp } else { Protocol::Tcp };
+            let protocol = if i % 7 == 0 {
+                Protocol::Udp
+            } else {
+                Protocol::Tcp
+            };
             (src, dst, protocol, ports[next(ports.len())])
         })
         .collect();

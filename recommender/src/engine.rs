@@ -121,7 +121,10 @@ struct CompiledPort {
 enum CompiledPeer {
     /// Index into [`Engine::sets`].
     Pods(u32),
-    IpBlock { block: IpBlock, pods: u32 },
+    IpBlock {
+        block: IpBlock,
+        pods: u32,
+    },
 }
 
 /// A rule in the form the verdict loop reads: no strings, no nested lookups.
@@ -192,7 +195,11 @@ impl<'c> Engine<'c> {
             .map(|ep| {
                 ep.ports
                     .iter()
-                    .filter_map(|p| p.name.as_deref().map(|name| (intern(name), p.protocol, p.port)))
+                    .filter_map(|p| {
+                        p.name
+                            .as_deref()
+                            .map(|name| (intern(name), p.protocol, p.port))
+                    })
                     .collect()
             })
             .collect();
@@ -219,13 +226,26 @@ impl<'c> Engine<'c> {
                 .unwrap_or_default();
             let mut own_rules: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
             for direction in [Direction::Ingress, Direction::Egress] {
-                for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+                for (ri, rule) in policy
+                    .rules(direction)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
                     let mut peers = Vec::with_capacity(rule.peers.len());
                     for peer in &rule.peers {
-                        let set = *set_index.entry((peer, policy.namespace.as_str())).or_insert_with(|| {
-                            sets.push(peer_endpoints(cluster, settings, peer, own_ns, &ns_endpoints));
-                            (sets.len() - 1) as u32
-                        });
+                        let set = *set_index
+                            .entry((peer, policy.namespace.as_str()))
+                            .or_insert_with(|| {
+                                sets.push(peer_endpoints(
+                                    cluster,
+                                    settings,
+                                    peer,
+                                    own_ns,
+                                    &ns_endpoints,
+                                ));
+                                (sets.len() - 1) as u32
+                            });
                         peers.push(match peer {
                             Peer::Pods { .. } => CompiledPeer::Pods(set),
                             Peer::IpBlock(block) => CompiledPeer::IpBlock {
@@ -326,7 +346,13 @@ impl<'c> Engine<'c> {
     }
 
     /// Whether rule `rule` of `direction` of policy `policy` selects `other` as its peer.
-    pub fn rule_selects(&self, policy: usize, direction: Direction, rule: usize, other: PeerRef) -> bool {
+    pub fn rule_selects(
+        &self,
+        policy: usize,
+        direction: Direction,
+        rule: usize,
+        other: PeerRef,
+    ) -> bool {
         self.policy_rules[policy][dir_index(direction)]
             .get(rule)
             .is_some_and(|&ri| self.rule_peer(&self.rules[ri as usize], other).is_some())
@@ -343,9 +369,10 @@ impl<'c> Engine<'c> {
             .position(|peer| match (peer, other) {
                 (CompiledPeer::Pods(_), PeerRef::Ip(_)) => false,
                 (CompiledPeer::IpBlock { block, .. }, PeerRef::Ip(ip)) => block.contains(ip),
-                (CompiledPeer::Pods(set) | CompiledPeer::IpBlock { pods: set, .. }, PeerRef::Endpoint(e)) => {
-                    self.sets[*set as usize].contains(e)
-                }
+                (
+                    CompiledPeer::Pods(set) | CompiledPeer::IpBlock { pods: set, .. },
+                    PeerRef::Endpoint(e),
+                ) => self.sets[*set as usize].contains(e),
             })
             .map(Some)
     }
@@ -354,7 +381,13 @@ impl<'c> Engine<'c> {
     /// rule has no ports. Named ports resolve on the destination pod by name and protocol; a
     /// named port that resolves nowhere admits nothing.
     #[inline]
-    fn rule_port(&self, rule: &CompiledRule, protocol: Protocol, port: u16, dst: PeerRef) -> Option<Option<usize>> {
+    fn rule_port(
+        &self,
+        rule: &CompiledRule,
+        protocol: Protocol,
+        port: u16,
+        dst: PeerRef,
+    ) -> Option<Option<usize>> {
         if rule.ports.is_empty() {
             return Some(None);
         }
@@ -422,7 +455,13 @@ impl<'c> Engine<'c> {
 
     /// The verdict for one connection, with its reasons. For protocols without ports (ICMP)
     /// `port` is ignored and only rules without `ports` can allow it.
-    pub fn verdict(&self, src: PeerRef, dst: PeerRef, protocol: Protocol, port: u16) -> Verdict<'_> {
+    pub fn verdict(
+        &self,
+        src: PeerRef,
+        dst: PeerRef,
+        protocol: Protocol,
+        port: u16,
+    ) -> Verdict<'_> {
         let egress = match src {
             PeerRef::Endpoint(e) => self.side(Direction::Egress, e, dst, dst, protocol, port),
             PeerRef::Ip(_) => Side::External,
@@ -463,7 +502,13 @@ impl<'c> Engine<'c> {
 
     /// Connections one side allows: all when not isolated, else the union of the ports of the
     /// rules whose peers select `other`.
-    fn side_conns(&self, direction: Direction, subject: usize, other: PeerRef, dst: PeerRef) -> ConnSet {
+    fn side_conns(
+        &self,
+        direction: Direction,
+        subject: usize,
+        other: PeerRef,
+        dst: PeerRef,
+    ) -> ConnSet {
         if self.isolating(subject, direction).is_empty() {
             return ConnSet::all();
         }

@@ -50,16 +50,22 @@ pub fn parse_port(text: &str) -> Result<(Protocol, u16), ExplainError> {
 }
 
 /// A peer named on the command line: the endpoints of a workload, or one address.
-fn resolve(engine: &Engine<'_>, flag: &'static str, text: &str) -> Result<Vec<PeerRef>, ExplainError> {
+fn resolve(
+    engine: &Engine<'_>,
+    flag: &'static str,
+    text: &str,
+) -> Result<Vec<PeerRef>, ExplainError> {
     if let Ok(ip) = text.parse::<IpAddr>() {
         return Ok(vec![engine.peer_for_ip(ip)]);
     }
     let cluster = engine.cluster();
-    let w = cluster.find_workload(text).map_err(|message| ExplainError::Peer {
-        flag,
-        value: text.to_string(),
-        message,
-    })?;
+    let w = cluster
+        .find_workload(text)
+        .map_err(|message| ExplainError::Peer {
+            flag,
+            value: text.to_string(),
+            message,
+        })?;
     Ok(cluster.workloads[w]
         .endpoints
         .iter()
@@ -309,7 +315,10 @@ impl Explanation {
                 };
                 match side.status {
                     "external" => {
-                        let _ = writeln!(out, "  {what}: an external address; NetworkPolicies do not apply");
+                        let _ = writeln!(
+                            out,
+                            "  {what}: an external address; NetworkPolicies do not apply"
+                        );
                     }
                     "not-isolated" => {
                         let _ = writeln!(
@@ -337,8 +346,10 @@ impl Explanation {
                             pair.port
                         );
                         if let Some(rule) = &side.suggested_rule {
-                            let yaml = serde_saphyr::to_string(&json!({ side.direction.to_string(): [rule] }))
-                                .unwrap_or_else(|_| rule.to_string());
+                            let yaml = serde_saphyr::to_string(
+                                &json!({ side.direction.to_string(): [rule] }),
+                            )
+                            .unwrap_or_else(|_| rule.to_string());
                             let _ = writeln!(
                                 out,
                                 "    to allow it, add this rule to one of those policies (or a new policy selecting {end}):"

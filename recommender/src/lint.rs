@@ -53,11 +53,14 @@ fn no_default_deny(engine: &Engine<'_>, out: &mut Vec<Finding>) {
             .iter()
             .filter(|p| p.namespace == ns.name)
             .collect();
-        let missing: Vec<&str> = [(Direction::Ingress, "Ingress"), (Direction::Egress, "Egress")]
-            .into_iter()
-            .filter(|(d, _)| !policies.iter().any(|p| is_default_deny(p, *d)))
-            .map(|(_, name)| name)
-            .collect();
+        let missing: Vec<&str> = [
+            (Direction::Ingress, "Ingress"),
+            (Direction::Egress, "Egress"),
+        ]
+        .into_iter()
+        .filter(|(d, _)| !policies.iter().any(|p| is_default_deny(p, *d)))
+        .map(|(_, name)| name)
+        .collect();
         if missing.is_empty() {
             continue;
         }
@@ -148,7 +151,12 @@ fn empty_selector_with_allow_rules(policy: &Policy, out: &mut Vec<Finding>) {
 
 fn split_namespace_and_pod_selector(policy: &Policy, out: &mut Vec<Finding>) {
     for direction in [Direction::Ingress, Direction::Egress] {
-        for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+        for (ri, rule) in policy
+            .rules(direction)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             let ns_only = rule.peers.iter().position(|p| {
                 matches!(p, Peer::Pods { namespaces: NamespaceMatch::Selector(s), pods: None } if !s.is_empty())
             });
@@ -240,10 +248,9 @@ fn dns_peer_without_namespace_selector(policy: &Policy, out: &mut Vec<Finding>) 
         return;
     }
     for (ri, rule) in policy.egress.iter().flatten().enumerate() {
-        let targets_dns = rule
-            .ports
-            .iter()
-            .any(|p| matches!(p.port, PortMatch::Range(lo, hi) if lo <= DNS_PORT && DNS_PORT <= hi));
+        let targets_dns = rule.ports.iter().any(
+            |p| matches!(p.port, PortMatch::Range(lo, hi) if lo <= DNS_PORT && DNS_PORT <= hi),
+        );
         if !targets_dns {
             continue;
         }
@@ -278,7 +285,12 @@ fn service_port_not_container_port(
 ) {
     let cluster = engine.cluster();
     for direction in [Direction::Ingress, Direction::Egress] {
-        for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+        for (ri, rule) in policy
+            .rules(direction)
+            .unwrap_or_default()
+            .iter()
+            .enumerate()
+        {
             // The pods the port refers to: the policy's own pods (ingress) or the peers (egress).
             let targets: Vec<usize> = match direction {
                 Direction::Ingress => engine.selected_by(pi).to_vec(),
@@ -324,14 +336,17 @@ fn service_port_not_container_port(
                     if backends.is_empty() {
                         continue;
                     }
-                    for sp in svc.ports.iter().filter(|sp| sp.port == lo && sp.protocol == port_rule.protocol) {
+                    for sp in svc
+                        .ports
+                        .iter()
+                        .filter(|sp| sp.port == lo && sp.protocol == port_rule.protocol)
+                    {
                         let target = match &sp.target {
                             Some(TargetPort::Number(n)) if *n != lo => n.to_string(),
                             Some(TargetPort::Name(name)) => {
-                                match backends
-                                    .iter()
-                                    .find_map(|&e| cluster.endpoints[e].named_port(name, sp.protocol))
-                                {
+                                match backends.iter().find_map(|&e| {
+                                    cluster.endpoints[e].named_port(name, sp.protocol)
+                                }) {
                                     Some(n) if n != lo => n.to_string(),
                                     Some(_) => continue,
                                     None => name.clone(),

@@ -56,7 +56,10 @@ fn each_bad_policy_field_is_named() {
             err.starts_with(&format!("{}: NetworkPolicy shop/web: ", path.display())),
             "{spec}: {err}"
         );
-        assert!(err.contains(expected), "{spec}:\n  got:      {err}\n  expected: {expected}");
+        assert!(
+            err.contains(expected),
+            "{spec}:\n  got:      {err}\n  expected: {expected}"
+        );
     }
 }
 
@@ -65,7 +68,10 @@ fn a_bad_pod_selector_operator_in_the_policy_selector() {
     let text = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: a}\nspec:\n  podSelector: {matchExpressions: [{key: app, operator: in, values: [x]}]}\n";
     let (_, err) = load_error("np.yaml", text);
     assert!(err.contains("NetworkPolicy a/np"), "{err}");
-    assert!(err.contains("spec.podSelector.matchExpressions[0].operator"), "{err}");
+    assert!(
+        err.contains("spec.podSelector.matchExpressions[0].operator"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -79,10 +85,16 @@ fn wrong_types_and_bad_syntax_are_located() {
     assert!(err.contains("field `spec.replicas`"), "{err}");
 
     let (path, err) = load_error("broken.yaml", "kind: Pod\nmetadata: {name: [unclosed\n");
-    assert!(err.starts_with(&format!("{}: not valid YAML", path.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}: not valid YAML", path.display())),
+        "{err}"
+    );
 
     let (path, err) = load_error("broken.json", "{\"kind\": \"Pod\", ");
-    assert!(err.starts_with(&format!("{}: not valid JSON", path.display())), "{err}");
+    assert!(
+        err.starts_with(&format!("{}: not valid JSON", path.display())),
+        "{err}"
+    );
 
     let (_, err) = load_error("nokind.yaml", "apiVersion: v1\nmetadata: {name: x}\n");
     assert!(err.contains("document 1: object has no `kind`"), "{err}");
@@ -94,18 +106,30 @@ fn bad_container_and_service_ports() {
         "pod.yaml",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: a}\nspec: {containers: [{name: c, ports: [{containerPort: 80, protocol: HTTP}]}]}\n",
     );
-    assert!(err.contains("Pod a/p: field `spec.containers[0].ports[0].protocol`: unknown protocol `HTTP`"), "{err}");
+    assert!(
+        err.contains(
+            "Pod a/p: field `spec.containers[0].ports[0].protocol`: unknown protocol `HTTP`"
+        ),
+        "{err}"
+    );
     let (_, err) = load_error(
         "svc.yaml",
         "apiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: a}\nspec: {ports: [{port: 99999}]}\n",
     );
-    assert!(err.contains("Service a/s: field `spec.ports[0].port`: port 99999 is out of range"), "{err}");
+    assert!(
+        err.contains("Service a/s: field `spec.ports[0].port`: port 99999 is out of range"),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_missing_path_is_named() {
     let err = Cluster::load(&["/nonexistent/flowpol/manifests"]).expect_err("missing path");
-    assert!(err.to_string().starts_with("/nonexistent/flowpol/manifests: cannot read"), "{err}");
+    assert!(
+        err.to_string()
+            .starts_with("/nonexistent/flowpol/manifests: cannot read"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -74,9 +74,18 @@ fn peer(c: &Cluster, name: &str) -> PeerRef {
     PeerRef::Endpoint(c.workloads[w].endpoints[0])
 }
 
-fn allowed_with(c: &Cluster, settings: Settings, from: &str, to: &str, proto: Protocol, port: u16) -> bool {
+fn allowed_with(
+    c: &Cluster,
+    settings: Settings,
+    from: &str,
+    to: &str,
+    proto: Protocol,
+    port: u16,
+) -> bool {
     let engine = Engine::new(c, settings);
-    engine.verdict(peer(c, from), peer(c, to), proto, port).allowed
+    engine
+        .verdict(peer(c, from), peer(c, to), proto, port)
+        .allowed
 }
 
 fn allowed(c: &Cluster, from: &str, to: &str, port: u16) -> bool {
@@ -106,8 +115,14 @@ fn ingress_isolation_denies_what_no_rule_allows() {
     ));
     assert!(allowed(&c, "a/web", "a/db", 5432));
     assert!(!allowed(&c, "a/web", "a/db", 5433));
-    assert!(!allowed(&c, "b/client", "a/db", 5432), "podSelector alone = own namespace");
-    assert!(allowed(&c, "b/client", "a/web", 8080), "a/web is not selected");
+    assert!(
+        !allowed(&c, "b/client", "a/db", 5432),
+        "podSelector alone = own namespace"
+    );
+    assert!(
+        allowed(&c, "b/client", "a/web", 8080),
+        "a/web is not selected"
+    );
 }
 
 #[test]
@@ -118,11 +133,18 @@ fn default_policy_types_follow_the_rules_present() {
         "p",
         "  podSelector: {matchLabels: {app: web}}\n  egress:\n  - to: [{podSelector: {matchLabels: {app: db}}}]",
     ));
-    assert!(!allowed(&c, "b/client", "a/web", 8080), "ingress isolated with no ingress rules");
+    assert!(
+        !allowed(&c, "b/client", "a/web", 8080),
+        "ingress isolated with no ingress rules"
+    );
     assert!(allowed(&c, "a/web", "a/db", 5432));
     assert!(!allowed(&c, "a/web", "b/client", 80), "egress isolated");
     // No policyTypes and no egress rules: egress is not isolated.
-    let c = cluster(&policy("a", "p", "  podSelector: {matchLabels: {app: web}}"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {matchLabels: {app: web}}",
+    ));
     assert!(!allowed(&c, "a/db", "a/web", 8080));
     assert!(allowed(&c, "a/web", "8.8.8.8", 443));
     // policyTypes [Egress] alone leaves ingress open.
@@ -152,7 +174,10 @@ fn the_and_or_trap() {
         "  podSelector: {matchLabels: {app: web}}\n  ingress:\n  - from:\n    - namespaceSelector: {matchLabels: {team: blue}}\n    - podSelector: {matchLabels: {app: client}}",
     ));
     assert!(allowed(&or, "b/client", "a/web", 8080));
-    assert!(allowed(&or, "b/web", "a/web", 8080), "OR: any pod of namespace b");
+    assert!(
+        allowed(&or, "b/web", "a/web", 8080),
+        "OR: any pod of namespace b"
+    );
     assert!(!allowed(&or, "a/db", "a/web", 8080));
 }
 
@@ -160,16 +185,28 @@ fn the_and_or_trap() {
 fn empty_selectors_versus_absent_ones() {
     let sel = "  podSelector: {matchLabels: {app: db}}\n";
     // podSelector {} without namespaceSelector: every pod of the policy's namespace only.
-    let c = cluster(&policy("a", "p", &format!("{sel}  ingress: [{{from: [{{podSelector: {{}}}}]}}]")));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        &format!("{sel}  ingress: [{{from: [{{podSelector: {{}}}}]}}]"),
+    ));
     assert!(allowed(&c, "a/web", "a/db", 1));
     assert!(!allowed(&c, "b/client", "a/db", 1));
     assert!(!allowed(&c, "8.8.8.8", "a/db", 1));
     // namespaceSelector {}: every pod of every namespace, but no external address.
-    let c = cluster(&policy("a", "p", &format!("{sel}  ingress: [{{from: [{{namespaceSelector: {{}}}}]}}]")));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        &format!("{sel}  ingress: [{{from: [{{namespaceSelector: {{}}}}]}}]"),
+    ));
     assert!(allowed(&c, "b/client", "a/db", 1));
     assert!(!allowed(&c, "8.8.8.8", "a/db", 1));
     // A rule without `from`: every source, external ones included.
-    let c = cluster(&policy("a", "p", &format!("{sel}  ingress: [{{ports: [{{port: 5432}}]}}]")));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        &format!("{sel}  ingress: [{{ports: [{{port: 5432}}]}}]"),
+    ));
     assert!(allowed(&c, "8.8.8.8", "a/db", 5432));
     assert!(!allowed(&c, "8.8.8.8", "a/db", 22));
     // The empty rule allows everything; an empty rule list allows nothing.
@@ -178,7 +215,11 @@ fn empty_selectors_versus_absent_ones() {
     let c = cluster(&policy("a", "p", &format!("{sel}  ingress: []")));
     assert!(!allowed(&c, "a/web", "a/db", 5432));
     // `from: []` (empty list) also means every source.
-    let c = cluster(&policy("a", "p", &format!("{sel}  ingress: [{{from: []}}]")));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        &format!("{sel}  ingress: [{{from: []}}]"),
+    ));
     assert!(allowed(&c, "b/client", "a/db", 5432));
 }
 
@@ -205,12 +246,37 @@ fn ipv4_block_with_except_and_the_pod_ip_setting() {
     assert!(!allowed(&c, "10.0.1.77", "a/db", 5432), "inside except");
     assert!(!allowed(&c, "11.0.0.1", "a/db", 5432), "outside cidr");
     // a/web is 10.0.0.1: the ipBlock matches it only when ipBlocks match pods.
-    let matching = Settings { ipblock_matches_pods: true };
-    let external_only = Settings { ipblock_matches_pods: false };
-    assert!(allowed_with(&c, matching, "a/web", "a/db", Protocol::Tcp, 5432));
-    assert!(!allowed_with(&c, external_only, "a/web", "a/db", Protocol::Tcp, 5432));
+    let matching = Settings {
+        ipblock_matches_pods: true,
+    };
+    let external_only = Settings {
+        ipblock_matches_pods: false,
+    };
+    assert!(allowed_with(
+        &c,
+        matching,
+        "a/web",
+        "a/db",
+        Protocol::Tcp,
+        5432
+    ));
+    assert!(!allowed_with(
+        &c,
+        external_only,
+        "a/web",
+        "a/db",
+        Protocol::Tcp,
+        5432
+    ));
     // b/client is 10.0.1.1, in the except: never.
-    assert!(!allowed_with(&c, matching, "b/client", "a/db", Protocol::Tcp, 5432));
+    assert!(!allowed_with(
+        &c,
+        matching,
+        "b/client",
+        "a/db",
+        Protocol::Tcp,
+        5432
+    ));
 }
 
 #[test]
@@ -223,25 +289,48 @@ fn ipv6_blocks() {
     assert!(allowed(&c, "b/v6", "fd00::1", 443));
     assert!(!allowed(&c, "b/v6", "fd00:1::1", 443), "inside except");
     assert!(!allowed(&c, "b/v6", "2001:db8::1", 443));
-    assert!(!allowed(&c, "b/v6", "10.0.0.9", 443), "an IPv6 block never matches IPv4");
+    assert!(
+        !allowed(&c, "b/v6", "10.0.0.9", 443),
+        "an IPv6 block never matches IPv4"
+    );
     // The IPv6 pod matched by address when ipBlocks match pods.
     let c = cluster(&policy(
         "b",
         "p",
         "  podSelector: {matchLabels: {app: client}}\n  ingress:\n  - from: [{ipBlock: {cidr: 'fd00::/64'}}]",
     ));
-    let on = Settings { ipblock_matches_pods: true };
-    let off = Settings { ipblock_matches_pods: false };
+    let on = Settings {
+        ipblock_matches_pods: true,
+    };
+    let off = Settings {
+        ipblock_matches_pods: false,
+    };
     assert!(allowed_with(&c, on, "b/v6", "b/client", Protocol::Tcp, 80));
-    assert!(!allowed_with(&c, off, "b/v6", "b/client", Protocol::Tcp, 80));
+    assert!(!allowed_with(
+        &c,
+        off,
+        "b/v6",
+        "b/client",
+        Protocol::Tcp,
+        80
+    ));
     // External ranges include the IPv6 space cut by the block.
     let ranges: Vec<String> = external_ranges(&c.policies, Direction::Ingress)
         .iter()
         .map(ToString::to_string)
         .collect();
-    assert!(ranges.contains(&"0.0.0.0-255.255.255.255".to_string()), "{ranges:?}");
-    assert!(ranges.contains(&"fd00::-fd00::ffff:ffff:ffff:ffff".to_string()), "{ranges:?}");
-    assert!(ranges.contains(&"::-fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".to_string()), "{ranges:?}");
+    assert!(
+        ranges.contains(&"0.0.0.0-255.255.255.255".to_string()),
+        "{ranges:?}"
+    );
+    assert!(
+        ranges.contains(&"fd00::-fd00::ffff:ffff:ffff:ffff".to_string()),
+        "{ranges:?}"
+    );
+    assert!(
+        ranges.contains(&"::-fcff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".to_string()),
+        "{ranges:?}"
+    );
 }
 
 #[test]
@@ -256,35 +345,72 @@ fn end_port_ranges_are_inclusive() {
     assert!(!allowed(&c, "a/web", "a/db", 7999));
     assert!(!allowed(&c, "a/web", "a/db", 8101));
     let sctp = Settings::default();
-    assert!(allowed_with(&c, sctp, "a/web", "a/db", Protocol::Sctp, 9000));
-    assert!(!allowed_with(&c, sctp, "a/web", "a/db", Protocol::Tcp, 9000));
+    assert!(allowed_with(
+        &c,
+        sctp,
+        "a/web",
+        "a/db",
+        Protocol::Sctp,
+        9000
+    ));
+    assert!(!allowed_with(
+        &c,
+        sctp,
+        "a/web",
+        "a/db",
+        Protocol::Tcp,
+        9000
+    ));
 }
 
 #[test]
 fn protocol_defaults_to_tcp() {
-    let c = cluster(&policy("a", "p", "  podSelector: {matchLabels: {app: db}}\n  ingress: [{ports: [{port: 53}]}]"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {matchLabels: {app: db}}\n  ingress: [{ports: [{port: 53}]}]",
+    ));
     let s = Settings::default();
     assert!(allowed_with(&c, s, "a/web", "a/db", Protocol::Tcp, 53));
     assert!(!allowed_with(&c, s, "a/web", "a/db", Protocol::Udp, 53));
     // Protocols without ports (ICMP) pass only rules without `ports`.
     assert!(!allowed_with(&c, s, "a/web", "a/db", Protocol::Icmp, 0));
-    let c = cluster(&policy("a", "p", "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {}}]}]"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {}}]}]",
+    ));
     assert!(allowed_with(&c, s, "a/web", "a/db", Protocol::Icmp, 0));
 }
 
 #[test]
 fn named_ports_resolve_on_the_destination_by_name_and_protocol() {
     // Ingress to every pod of a on the port named `http`: 8080 on a/web, nothing on a/db.
-    let c = cluster(&policy("a", "p", "  podSelector: {}\n  ingress: [{ports: [{port: http}]}]"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {}\n  ingress: [{ports: [{port: http}]}]",
+    ));
     assert!(allowed(&c, "b/client", "a/web", 8080));
     assert!(!allowed(&c, "b/client", "a/web", 9090));
-    assert!(!allowed(&c, "b/client", "a/db", 8080), "a/db has no port named http");
+    assert!(
+        !allowed(&c, "b/client", "a/db", 8080),
+        "a/db has no port named http"
+    );
     // `dns` is UDP on a/web: a TCP rule naming it resolves nowhere.
-    let c = cluster(&policy("a", "p", "  podSelector: {}\n  ingress: [{ports: [{port: dns}]}]"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {}\n  ingress: [{ports: [{port: dns}]}]",
+    ));
     let s = Settings::default();
     assert!(!allowed_with(&c, s, "b/client", "a/web", Protocol::Tcp, 53));
     assert!(!allowed_with(&c, s, "b/client", "a/web", Protocol::Udp, 53));
-    let c = cluster(&policy("a", "p", "  podSelector: {}\n  ingress: [{ports: [{port: dns, protocol: UDP}]}]"));
+    let c = cluster(&policy(
+        "a",
+        "p",
+        "  podSelector: {}\n  ingress: [{ports: [{port: dns, protocol: UDP}]}]",
+    ));
     assert!(allowed_with(&c, s, "b/client", "a/web", Protocol::Udp, 53));
     // Egress named ports resolve on the destination pod: `http` is 9090 on b/web.
     let c = cluster(&policy(
@@ -295,26 +421,48 @@ fn named_ports_resolve_on_the_destination_by_name_and_protocol() {
     assert!(allowed(&c, "a/db", "b/web", 9090));
     assert!(!allowed(&c, "a/db", "b/web", 8080));
     assert!(allowed(&c, "a/db", "a/web", 8080));
-    assert!(!allowed(&c, "a/db", "8.8.8.8", 8080), "a named port never resolves on an address");
+    assert!(
+        !allowed(&c, "a/db", "8.8.8.8", 8080),
+        "a named port never resolves on an address"
+    );
     // An unresolvable named port contributes nothing to the connection set either.
     let engine = Engine::new(&c, Settings::default());
-    assert!(engine.allowed_conns(peer(&c, "a/db"), peer(&c, "b/client")).is_empty());
-    assert_eq!(engine.allowed_conns(peer(&c, "a/db"), peer(&c, "b/web")).to_string(), "TCP 9090");
+    assert!(
+        engine
+            .allowed_conns(peer(&c, "a/db"), peer(&c, "b/client"))
+            .is_empty()
+    );
+    assert_eq!(
+        engine
+            .allowed_conns(peer(&c, "a/db"), peer(&c, "b/web"))
+            .to_string(),
+        "TCP 9090"
+    );
 }
 
 #[test]
 fn policies_are_additive() {
     let c = cluster(&format!(
         "{}{}",
-        policy("a", "p1", "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]"),
-        policy("a", "p2", "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}], ports: [{port: 9187}]}]"),
+        policy(
+            "a",
+            "p1",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 5432}]}]"
+        ),
+        policy(
+            "a",
+            "p2",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress: [{from: [{namespaceSelector: {matchLabels: {team: blue}}}], ports: [{port: 9187}]}]"
+        ),
     ));
     assert!(allowed(&c, "a/web", "a/db", 5432));
     assert!(allowed(&c, "b/client", "a/db", 9187));
     assert!(!allowed(&c, "b/client", "a/db", 5432));
     let engine = Engine::new(&c, Settings::default());
     assert_eq!(
-        engine.allowed_conns(peer(&c, "b/client"), peer(&c, "a/db")).to_string(),
+        engine
+            .allowed_conns(peer(&c, "b/client"), peer(&c, "a/db"))
+            .to_string(),
         "TCP 9187"
     );
 }
@@ -323,8 +471,16 @@ fn policies_are_additive() {
 fn a_connection_needs_egress_and_ingress_and_says_which_rule() {
     let c = cluster(&format!(
         "{}{}",
-        policy("b", "client-out", "  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 1.2.3.4/32}}]\n  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}]\n    ports: [{port: 5432}]"),
-        policy("a", "db-in", "  podSelector: {matchLabels: {app: db}}\n  ingress: []"),
+        policy(
+            "b",
+            "client-out",
+            "  podSelector: {matchLabels: {app: client}}\n  policyTypes: [Egress]\n  egress:\n  - to: [{ipBlock: {cidr: 1.2.3.4/32}}]\n  - to: [{namespaceSelector: {}, podSelector: {matchLabels: {app: db}}}]\n    ports: [{port: 5432}]"
+        ),
+        policy(
+            "a",
+            "db-in",
+            "  podSelector: {matchLabels: {app: db}}\n  ingress: []"
+        ),
     ));
     let engine = Engine::new(&c, Settings::default());
     let v = engine.verdict(peer(&c, "b/client"), peer(&c, "a/db"), Protocol::Tcp, 5432);
@@ -333,7 +489,10 @@ fn a_connection_needs_egress_and_ingress_and_says_which_rule() {
         panic!("egress should allow: {v:?}")
     };
     assert_eq!(c.policies[rule.policy].name, "client-out");
-    assert_eq!((rule.direction, rule.rule, rule.peer, rule.port), (Direction::Egress, 1, Some(0), Some(0)));
+    assert_eq!(
+        (rule.direction, rule.rule, rule.peer, rule.port),
+        (Direction::Egress, 1, Some(0), Some(0))
+    );
     assert_eq!(isolated_by.len(), 1);
     let Side::Denied { isolated_by } = v.ingress else {
         panic!("ingress should deny: {v:?}")
@@ -344,7 +503,9 @@ fn a_connection_needs_egress_and_ingress_and_says_which_rule() {
     assert_eq!((v.egress, v.ingress), (Side::External, Side::NotIsolated));
     assert!(v.allowed);
     let v = engine.verdict(peer(&c, "b/client"), peer(&c, "1.2.3.4"), Protocol::Udp, 9);
-    let Side::Allowed { rule, .. } = v.egress else { panic!("{v:?}") };
+    let Side::Allowed { rule, .. } = v.egress else {
+        panic!("{v:?}")
+    };
     assert_eq!((rule.rule, rule.peer, rule.port), (0, Some(0), None));
 }
 
@@ -441,15 +602,33 @@ fn pods_fold_into_their_top_owner_and_take_the_template() {
     let ep = &c.endpoints[api.endpoints[0]];
     assert_eq!(ep.pods, ["api-5d4f-x1", "api-5d4f-x2"]);
     assert_eq!(ep.ips.len(), 2);
-    assert!(!ep.labels.contains_key("pod-template-hash"), "labels are the template's");
-    assert_eq!(ep.named_port("http", Protocol::Tcp), Some(8080), "ports are the template's");
+    assert!(
+        !ep.labels.contains_key("pod-template-hash"),
+        "labels are the template's"
+    );
+    assert_eq!(
+        ep.named_port("http", Protocol::Tcp),
+        Some(8080),
+        "ports are the template's"
+    );
     // Namespaces nothing defines exist, with their name label.
     let shop = c.namespace("shop").unwrap();
     assert!(!shop.defined);
-    assert_eq!(shop.labels.get("kubernetes.io/metadata.name").map(String::as_str), Some("shop"));
+    assert_eq!(
+        shop.labels
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("shop")
+    );
     // A pod IP finds its workload; pod and workload names find it too.
-    assert_eq!(c.endpoint_by_ip("10.1.0.2".parse().unwrap()), Some(api.endpoints[0]));
-    assert_eq!(c.find_workload("shop/api-5d4f-x1"), c.find_workload("shop/api"));
+    assert_eq!(
+        c.endpoint_by_ip("10.1.0.2".parse().unwrap()),
+        Some(api.endpoints[0])
+    );
+    assert_eq!(
+        c.find_workload("shop/api-5d4f-x1"),
+        c.find_workload("shop/api")
+    );
     assert!(c.find_workload("shop/nope").is_err());
 }
 
@@ -457,22 +636,59 @@ fn pods_fold_into_their_top_owner_and_take_the_template() {
 fn connectivity_lists_pairs_and_cut_external_ranges() {
     let text = format!(
         "{WORKLOADS}\n---\n{}",
-        policy("shop", "api", "  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}]\n    ports: [{port: http}]\n  - from: [{podSelector: {matchLabels: {app: report}}}]\n    ports: [{port: 8080, endPort: 8081}, {port: 9000, protocol: UDP}]")
+        policy(
+            "shop",
+            "api",
+            "  podSelector: {matchLabels: {app: api}}\n  ingress:\n  - from: [{ipBlock: {cidr: 192.168.0.0/16, except: [192.168.1.0/24]}}]\n    ports: [{port: http}]\n  - from: [{podSelector: {matchLabels: {app: report}}}]\n    ports: [{port: 8080, endPort: 8081}, {port: 9000, protocol: UDP}]"
+        )
     );
     let c = Cluster::from_objects(parse_str(Path::new("w.yaml"), &text).unwrap()).unwrap();
-    let engine = Engine::new(&c, Settings { ipblock_matches_pods: false });
+    let engine = Engine::new(
+        &c,
+        Settings {
+            ipblock_matches_pods: false,
+        },
+    );
     let out = Connectivity::analyze(&engine).render(OutputFormat::Txt);
     let lines: Vec<&str> = out.lines().collect();
-    assert!(lines.contains(&"192.168.0.0-192.168.0.255[External] => shop/api[Deployment] : TCP 8080"), "{out}");
-    assert!(lines.contains(&"192.168.2.0-192.168.255.255[External] => shop/api[Deployment] : TCP 8080"), "{out}");
-    assert!(!out.contains("192.168.1.0-192.168.1.255[External] => shop/api"), "{out}");
-    assert!(lines.contains(&"shop/report[CronJob] => shop/api[Deployment] : TCP 8080-8081,UDP 9000"), "{out}");
-    assert!(!out.contains("default/db[StatefulSet] => shop/api"), "{out}");
-    assert!(lines.contains(&"shop/api[Deployment] => 0.0.0.0-255.255.255.255[External] : All Connections"), "{out}");
+    assert!(
+        lines.contains(&"192.168.0.0-192.168.0.255[External] => shop/api[Deployment] : TCP 8080"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"192.168.2.0-192.168.255.255[External] => shop/api[Deployment] : TCP 8080"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("192.168.1.0-192.168.1.255[External] => shop/api"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(&"shop/report[CronJob] => shop/api[Deployment] : TCP 8080-8081,UDP 9000"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("default/db[StatefulSet] => shop/api"),
+        "{out}"
+    );
+    assert!(
+        lines.contains(
+            &"shop/api[Deployment] => 0.0.0.0-255.255.255.255[External] : All Connections"
+        ),
+        "{out}"
+    );
     // Every format renders every line.
-    for format in [OutputFormat::Json, OutputFormat::Md, OutputFormat::Csv, OutputFormat::Dot] {
+    for format in [
+        OutputFormat::Json,
+        OutputFormat::Md,
+        OutputFormat::Csv,
+        OutputFormat::Dot,
+    ] {
         let rendered = Connectivity::analyze(&engine).render(format);
-        assert!(rendered.contains("shop/report[CronJob]"), "{format:?}: {rendered}");
+        assert!(
+            rendered.contains("shop/report[CronJob]"),
+            "{format:?}: {rendered}"
+        );
     }
     let json: serde_json::Value =
         serde_json::from_str(&Connectivity::analyze(&engine).render(OutputFormat::Json)).unwrap();

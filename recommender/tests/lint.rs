@@ -98,7 +98,11 @@ fn findings(policies: &str) -> Vec<Finding> {
 }
 
 fn only(findings: &[Finding], check: &str) -> Vec<Finding> {
-    findings.iter().filter(|f| f.check == check).cloned().collect()
+    findings
+        .iter()
+        .filter(|f| f.check == check)
+        .cloned()
+        .collect()
 }
 
 #[test]
@@ -112,7 +116,10 @@ fn namespaces_without_default_deny() {
     let found = findings("");
     let f = only(&found, "no-default-deny");
     assert_eq!(f.len(), 2, "{found:#?}");
-    assert!(f.iter().any(|f| f.namespace == "shop" && f.message.contains("Ingress and Egress")));
+    assert!(
+        f.iter()
+            .any(|f| f.namespace == "shop" && f.message.contains("Ingress and Egress"))
+    );
     assert!(f.iter().all(|f| f.fix.contains("podSelector: {}")));
 }
 
@@ -134,14 +141,21 @@ fn namespace_and_pod_selector_split_into_two_peers() {
     let f = only(&found, "split-namespace-and-pod-selector");
     assert_eq!(f.len(), 1, "{found:#?}");
     assert_eq!(f[0].policy.as_deref(), Some("shop/split"));
-    assert!(f[0].message.contains("spec.ingress[0].from[0]"), "{}", f[0].message);
+    assert!(
+        f[0].message.contains("spec.ingress[0].from[0]"),
+        "{}",
+        f[0].message
+    );
     assert!(f[0].fix.contains("one peer"));
 }
 
 #[test]
 fn egress_isolation_without_dns() {
     // CLEAN without its DNS policy.
-    let without_dns = CLEAN.replace("name: dns, namespace: shop", "name: dns, namespace: elsewhere");
+    let without_dns = CLEAN.replace(
+        "name: dns, namespace: shop",
+        "name: dns, namespace: elsewhere",
+    );
     let found = findings(&without_dns);
     let f = only(&found, "egress-without-dns");
     // One finding per set of isolating policies: api (default-deny) and web (+ web-to-api).
@@ -149,7 +163,10 @@ fn egress_isolation_without_dns() {
     let messages: String = f.iter().map(|f| f.message.clone()).collect();
     assert!(messages.contains("shop/web[Deployment]"), "{messages}");
     assert!(messages.contains("shop/api[Deployment]"), "{messages}");
-    assert!(f.iter().all(|f| f.policy.as_deref() == Some("shop/default-deny")));
+    assert!(
+        f.iter()
+            .all(|f| f.policy.as_deref() == Some("shop/default-deny"))
+    );
     assert!(f[0].fix.contains("kube-dns"));
 }
 
@@ -169,13 +186,23 @@ fn dns_rule_targeting_pods_without_namespace_selector() {
 #[test]
 fn service_port_in_place_of_the_container_port() {
     let bad = CLEAN
-        .replace("egress: [{to: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 9000}]}]", "egress: [{to: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 80}]}]")
-        .replace("ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 9000}]}]", "ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]");
+        .replace(
+            "egress: [{to: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 9000}]}]",
+            "egress: [{to: [{podSelector: {matchLabels: {app: api}}}], ports: [{port: 80}]}]",
+        )
+        .replace(
+            "ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 9000}]}]",
+            "ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: 80}]}]",
+        );
     let found = findings(&bad);
     let f = only(&found, "service-port-not-container-port");
     assert_eq!(f.len(), 2, "{found:#?}");
     for finding in &f {
-        assert!(finding.message.contains("Service shop/api"), "{}", finding.message);
+        assert!(
+            finding.message.contains("Service shop/api"),
+            "{}",
+            finding.message
+        );
         assert!(finding.fix.contains("port: 9000"), "{}", finding.fix);
     }
 }
@@ -189,5 +216,9 @@ fn a_policy_that_selects_no_pod() {
     assert_eq!(f.len(), 1, "{found:#?}");
     assert_eq!(f[0].policy.as_deref(), Some("shop/typo"));
     assert!(f[0].message.contains("app=wbe"), "{}", f[0].message);
-    assert!(f[0].message.contains("shop/web[Deployment]"), "{}", f[0].message);
+    assert!(
+        f[0].message.contains("shop/web[Deployment]"),
+        "{}",
+        f[0].message
+    );
 }

@@ -25,7 +25,8 @@ pub struct ConnectivityArgs {
 }
 
 fn parse_format(text: &str) -> Result<OutputFormat, String> {
-    text.parse().map_err(|e: flowpol_recommender::connectivity::UnknownFormat| e.to_string())
+    text.parse()
+        .map_err(|e: flowpol_recommender::connectivity::UnknownFormat| e.to_string())
 }
 
 pub fn run(args: ConnectivityArgs) -> anyhow::Result<ExitCode> {
