@@ -153,7 +153,11 @@ impl Connectivity {
         let mut peers: Vec<PeerName> = (0..workloads.len()).map(PeerName::Workload).collect();
         let ingress_ranges = external_ranges(&cluster.policies, Direction::Ingress);
         let egress_ranges = external_ranges(&cluster.policies, Direction::Egress);
-        let mut all_ranges: Vec<IpRange> = ingress_ranges.iter().chain(&egress_ranges).copied().collect();
+        let mut all_ranges: Vec<IpRange> = ingress_ranges
+            .iter()
+            .chain(&egress_ranges)
+            .copied()
+            .collect();
         all_ranges.sort();
         all_ranges.dedup();
         peers.extend(all_ranges.iter().copied().map(PeerName::External));
@@ -189,8 +193,12 @@ impl Connectivity {
                 .iter()
                 .all(|&e| engine.isolating(e, direction).is_empty())
         };
-        let egress_open: Vec<bool> = (0..workloads.len()).map(|w| open(w, Direction::Egress)).collect();
-        let ingress_open: Vec<bool> = (0..workloads.len()).map(|w| open(w, Direction::Ingress)).collect();
+        let egress_open: Vec<bool> = (0..workloads.len())
+            .map(|w| open(w, Direction::Egress))
+            .collect();
+        let ingress_open: Vec<bool> = (0..workloads.len())
+            .map(|w| open(w, Direction::Ingress))
+            .collect();
 
         let mut conns = vec![ConnSet::all()];
         let mut conn_ids: HashMap<ConnSet, u32> = HashMap::from([(ConnSet::all(), 0)]);

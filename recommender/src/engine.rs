@@ -121,10 +121,50 @@ struct CompiledPort {
 enum CompiledPeer {
     /// Index into [`Engine::sets`].
     Pods(u32),
-    IpBlock {
-        block: IpBlock,
-        pods: u32,
-    },
+    /// Index into [`Engine::ip_blocks`], and the set of pods whose IP it holds.
+    IpBlock { block: u32, pods: u32 },
+}
+
+/// A slice of an arena: `start..end`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Per endpoint lists, flattened (one allocation, one indirection).
+#[derive(Debug, Clone, Default)]
+struct Csr {
+    offsets: Vec<u32>,
+    data: Vec<u32>,
+}
+
+impl Csr {
+    fn from_lists(lists: Vec<Vec<u32>>) -> Self {
+        let mut csr = Csr {
+            offsets: Vec::with_capacity(lists.len() + 1),
+            data: Vec::new(),
+        };
+        csr.offsets.push(0);
+        for list in lists {
+            csr.data.extend(list);
+            csr.offsets.push(csr.data.len() as u32);
+        }
+        csr
+    }
+    #[inline]
+    fn get(&self, i: usize) -> &[u32] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
 }
 
 /// A rule in the form the verdict loop reads: no strings, no nested lookups.
@@ -133,10 +173,10 @@ struct CompiledRule {
     policy: u32,
     direction: Direction,
     rule: u32,
-    /// Empty: every peer.
-    peers: Vec<CompiledPeer>,
-    /// Empty: every port.
-    ports: Vec<CompiledPort>,
+    /// Into `peer_arena`; empty: every peer.
+    peers: Span,
+    /// Into `port_arena`; empty: every port.
+    ports: Span,
     /// The rule's ports as written, for connection sets.
     port_rules: Vec<PortRule>,
 }
@@ -148,8 +188,11 @@ pub struct Engine<'c> {
     ingress_of: Vec<Vec<u32>>,
     egress_of: Vec<Vec<u32>>,
     /// Per direction, per endpoint: the rules of its isolating policies, in policy order.
-    endpoint_rules: [Vec<Vec<u32>>; 2],
+    endpoint_rules: [Csr; 2],
     rules: Vec<CompiledRule>,
+    peer_arena: Vec<CompiledPeer>,
+    port_arena: Vec<CompiledPort>,
+    ip_blocks: Vec<IpBlock>,
     /// Per policy, per direction: its rules' indices into `rules`.
     policy_rules: Vec<[Vec<u32>; 2]>,
     /// Endpoint sets selected by rule peers (deduplicated).
@@ -208,6 +251,9 @@ impl<'c> Engine<'c> {
         let mut egress_of = vec![Vec::new(); n];
         let mut endpoint_rules: [Vec<Vec<u32>>; 2] = [vec![Vec::new(); n], vec![Vec::new(); n]];
         let mut rules = Vec::new();
+        let mut peer_arena = Vec::new();
+        let mut port_arena: Vec<CompiledPort> = Vec::new();
+        let mut ip_blocks = Vec::new();
         let mut policy_rules = Vec::with_capacity(cluster.policies.len());
         let mut sets: Vec<BitSet> = Vec::new();
         let mut selected_all = Vec::with_capacity(cluster.policies.len());
@@ -232,7 +278,7 @@ impl<'c> Engine<'c> {
                     .iter()
                     .enumerate()
                 {
-                    let mut peers = Vec::with_capacity(rule.peers.len());
+                    let peers_start = peer_arena.len() as u32;
                     for peer in &rule.peers {
                         let set = *set_index
                             .entry((peer, policy.namespace.as_str()))
@@ -246,38 +292,46 @@ impl<'c> Engine<'c> {
                                 ));
                                 (sets.len() - 1) as u32
                             });
-                        peers.push(match peer {
+                        peer_arena.push(match peer {
                             Peer::Pods { .. } => CompiledPeer::Pods(set),
-                            Peer::IpBlock(block) => CompiledPeer::IpBlock {
-                                block: block.clone(),
-                                pods: set,
-                            },
+                            Peer::IpBlock(block) => {
+                                ip_blocks.push(block.clone());
+                                CompiledPeer::IpBlock {
+                                    block: (ip_blocks.len() - 1) as u32,
+                                    pods: set,
+                                }
+                            }
                         });
                     }
-                    let ports = rule
-                        .ports
-                        .iter()
-                        .map(|p| match &p.port {
-                            PortMatch::All => CompiledPort {
-                                protocol: p.protocol,
-                                lo: 1,
-                                hi: u16::MAX,
-                                name: NO_NAME,
-                            },
-                            PortMatch::Range(lo, hi) => CompiledPort {
-                                protocol: p.protocol,
-                                lo: *lo,
-                                hi: *hi,
-                                name: NO_NAME,
-                            },
-                            PortMatch::Named(name) => CompiledPort {
-                                protocol: p.protocol,
-                                lo: 1,
-                                hi: 0,
-                                name: intern(name.as_str()),
-                            },
-                        })
-                        .collect();
+                    let peers = Span {
+                        start: peers_start,
+                        end: peer_arena.len() as u32,
+                    };
+                    let ports_start = port_arena.len() as u32;
+                    port_arena.extend(rule.ports.iter().map(|p| match &p.port {
+                        PortMatch::All => CompiledPort {
+                            protocol: p.protocol,
+                            lo: 1,
+                            hi: u16::MAX,
+                            name: NO_NAME,
+                        },
+                        PortMatch::Range(lo, hi) => CompiledPort {
+                            protocol: p.protocol,
+                            lo: *lo,
+                            hi: *hi,
+                            name: NO_NAME,
+                        },
+                        PortMatch::Named(name) => CompiledPort {
+                            protocol: p.protocol,
+                            lo: 1,
+                            hi: 0,
+                            name: intern(name.as_str()),
+                        },
+                    }));
+                    let ports = Span {
+                        start: ports_start,
+                        end: port_arena.len() as u32,
+                    };
                     own_rules[dir_index(direction)].push(rules.len() as u32);
                     rules.push(CompiledRule {
                         policy: pi as u32,
@@ -307,8 +361,11 @@ impl<'c> Engine<'c> {
             settings,
             ingress_of,
             egress_of,
-            endpoint_rules,
+            endpoint_rules: endpoint_rules.map(Csr::from_lists),
             rules,
+            peer_arena,
+            port_arena,
+            ip_blocks,
             policy_rules,
             sets,
             named_ports,
@@ -364,11 +421,13 @@ impl<'c> Engine<'c> {
         if rule.peers.is_empty() {
             return Some(None);
         }
-        rule.peers
+        self.peer_arena[rule.peers.range()]
             .iter()
             .position(|peer| match (peer, other) {
                 (CompiledPeer::Pods(_), PeerRef::Ip(_)) => false,
-                (CompiledPeer::IpBlock { block, .. }, PeerRef::Ip(ip)) => block.contains(ip),
+                (CompiledPeer::IpBlock { block, .. }, PeerRef::Ip(ip)) => {
+                    self.ip_blocks[*block as usize].contains(ip)
+                }
                 (
                     CompiledPeer::Pods(set) | CompiledPeer::IpBlock { pods: set, .. },
                     PeerRef::Endpoint(e),
@@ -391,7 +450,7 @@ impl<'c> Engine<'c> {
         if rule.ports.is_empty() {
             return Some(None);
         }
-        rule.ports
+        self.port_arena[rule.ports.range()]
             .iter()
             .position(|p| {
                 p.protocol == protocol
@@ -438,7 +497,7 @@ impl<'c> Engine<'c> {
         if isolated_by.is_empty() {
             return Side::NotIsolated;
         }
-        for &ri in &self.endpoint_rules[dir_index(direction)][subject] {
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
             let rule = &self.rules[ri as usize];
             let Some(port_index) = self.rule_port(rule, protocol, port, dst) else {
                 continue;
@@ -488,7 +547,7 @@ impl<'c> Engine<'c> {
         port: u16,
     ) -> Vec<RuleRef> {
         let mut out = Vec::new();
-        for &ri in &self.endpoint_rules[dir_index(direction)][subject] {
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
             let rule = &self.rules[ri as usize];
             let Some(port_index) = self.rule_port(rule, protocol, port, dst) else {
                 continue;
@@ -513,7 +572,7 @@ impl<'c> Engine<'c> {
             return ConnSet::all();
         }
         let mut out = ConnSet::none();
-        for &ri in &self.endpoint_rules[dir_index(direction)][subject] {
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
             let rule = &self.rules[ri as usize];
             if self.rule_peer(rule, other).is_none() {
                 continue;
@@ -521,7 +580,10 @@ impl<'c> Engine<'c> {
             if rule.ports.is_empty() {
                 return ConnSet::all();
             }
-            for (p, written) in rule.ports.iter().zip(&rule.port_rules) {
+            for (p, written) in self.port_arena[rule.ports.range()]
+                .iter()
+                .zip(&rule.port_rules)
+            {
                 let ports = match &written.port {
                     PortMatch::All => PortSet::all(),
                     PortMatch::Range(lo, hi) => PortSet::range(*lo, *hi),
