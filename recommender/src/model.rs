@@ -237,7 +237,21 @@ impl Cluster {
                 // Bounded walk: owner cycles in hand-written manifests must not hang us.
                 for _ in 0..8 {
                     let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone())) else {
-                        break;
+                        // `kubectl get deploy,pods` dumps hold the Deployment (CronJob) but not
+                        // the ReplicaSet (Job) between it and its pods; the names tell the link.
+                        match implied_owner(&kind, &name) {
+                            Some((k, n))
+                                if by_key.contains_key(&(
+                                    ns.to_string(),
+                                    k.to_string(),
+                                    n.to_string(),
+                                )) =>
+                            {
+                                (kind, name) = (k.to_string(), n.to_string());
+                                continue;
+                            }
+                            _ => break,
+                        }
                     };
                     defined = Some(i);
                     match &controllers[i].owner {
@@ -492,6 +506,27 @@ impl Cluster {
     /// The endpoint that owns a pod IP, if any.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<usize> {
         self.endpoints.iter().position(|e| e.ips.contains(&ip))
+    }
+}
+
+/// The owner a controller's name implies: ReplicaSet `web-5d4f8c` of Deployment `web`
+/// (pod-template-hash suffix), Job `report-29001234` of CronJob `report` (schedule suffix).
+fn implied_owner<'n>(kind: &str, name: &'n str) -> Option<(&'static str, &'n str)> {
+    let (prefix, suffix) = name.rsplit_once('-')?;
+    if prefix.is_empty() || suffix.is_empty() {
+        return None;
+    }
+    match kind {
+        "ReplicaSet"
+            if suffix.len() <= 10
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Some(("Deployment", prefix))
+        }
+        "Job" if suffix.bytes().all(|b| b.is_ascii_digit()) => Some(("CronJob", prefix)),
+        _ => None,
     }
 }
 

@@ -694,3 +694,61 @@ fn connectivity_lists_pairs_and_cut_external_ranges() {
         serde_json::from_str(&Connectivity::analyze(&engine).render(OutputFormat::Json)).unwrap();
     assert_eq!(json.as_array().unwrap().len(), lines.len());
 }
+
+#[test]
+fn pods_fold_into_a_deployment_or_cronjob_through_a_missing_middle_owner() {
+    let text = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-7c9f8d6b5-abcde
+  namespace: shop
+  labels: {app: web, pod-template-hash: 7c9f8d6b5}
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: web-7c9f8d6b5, uid: u, controller: true}]
+spec: {containers: [{name: c}]}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: report, namespace: shop}
+spec:
+  schedule: "0 * * * *"
+  jobTemplate: {spec: {template: {metadata: {labels: {app: report}}, spec: {containers: [{name: c}]}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: report-29001234-xyz12
+  namespace: shop
+  ownerReferences: [{apiVersion: batch/v1, kind: Job, name: report-29001234, uid: j, controller: true}]
+spec: {containers: [{name: c}]}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: other-5d4f-q
+  namespace: shop
+  ownerReferences: [{apiVersion: apps/v1, kind: ReplicaSet, name: other-5d4f, uid: o, controller: true}]
+spec: {containers: [{name: c}]}
+"#;
+    let c = Cluster::from_objects(parse_str(Path::new("w.yaml"), text).unwrap()).unwrap();
+    let mut names: Vec<String> = c.workloads.iter().map(|w| w.peer_name()).collect();
+    names.sort();
+    // No Deployment `other` in the manifests: its pods stay with their ReplicaSet.
+    assert_eq!(
+        names,
+        [
+            "shop/other-5d4f[ReplicaSet]",
+            "shop/report[CronJob]",
+            "shop/web[Deployment]"
+        ]
+    );
+}
