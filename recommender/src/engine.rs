@@ -201,6 +201,8 @@ pub struct Engine<'c> {
     named_ports: Vec<Vec<(u32, Protocol, u16)>>,
     /// Per policy, the endpoints its podSelector selects.
     selected: Vec<Vec<usize>>,
+    /// Pod IP → endpoint, for flows that carry addresses.
+    by_ip: HashMap<IpAddr, usize>,
 }
 
 fn dir_index(direction: Direction) -> usize {
@@ -370,6 +372,12 @@ impl<'c> Engine<'c> {
             sets,
             named_ports,
             selected: selected_all,
+            by_ip: cluster
+                .endpoints
+                .iter()
+                .enumerate()
+                .flat_map(|(e, ep)| ep.ips.iter().map(move |ip| (*ip, e)))
+                .collect(),
         }
     }
 
@@ -396,8 +404,8 @@ impl<'c> Engine<'c> {
 
     /// The endpoint a pod IP belongs to, else the address as an external peer.
     pub fn peer_for_ip(&self, ip: IpAddr) -> PeerRef {
-        match self.cluster.endpoint_by_ip(ip) {
-            Some(e) => PeerRef::Endpoint(e),
+        match self.by_ip.get(&ip) {
+            Some(&e) => PeerRef::Endpoint(e),
             None => PeerRef::Ip(ip),
         }
     }

@@ -365,3 +365,31 @@ impl Explanation {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_with_and_without_protocol() {
+        assert_eq!(parse_port("8080").unwrap(), (Protocol::Tcp, 8080));
+        assert_eq!(parse_port("53/udp").unwrap(), (Protocol::Udp, 53));
+        assert_eq!(parse_port("9/SCTP").unwrap(), (Protocol::Sctp, 9));
+        for bad in ["0", "65536", "http", "53/icmp", "", "/TCP"] {
+            assert!(parse_port(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn stable_labels_drop_rollout_labels() {
+        let labels: Labels = [
+            ("app", "web"),
+            ("pod-template-hash", "5d4f"),
+            ("controller-revision-hash", "x"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(stable_labels(&labels).keys().collect::<Vec<_>>(), ["app"]);
+    }
+}
