@@ -75,6 +75,17 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
     }
     drain_once(&mut capture, sink, true, &mut summary).await?;
     summary.counters = capture.counters()?;
+    for p in capture.program_stats() {
+        if let Some(mean) = p.mean_ns() {
+            tracing::info!(
+                program = p.name,
+                run_count = p.run_count,
+                run_time_ns = p.run_time_ns,
+                mean_ns = format!("{mean:.1}"),
+                "program stats"
+            );
+        }
+    }
     drop(capture); // detaches every program
     let counters = summary
         .counters

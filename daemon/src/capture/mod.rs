@@ -119,6 +119,23 @@ pub struct Capture {
     attached: Vec<String>,
 }
 
+/// Run statistics of one kernel program (`kernel.bpf_stats_enabled=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: &'static str,
+    pub run_count: u64,
+    pub run_time_ns: u64,
+}
+
+impl ProgramStats {
+    /// Mean nanoseconds per run, when the program ran.
+    pub fn mean_ns(&self) -> Option<f64> {
+        (self.run_count > 0).then(|| self.run_time_ns as f64 / self.run_count as f64)
+    }
+}
+
+const PROGRAM_NAMES: [&str; 4] = ["flow_egress", "flow_ingress", "flow_tc", "drop_kfree_skb"];
+
 const SOCKET_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
     ("flow_egress", CgroupSkbAttachType::Egress),
     ("flow_ingress", CgroupSkbAttachType::Ingress),
@@ -294,6 +311,23 @@ impl Capture {
             out.push((*name, values.iter().sum()));
         }
         Ok(out)
+    }
+
+    /// Per-program run count and total run time from the kernel. Both stay 0
+    /// unless `kernel.bpf_stats_enabled=1` (the agent does not turn it on: it
+    /// costs about 20 ns per run).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        PROGRAM_NAMES
+            .iter()
+            .filter_map(|name| {
+                let info = self.ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    name,
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// The running kernel's drop-reason names.
