@@ -204,24 +204,25 @@ impl Drop for NftTable {
     }
 }
 
-/// A running `flowpol agent`, killed on drop if a test did not stop it.
+/// A running `flowpol agent` writing to its own database, killed on drop if a
+/// test did not stop it.
 pub struct Agent {
     child: Option<Child>,
-    pub json_out: PathBuf,
+    pub db: PathBuf,
     stderr_lines: mpsc::Receiver<String>,
     pub log: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
-    /// Starts the agent writing JSON lines and waits until its programs are attached.
+    /// Starts the agent with a fresh database and waits until its programs are attached.
     pub fn start(extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let json_out = dir.path().join("flows.jsonl");
+        let db = dir.path().join("flows.db");
         let mut child = Command::new(env!("CARGO_BIN_EXE_flowpol"))
             .arg("agent")
-            .arg("--json-out")
-            .arg(&json_out)
+            .arg("--db")
+            .arg(&db)
             .args(extra)
             .env("FLOWPOL_LOG", "info")
             .stdout(Stdio::null())
@@ -239,7 +240,7 @@ impl Agent {
         });
         let mut agent = Self {
             child: Some(child),
-            json_out,
+            db,
             stderr_lines: rx,
             log: Vec::new(),
             _dir: dir,
@@ -272,7 +273,8 @@ impl Agent {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    /// Sends SIGTERM, waits for a clean exit (status 0) and returns the records.
+    /// Sends SIGTERM, waits for a clean exit (status 0) and returns the stored
+    /// flows as `flowpol flows --db ... -o json` prints them.
     pub fn stop(&mut self) -> Vec<serde_json::Value> {
         let mut child = self.child.take().expect("agent already stopped");
         run("kill", &["-TERM", &child.id().to_string()]);
@@ -285,7 +287,7 @@ impl Agent {
             "agent exited with {status}; log:\n{}",
             self.log.join("\n")
         );
-        read_records(&self.json_out)
+        stored_flows(&self.db)
     }
 }
 
@@ -298,8 +300,19 @@ impl Drop for Agent {
     }
 }
 
-pub fn read_records(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// `flowpol flows --db PATH -o json`, parsed.
+pub fn stored_flows(db: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["flows", "-o", "json", "--db"])
+        .arg(db)
+        .output()
+        .expect("running flowpol flows");
+    assert!(
+        out.status.success(),
+        "flowpol flows failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
