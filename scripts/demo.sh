@@ -13,7 +13,7 @@ BIN=${FLOWPOL_BIN:-target/release/flowpol}
 ID="fpcd$$"
 HUB="${ID}h"; A="${ID}a"; B="${ID}b"
 WORK=$(mktemp -d /tmp/flowpol-demo.XXXXXX)
-OUT="$WORK/flows.jsonl"
+DB="$WORK/flows.db"
 AGENT_PID=""
 PIDS=()
 
@@ -45,11 +45,16 @@ A4=10.213.7.1; B4=10.213.7.2; A6=fd7d:213:7::1; B6=fd7d:213:7::2; SILENT=10.213.
 
 # The server's "network policy": nothing may reach TCP 9999.
 ip netns exec "$B" nft -f - <<EOF
-table inet fpcdemo { chain input { type filter hook input priority 0; policy accept; tcp dport 9999 drop; } }
+table inet fpcdemo {
+  chain input {
+    type filter hook input priority 0; policy accept;
+    tcp dport 9999 drop
+  }
+}
 EOF
 
-say "agent: $BIN agent --json-out $OUT --interval 2s"
-"$BIN" agent --json-out "$OUT" --interval 2s --syn-timeout 2s 2> "$WORK/agent.log" &
+say "agent: $BIN agent --db $DB --interval 2s"
+"$BIN" agent --db "$DB" --interval 2s --syn-timeout 2s 2> "$WORK/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 50); do grep -q "capture attached" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "capture attached" "$WORK/agent.log" || { cat "$WORK/agent.log" >&2; exit 1; }
@@ -78,10 +83,4 @@ kill -TERM "$AGENT_PID"; wait "$AGENT_PID"; AGENT_PID=""
 grep -E "capture detached|program stats" "$WORK/agent.log" | sed 's/\x1b\[[0-9;]*m//g' || true
 
 say "recorded flows between the demo addresses"
-printf '%-8s %-28s %-28s %8s %10s %8s %10s %-10s %s\n' PROTO SRC DST PKTS BYTES R_PKTS R_BYTES VERDICT DROP_REASON
-jq -r 'select((.src.ip + .dst.ip) | test("^10\\.213\\.7\\.|fd7d:213:7::"))
-  | [.protocol, "\(.src.ip) \(.src.port)", "\(.dst.ip) \(.dst.port)", .packets, .bytes,
-     .reply_packets, .reply_bytes, .verdict, (.drop_reason // "-")] | @tsv' "$OUT" |
-  while IFS=$'\t' read -r p s d pk b rp rb v r; do
-    printf '%-8s %-28s %-28s %8s %10s %8s %10s %-10s %s\n' "$p" "$s" "$d" "$pk" "$b" "$rp" "$rb" "$v" "$r"
-  done
+"$BIN" flows --db "$DB" | awk 'NR == 1 || /10\.213\.7\.|fd7d:213:7::/'
