@@ -217,9 +217,32 @@ pub struct Agent {
 impl Agent {
     /// Starts the agent with a fresh database and waits until its programs are attached.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_in(None, extra)
+    }
+
+    /// Like [`Agent::start`], with the agent inside network namespace `netns`
+    /// (entered with setns only: its mounts, /proc/mounts and the cgroup v2
+    /// root stay the host's, unlike with `ip netns exec`).
+    pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("flows.db");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpol"));
+        // Kept open until the child has been spawned.
+        let ns_file = netns.map(|ns| File::open(format!("/var/run/netns/{}", ns.name)).unwrap());
+        if let Some(file) = &ns_file {
+            let fd = file.as_raw_fd();
+            // SAFETY: setns is async-signal-safe and `fd` is open during spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if setns(fd, CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("agent")
             .arg("--db")
             .arg(&db)
@@ -229,6 +252,7 @@ impl Agent {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting flowpol agent");
+        drop(ns_file);
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -395,4 +419,33 @@ pub fn net_counter(file: &str, group: &str, name: &str) -> u64 {
         .position(|n| *n == name)
         .unwrap_or_else(|| panic!("{group} {name} not in {file}"));
     values[i].parse().unwrap()
+}
+
+/// An empty cgroup v2 directory (under the cgroup2 mount found in /proc/mounts),
+/// removed on drop. Attaching the agent there keeps every socket outside it unseen.
+pub struct CgroupDir {
+    pub path: PathBuf,
+}
+
+impl CgroupDir {
+    pub fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("cgroup2 is not mounted");
+        let (name, _) = unique("fpc");
+        let path = Path::new(&root).join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }

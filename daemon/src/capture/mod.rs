@@ -418,17 +418,26 @@ fn drain_map<K: aya::Pod + Copy, V: aya::Pod + Copy>(
     Ok(out)
 }
 
-/// Interfaces (from /sys/class/net) whose name matches `pattern`.
+/// Interfaces of the agent's network namespace (from /proc/net/dev, which,
+/// unlike /sys/class/net, follows the process's namespace) matching `pattern`.
 fn matching_interfaces(pattern: &str) -> Vec<String> {
-    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
-        return Vec::new();
-    };
-    let mut names: Vec<String> = dir
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+    let text = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
+    let mut names: Vec<String> = interface_names(&text)
+        .into_iter()
         .filter(|n| glob_match(pattern, n))
         .collect();
     names.sort();
     names
+}
+
+/// Interface names in the text of /proc/net/dev (two header lines, then `name: counters`).
+fn interface_names(proc_net_dev: &str) -> Vec<String> {
+    proc_net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
+        .filter(|n| !n.is_empty())
+        .collect()
 }
 
 /// `*` matches any run of characters, `?` one character; `,` separates alternatives.
@@ -459,5 +468,11 @@ mod tests {
         assert!(!glob_match("eth?", "eth10"));
         assert!(!glob_match("veth*", "eth0"));
         assert!(glob_match("*", "lo"));
+    }
+
+    #[test]
+    fn reads_interface_names_from_proc_net_dev() {
+        let text = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes\n    lo: 1 2 3\n  eth0: 4 5 6\nveth1a2b: 7 8 9\n";
+        assert_eq!(interface_names(text), vec!["lo", "eth0", "veth1a2b"]);
     }
 }
