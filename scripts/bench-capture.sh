@@ -76,5 +76,5 @@ awk -v a="$mw" -v b="$mb" 'BEGIN {printf "  ratio:         %.3f (target >= 0.97)
 echo
 echo "eBPF program cost while the agent ran (bpf_stats, all rounds):"
 grep "program stats" "$WORK/agent-all.log" |
-  sed -E 's/.*program=([a-z_]+).*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
+  sed -E 's/.*program="?([a-z_]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
   awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) printf "  %-16s %12d runs  %7.1f ns/run\n", p, c[p], t[p]/c[p]}'
