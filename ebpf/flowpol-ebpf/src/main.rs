@@ -297,7 +297,7 @@ fn add_packet<C: Fn() -> u64>(
         v.rx_bytes = bytes;
         v.rx_flags = flags;
     }
-    match map.insert(key, &v, BPF_NOEXIST as u64) {
+    match map.insert(key, v, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(_) => {
             // Lost a race with another CPU inserting the same key: update that entry.
@@ -531,7 +531,7 @@ fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, b
         tcp_flags: flags,
         _pad: [0; 7],
     };
-    if map.insert(key, &v, BPF_NOEXIST as u64).is_err() {
+    if map.insert(key, v, BPF_NOEXIST as u64).is_err() {
         match map.get_ptr_mut(key) {
             Some(p) => {
                 let p = unsafe { &mut *p };
