@@ -2,3 +2,4 @@
 //! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
 //! and the CLI commands on top.
 pub mod cli;
+pub mod enrich;
