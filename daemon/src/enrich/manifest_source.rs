@@ -72,9 +72,11 @@ fn collect(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), St
 /// Parses one file's text into objects.
 pub fn parse_file(path: &Path, text: &str, out: &mut Vec<Object>) -> Result<(), String> {
     let p = path.display();
-    let docs: Vec<Value> = if path.extension().is_some_and(|e| e == "json")
-        || text.trim_start().starts_with(['{', '['])
-    {
+    let ext = path.extension().and_then(|e| e.to_str());
+    // YAML is a superset of JSON: `.yaml` files are YAML even when a document is JSON.
+    let is_json = ext == Some("json")
+        || (!matches!(ext, Some("yaml" | "yml")) && text.trim_start().starts_with(['{', '[']));
+    let docs: Vec<Value> = if is_json {
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
             .collect::<Result<_, _>>()
@@ -133,16 +135,6 @@ fn visit(
     let Some(k) = kind_of(&kind, &api_version) else {
         return Ok(());
     };
-    let name = {
-        let m = value.get("metadata");
-        let n = m.and_then(|m| m.get("name")).and_then(Value::as_str);
-        let ns = m.and_then(|m| m.get("namespace")).and_then(Value::as_str);
-        match (ns, n) {
-            (Some(ns), Some(n)) => format!("{ns}/{n}"),
-            (None, Some(n)) => n.to_string(),
-            _ => return Err(format!("{p}: document {doc}: {kind} has no metadata.name")),
-        }
-    };
     if let Value::Object(m) = &mut value {
         // Items of a typed List may omit these; k8s-openapi accepts them absent or exact.
         m.remove("apiVersion");
@@ -155,6 +147,16 @@ fn visit(
             }
         }
     }
+    let name = {
+        let m = value.get("metadata");
+        let n = m.and_then(|m| m.get("name")).and_then(Value::as_str);
+        let ns = m.and_then(|m| m.get("namespace")).and_then(Value::as_str);
+        match (ns, n) {
+            (Some(ns), Some(n)) => format!("{ns}/{n}"),
+            (None, Some(n)) => n.to_string(),
+            _ => return Err(format!("{p}: document {doc}: {kind} has no metadata.name")),
+        }
+    };
     let obj = typed(k, value).map_err(|e| format!("{p}: {kind} {name}: {e}"))?;
     out.push(obj);
     Ok(())
