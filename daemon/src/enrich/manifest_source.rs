@@ -120,12 +120,12 @@ fn visit(
         .or(default_kind)
         .ok_or_else(|| format!("{p}: document {doc}: object has no `kind`"))?
         .to_string();
-    if kind.ends_with("List") {
-        if let Some(items) = value.get_mut("items") {
-            let items = items.take();
-            let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-            return visit(path, doc, items, item_kind, out);
-        }
+    if kind.ends_with("List")
+        && let Some(items) = value.get_mut("items")
+    {
+        let items = items.take();
+        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
+        return visit(path, doc, items, item_kind, out);
     }
     let api_version = value
         .get("apiVersion")
@@ -140,11 +140,12 @@ fn visit(
         m.remove("apiVersion");
         m.remove("kind");
         // Manifests often leave a Pod's namespace implicit.
-        if k != ObjectKind::Node && k != ObjectKind::Namespace {
-            if let Some(Value::Object(meta)) = m.get_mut("metadata") {
-                meta.entry("namespace")
-                    .or_insert_with(|| Value::String("default".into()));
-            }
+        if k != ObjectKind::Node
+            && k != ObjectKind::Namespace
+            && let Some(Value::Object(meta)) = m.get_mut("metadata")
+        {
+            meta.entry("namespace")
+                .or_insert_with(|| Value::String("default".into()));
         }
     }
     let name = {

@@ -188,39 +188,33 @@ fn fill_pod(ep: &mut Endpoint, p: &PodOwner) {
 fn resolve_with(tl: &Timeline, ep: &mut Endpoint, protocol: Protocol, t: Millis, is_dst: bool) {
     clear_identity(ep);
     let owner_of = |key: Key| tl.at(&key, t).map(|i| i.owner.clone());
-    if is_dst {
-        if let Some(api) = owner_of(Key::ApiServer(ep.ip)) {
-            if let Owner::APIServer(a) = api.as_ref() {
-                if a.ports.contains(&ep.port) {
-                    ep.kind = Some(EndpointKind::APIServer);
-                    return;
-                }
-            }
-        }
+    if is_dst
+        && let Some(api) = owner_of(Key::ApiServer(ep.ip))
+        && let Owner::APIServer(a) = api.as_ref()
+        && a.ports.contains(&ep.port)
+    {
+        ep.kind = Some(EndpointKind::APIServer);
+        return;
     }
     match owner_of(Key::Ip(ep.ip)).as_deref() {
         Some(Owner::Pod(p)) => {
             fill_pod(ep, p);
-            if is_dst {
-                if let Some(Owner::Service(s)) = owner_of(Key::Headless(ep.ip)).as_deref() {
-                    let serves = s.backends.iter().any(|b| {
-                        b.ip == ep.ip
-                            && (b.ports.is_empty() || b.ports.values().any(|p| *p == ep.port))
-                    });
-                    if serves {
-                        ep.service = Some(format!("{}/{}", s.namespace, s.name));
-                    }
+            if is_dst && let Some(Owner::Service(s)) = owner_of(Key::Headless(ep.ip)).as_deref() {
+                let serves = s.backends.iter().any(|b| {
+                    b.ip == ep.ip && (b.ports.is_empty() || b.ports.values().any(|p| *p == ep.port))
+                });
+                if serves {
+                    ep.service = Some(format!("{}/{}", s.namespace, s.name));
                 }
             }
         }
         Some(Owner::Node(_)) => {
-            if is_dst {
-                if let Some(Owner::Service(s)) =
+            if is_dst
+                && let Some(Owner::Service(s)) =
                     owner_of(Key::NodePort(protocol, ep.port)).as_deref()
-                {
-                    resolve_service(tl, ep, s, protocol, t, true);
-                    return;
-                }
+            {
+                resolve_service(tl, ep, s, protocol, t, true);
+                return;
             }
             ep.kind = Some(EndpointKind::Node);
         }
@@ -394,11 +388,10 @@ pub async fn run_source(
             msg = rx.recv() => {
                 let Some(stamped) = msg else { break };
                 let changes = identity.apply(stamped);
-                if let Some(db) = &db {
-                    if !changes.is_empty() {
+                if let Some(db) = &db
+                    && !changes.is_empty() {
                         db.write(&changes).await?;
                     }
-                }
             }
             _ = prune.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));

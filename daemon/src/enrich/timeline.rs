@@ -215,10 +215,12 @@ impl Timeline {
     ) -> Vec<Change> {
         let list = self.by_key.entry(key.clone()).or_default();
         let mut changes = Vec::new();
-        if let Some(last) = list.last_mut() {
-            if last.to == OPEN && last.holder == holder && *last.owner == *owner {
-                return changes;
-            }
+        if let Some(last) = list.last_mut()
+            && last.to == OPEN
+            && last.holder == holder
+            && *last.owner == *owner
+        {
+            return changes;
         }
         // Never start before the previous interval (or inside it, once it is closed).
         let floor = list
@@ -244,12 +246,13 @@ impl Timeline {
         }
         from = from.max(floor);
         // A zero-length interval is replaced, not kept.
-        if let Some(last) = list.last() {
-            if last.from == from && last.to == from {
-                list.pop();
-                self.rows -= 1;
-                changes.retain(|c| !matches!(c, Change::Close { .. }));
-            }
+        if let Some(last) = list.last()
+            && last.from == from
+            && last.to == from
+        {
+            list.pop();
+            self.rows -= 1;
+            changes.retain(|c| !matches!(c, Change::Close { .. }));
         }
         list.push(Interval {
             from,
