@@ -591,3 +591,38 @@ fn a_bad_manifest_at_start_is_an_error_naming_the_file() {
         .to_string();
     assert!(err.contains("broken.yaml"), "{err}");
 }
+
+#[test]
+fn a_pod_recreated_under_the_same_name_in_a_relist_replaces_the_old_one() {
+    let id = Identity::new();
+    let mut all = base();
+    let sts = |uid: &str, ip: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "db-0", "namespace": "shop", "uid": uid, "labels": {"app": "db"},
+                         "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db",
+                                              "uid": "sts-1", "controller": true}]},
+            "status": {"phase": "Running", "podIP": ip}})
+    };
+    all.push(sts("dddddddd-0000-4000-8000-0000000000a1", "10.244.0.40"));
+    sync(&id, 0, all.clone());
+    // A re-list (after 410 Gone) shows db-0 with a new UID and a new IP.
+    all.pop();
+    all.push(sts("dddddddd-0000-4000-8000-0000000000a2", "10.244.0.41"));
+    sync(&id, 100, all);
+    let e = enricher(&id);
+    let old_ip_later = enriched(&e, flow("10.244.0.2", 1, "10.244.0.40", 5432, 200, None));
+    assert_eq!(old_ip_later.dst.kind, Some(EndpointKind::External));
+    let old_ip_before = enriched(&e, flow("10.244.0.2", 1, "10.244.0.40", 5432, 50, None));
+    assert_eq!(old_ip_before.dst.pod.as_deref(), Some("db-0"));
+    let new_ip = enriched(&e, flow("10.244.0.2", 1, "10.244.0.41", 5432, 200, None));
+    assert_eq!(new_ip.dst.pod.as_deref(), Some("db-0"));
+    assert!(
+        id.pod_by_uid("dddddddd-0000-4000-8000-0000000000a1", t(200))
+            .is_none()
+    );
+    assert!(
+        id.pod_by_uid("dddddddd-0000-4000-8000-0000000000a1", t(50))
+            .is_some()
+    );
+    assert_eq!(id.pod_count(), 2, "client and the new db-0");
+}

@@ -111,6 +111,14 @@ impl Object {
         object_name(self.meta())
     }
 
+    /// What tells two objects apart: the UID for pods, `namespace/name` otherwise.
+    pub fn identity(&self) -> String {
+        match self {
+            Object::Pod(p) => pod_key(p),
+            _ => self.name(),
+        }
+    }
+
     /// `Kind namespace/name`, for messages.
     pub fn describe(&self) -> String {
         format!("{} {}", self.kind().name(), self.name())
@@ -305,10 +313,11 @@ impl ClusterState {
                 objects,
                 invalid,
             } => {
-                let keep: HashSet<String> =
-                    objects.iter().map(|o| o.name()).chain(invalid).collect();
+                // Pods by UID: a pod re-created under the same name is a different pod.
+                let keep: HashSet<String> = objects.iter().map(Object::identity).collect();
+                let invalid: HashSet<String> = invalid.into_iter().collect();
                 for gone in self.objects_of(kind) {
-                    if !keep.contains(&gone.name()) {
+                    if !keep.contains(&gone.identity()) && !invalid.contains(&gone.name()) {
                         self.remove(&gone, at, tl, &mut changes);
                     }
                 }
@@ -401,11 +410,7 @@ impl ClusterState {
                 self.nodes.insert(name, *o);
             }
             Object::Pod(o) => {
-                let uid = o
-                    .metadata
-                    .uid
-                    .clone()
-                    .unwrap_or_else(|| o.metadata.name.clone().unwrap_or_default());
+                let uid = pod_key(o);
                 self.pods.insert(uid.clone(), *o);
                 self.claim_pod(&uid, at, tl, ch);
             }
@@ -449,11 +454,7 @@ impl ClusterState {
                 self.set_claims(&format!("Node/{name}"), vec![], at, None, tl, ch);
             }
             Object::Pod(o) => {
-                let uid = o
-                    .metadata
-                    .uid
-                    .clone()
-                    .unwrap_or_else(|| o.metadata.name.clone().unwrap_or_default());
+                let uid = pod_key(o);
                 self.pods.remove(&uid);
                 self.set_claims(&format!("Pod/{uid}"), vec![], at, None, tl, ch);
             }
@@ -755,6 +756,14 @@ impl ClusterState {
             .map(|t| t.0.as_millisecond());
         self.set_claims(&holder, wanted, at, since, tl, ch);
     }
+}
+
+/// Pods are keyed by UID; manifests without one fall back to `namespace/name`.
+fn pod_key(p: &Pod) -> String {
+    p.metadata
+        .uid
+        .clone()
+        .unwrap_or_else(|| object_name(&p.metadata))
 }
 
 fn controller_of(m: &ObjectMeta) -> Option<&OwnerReference> {
