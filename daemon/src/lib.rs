@@ -4,7 +4,6 @@
 pub mod cli;
 pub mod store;
 
-
 // --- capture (kernel side and agent loop) ---
 #[cfg(feature = "agent")]
 pub mod agent;

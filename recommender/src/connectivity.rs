@@ -224,7 +224,13 @@ impl<'e> Connectivity<'e> {
         match format {
             OutputFormat::Txt => {
                 for l in &self.lines {
-                    let _ = writeln!(out, "{} => {} : {}", self.name(&l.src), self.name(&l.dst), l.conns);
+                    let _ = writeln!(
+                        out,
+                        "{} => {} : {}",
+                        self.name(&l.src),
+                        self.name(&l.dst),
+                        l.conns
+                    );
                 }
             }
             OutputFormat::Json => {
@@ -278,7 +284,11 @@ impl<'e> Connectivity<'e> {
                     nodes.insert(self.name(&l.dst));
                 }
                 for n in &nodes {
-                    let shape = if n.ends_with("[External]") { "box" } else { "ellipse" };
+                    let shape = if n.ends_with("[External]") {
+                        "box"
+                    } else {
+                        "ellipse"
+                    };
                     let _ = writeln!(out, "  {} [shape={shape}];", dot_quote(n));
                 }
                 for l in &self.lines {

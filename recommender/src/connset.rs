@@ -237,7 +237,9 @@ impl ConnSet {
 }
 
 #[derive(Debug, Error)]
-#[error("not a connection set: `{0}` (expected `All Connections` or e.g. `TCP 80,8080-8090,UDP 53`)")]
+#[error(
+    "not a connection set: `{0}` (expected `All Connections` or e.g. `TCP 80,8080-8090,UDP 53`)"
+)]
 pub struct ConnSetParseError(String);
 
 impl fmt::Display for ConnSet {

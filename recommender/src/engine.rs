@@ -272,7 +272,12 @@ impl<'c> Engine<'c> {
     /// rule has no ports. Named ports resolve on the destination pod by name and protocol; a
     /// named port that resolves nowhere admits nothing.
     #[inline]
-    fn rule_port(rule: &Rule, protocol: Protocol, port: u16, dst: Option<&crate::model::Endpoint>) -> Option<Option<usize>> {
+    fn rule_port(
+        rule: &Rule,
+        protocol: Protocol,
+        port: u16,
+        dst: Option<&crate::model::Endpoint>,
+    ) -> Option<Option<usize>> {
         if rule.ports.is_empty() {
             return Some(None);
         }
@@ -310,7 +315,12 @@ impl<'c> Engine<'c> {
         };
         for &pi in isolated_by {
             let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+            for (ri, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 let Some(port_index) = Self::rule_port(rule, protocol, port, dst_endpoint) else {
                     continue;
                 };
@@ -333,7 +343,13 @@ impl<'c> Engine<'c> {
 
     /// The verdict for one connection, with its reasons. For protocols without ports (ICMP)
     /// `port` is ignored and only rules without `ports` can allow it.
-    pub fn verdict(&self, src: PeerRef, dst: PeerRef, protocol: Protocol, port: u16) -> Verdict<'_> {
+    pub fn verdict(
+        &self,
+        src: PeerRef,
+        dst: PeerRef,
+        protocol: Protocol,
+        port: u16,
+    ) -> Verdict<'_> {
         let egress = match src {
             PeerRef::Endpoint(e) => self.side(Direction::Egress, e, dst, dst, protocol, port),
             PeerRef::Ip(_) => Side::External,
@@ -366,7 +382,12 @@ impl<'c> Engine<'c> {
         let mut out = Vec::new();
         for &pi in self.isolating(subject, direction) {
             let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+            for (ri, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 let Some(port_index) = Self::rule_port(rule, protocol, port, dst_endpoint) else {
                     continue;
                 };
@@ -386,7 +407,13 @@ impl<'c> Engine<'c> {
 
     /// Connections one side allows: all when not isolated, else the union of the ports of the
     /// rules whose peers select `other`.
-    fn side_conns(&self, direction: Direction, subject: usize, other: PeerRef, dst: PeerRef) -> ConnSet {
+    fn side_conns(
+        &self,
+        direction: Direction,
+        subject: usize,
+        other: PeerRef,
+        dst: PeerRef,
+    ) -> ConnSet {
         let isolated_by = self.isolating(subject, direction);
         if isolated_by.is_empty() {
             return ConnSet::all();
@@ -398,8 +425,16 @@ impl<'c> Engine<'c> {
         let mut out = ConnSet::none();
         for &pi in isolated_by {
             let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
-                if self.rule_peer(pi as usize, direction, ri, rule, other).is_none() {
+            for (ri, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
+                if self
+                    .rule_peer(pi as usize, direction, ri, rule, other)
+                    .is_none()
+                {
                     continue;
                 }
                 if rule.ports.is_empty() {

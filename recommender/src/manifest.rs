@@ -148,8 +148,8 @@ fn is_manifest_name(path: &Path) -> bool {
 
 /// Parses one file's text (YAML or JSON) into typed objects.
 pub fn parse_str(path: &Path, text: &str) -> Result<Vec<LoadedObject>, ManifestError> {
-    let is_json = path.extension().is_some_and(|e| e == "json")
-        || text.trim_start().starts_with(['{', '[']);
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
     let documents: Vec<Value> = if is_json {
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
@@ -277,13 +277,20 @@ fn object_name(value: &Value) -> String {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
     }
 }
 
-fn typed<T: DeserializeOwned>(path: &Path, kind: &str, value: Value) -> Result<Box<T>, ManifestError> {
+fn typed<T: DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+    value: Value,
+) -> Result<Box<T>, ManifestError> {
     let object = format!("{kind} {}", object_name(&value));
     serde_path_to_error::deserialize(value)
         .map(Box::new)
@@ -346,7 +353,9 @@ spec:
   - ports:
     - port: [1, 2]
 "#;
-        let err = parse_str(Path::new("bad.yaml"), text).unwrap_err().to_string();
+        let err = parse_str(Path::new("bad.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.yaml"), "{err}");
         assert!(err.contains("NetworkPolicy a/np"), "{err}");
         assert!(err.contains("spec.ingress[0].ports[0].port"), "{err}");
@@ -354,7 +363,8 @@ spec:
 
     #[test]
     fn calico_policy_is_skipped_not_misread() {
-        let text = "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: c}\n";
+        let text =
+            "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: c}\n";
         assert!(parse_str(Path::new("c.yaml"), text).unwrap().is_empty());
     }
 }

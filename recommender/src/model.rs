@@ -237,8 +237,7 @@ impl Cluster {
                 let mut defined = None;
                 // Bounded walk: owner cycles in hand-written manifests must not hang us.
                 for _ in 0..8 {
-                    let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone()))
-                    else {
+                    let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone())) else {
                         break;
                     };
                     defined = Some(i);
@@ -254,8 +253,7 @@ impl Cluster {
         let mut workload_index: HashMap<(String, String, String), usize> = HashMap::new();
         let mut template_of: HashMap<usize, PodTemplateSpec> = HashMap::new();
         for c in &controllers {
-            let (kind, name, defined) =
-                top_owner(&c.namespace, c.kind.to_string(), c.name.clone());
+            let (kind, name, defined) = top_owner(&c.namespace, c.kind.to_string(), c.name.clone());
             let key = (c.namespace.clone(), kind.clone(), name.clone());
             if workload_index.contains_key(&key) {
                 continue;
@@ -366,7 +364,10 @@ impl Cluster {
         if endpoints_of.iter().any(|has| !has) {
             let mut remap = Vec::with_capacity(cluster.workloads.len());
             let mut kept = Vec::new();
-            for (i, w) in std::mem::take(&mut cluster.workloads).into_iter().enumerate() {
+            for (i, w) in std::mem::take(&mut cluster.workloads)
+                .into_iter()
+                .enumerate()
+            {
                 if endpoints_of[i] {
                     remap.push(kept.len());
                     kept.push(w);
@@ -390,11 +391,13 @@ impl Cluster {
         used.extend(cluster.policies.iter().map(|p| p.namespace.clone()));
         used.extend(cluster.services.iter().map(|s| s.namespace.clone()));
         for ns in used {
-            namespaces.entry(ns.clone()).or_insert_with(|| NamespaceInfo {
-                labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
-                name: ns,
-                defined: false,
-            });
+            namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| NamespaceInfo {
+                    labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
+                    name: ns,
+                    defined: false,
+                });
         }
         cluster.namespaces = namespaces.into_values().collect();
         Ok(cluster)
@@ -430,7 +433,8 @@ impl Cluster {
                     .endpoints
                     .iter()
                     .filter(|e| {
-                        e.pods.iter().any(|p| p == name) && self.workloads[e.workload].namespace == ns
+                        e.pods.iter().any(|p| p == name)
+                            && self.workloads[e.workload].namespace == ns
                     })
                     .map(|e| e.workload)
                     .collect();
@@ -506,7 +510,14 @@ fn template_labels_ports(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let containers = t.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[]);
-    let ports = pod_ports(containers, source, kind, namespace, name, "spec.template.spec")?;
+    let ports = pod_ports(
+        containers,
+        source,
+        kind,
+        namespace,
+        name,
+        "spec.template.spec",
+    )?;
     Ok((labels, ports))
 }
 
@@ -612,12 +623,15 @@ fn service_info(
             field,
             message,
         };
-        let port = u16::try_from(p.port).ok().filter(|&n| n > 0).ok_or_else(|| {
-            err(
-                format!("spec.ports[{i}].port"),
-                format!("port {} is out of range (1-65535)", p.port),
-            )
-        })?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                err(
+                    format!("spec.ports[{i}].port"),
+                    format!("port {} is out of range (1-65535)", p.port),
+                )
+            })?;
         let protocol = match &p.protocol {
             None => Protocol::Tcp,
             Some(text) => parse_protocol(text).ok_or_else(|| {

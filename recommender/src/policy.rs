@@ -41,7 +41,9 @@ pub enum PolicyProblem {
     EndPortBelowPort { field: String, start: i64, end: i64 },
     #[error("field `{field}`: endPort needs a numeric port (got `{port}`)")]
     EndPortWithoutNumber { field: String, port: String },
-    #[error("field `{field}`: `{value}` is not a valid named port (1-15 lowercase letters, digits, '-', with a letter)")]
+    #[error(
+        "field `{field}`: `{value}` is not a valid named port (1-15 lowercase letters, digits, '-', with a letter)"
+    )]
     BadPortName { field: String, value: String },
     #[error("field `{field}`: unknown protocol `{value}` (expected TCP, UDP or SCTP)")]
     BadProtocol { field: String, value: String },
@@ -427,30 +429,62 @@ mod tests {
     fn default_policy_types() {
         let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}}}")).unwrap();
         assert!(p.ingress.is_some() && p.egress.is_none());
-        let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}")).unwrap();
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}"
+        ))
+        .unwrap();
         assert!(p.ingress.is_some() && p.egress.is_some());
         // An empty egress list is "no egress rules": not egress-isolating by default.
         let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
         assert!(p.egress.is_none());
-        let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress]}}")).unwrap();
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress]}}"
+        ))
+        .unwrap();
         assert!(p.ingress.is_none() && p.egress.as_deref() == Some(&[][..]));
     }
 
     #[test]
     fn bad_inputs_name_the_field() {
         let cases = [
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", "spec.ingress[0].from[0].ipBlock.cidr"),
-            ("ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]", "invalid CIDR `nonsense`"),
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]", "except[0]"),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]",
+                "invalid CIDR `nonsense`",
+            ),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]",
+                "except[0]",
+            ),
             ("ingress: [{ports: [{port: 0}]}]", "port 0 is out of range"),
-            ("ingress: [{ports: [{port: 70000}]}]", "port 70000 is out of range"),
-            ("ingress: [{ports: [{port: 80, endPort: 79}]}]", "endPort 79 is below port 80"),
-            ("ingress: [{ports: [{port: 80, protocol: ICMP}]}]", "unknown protocol `ICMP`"),
-            ("ingress: [{ports: [{port: 80, protocol: tcp}]}]", "spec.ingress[0].ports[0].protocol"),
-            ("egress: [{to: [{podSelector: {matchExpressions: [{key: a, operator: Equal, values: [b]}]}}]}]",
-             "spec.egress[0].to[0].podSelector.matchExpressions[0].operator"),
+            (
+                "ingress: [{ports: [{port: 70000}]}]",
+                "port 70000 is out of range",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, endPort: 79}]}]",
+                "endPort 79 is below port 80",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, protocol: ICMP}]}]",
+                "unknown protocol `ICMP`",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, protocol: tcp}]}]",
+                "spec.ingress[0].ports[0].protocol",
+            ),
+            (
+                "egress: [{to: [{podSelector: {matchExpressions: [{key: a, operator: Equal, values: [b]}]}}]}]",
+                "spec.egress[0].to[0].podSelector.matchExpressions[0].operator",
+            ),
             ("ingress: [{from: [{}]}]", "must set podSelector"),
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]", "cannot be combined"),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]",
+                "cannot be combined",
+            ),
             ("policyTypes: [Ingres]", "spec.policyTypes[0]"),
         ];
         for (spec, expected) in cases {

@@ -31,6 +31,9 @@ pub struct AgentArgs {
     /// this file (`-` for stdout).
     #[arg(long, value_name = "PATH")]
     pub json_out: Option<PathBuf>,
+    // --- identity: --kube / --manifests ---
+    #[command(flatten)]
+    pub identity: crate::enrich::agent::IdentityArgs,
 }
 
 #[cfg(feature = "agent")]
@@ -75,8 +78,28 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             None => {}
         }
-        let mut fanout = Fanout(sinks);
-        crate::agent::run(config, &mut fanout).await?;
+        let fanout = Fanout(sinks);
+        // --- identity: resolve both ends of every record before it is written ---
+        let identity_pool = match &args.db {
+            Some(db) => Some(crate::store::Store::open(db).await?.pool().clone()),
+            None => None,
+        };
+        let identity =
+            crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
+        match identity {
+            Some(identity) => {
+                let mut sink = crate::enrich::agent::EnrichingSink {
+                    enricher: identity.enricher.clone(),
+                    inner: fanout,
+                };
+                crate::agent::run(config, &mut sink).await?;
+                identity.shutdown().await?;
+            }
+            None => {
+                let mut fanout = fanout;
+                crate::agent::run(config, &mut fanout).await?;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

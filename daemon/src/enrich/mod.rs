@@ -10,6 +10,7 @@
 //! - [`cgroup`]: cgroup id → pod UID, the identity of the local end of socket flows;
 //! - [`Enricher`]: what the agent calls per drain to fill `FlowRecord.src/dst`.
 
+pub mod agent;
 pub mod cgroup;
 pub mod kube_source;
 pub mod manifest_source;

@@ -410,7 +410,7 @@ impl ClusterState {
                 self.nodes.insert(name, *o);
             }
             Object::Pod(o) => {
-                let uid = pod_key(o);
+                let uid = pod_key(&o);
                 self.pods.insert(uid.clone(), *o);
                 self.claim_pod(&uid, at, tl, ch);
             }
