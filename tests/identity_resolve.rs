@@ -514,8 +514,8 @@ fn workloads_and_the_labels_a_policy_selects_on() {
     let uid = "c1c1c1c1-0000-4000-8000-000000000001";
     let client = id.pod_by_uid(uid, t(10)).unwrap();
     assert_eq!(
-        client.selector.into_iter().collect::<Vec<_>>(),
-        vec![("app".to_string(), "client".to_string())]
+        client.selector.iter().collect::<Vec<_>>(),
+        vec![(&"app".to_string(), &"client".to_string())]
     );
 }
 

@@ -183,7 +183,7 @@ fn fill_pod(ep: &mut Endpoint, p: &PodOwner) {
     ep.namespace = Some(p.namespace.clone());
     ep.pod = Some(p.name.clone());
     ep.workload = p.workload.clone();
-    ep.labels = p.labels.clone();
+    ep.labels = p.labels.as_ref().clone();
 }
 
 fn resolve_with(tl: &Timeline, ep: &mut Endpoint, protocol: Protocol, t: Millis, is_dst: bool) {
@@ -303,7 +303,7 @@ fn resolve_service(
         ep.namespace = Some(first.namespace.clone());
         ep.workload = first.workload.clone();
         // Labels every backend shares.
-        let mut labels: BTreeMap<String, String> = first.labels.clone();
+        let mut labels: BTreeMap<String, String> = first.labels.as_ref().clone();
         for p in &pods[1..] {
             labels.retain(|k, v| p.labels.get(k) == Some(v));
         }

@@ -269,6 +269,8 @@ pub struct ClusterState {
     /// holder (`Pod/<uid>`, ...) → keys it holds now.
     claims: HashMap<String, BTreeSet<Key>>,
     synced: HashSet<ObjectKind>,
+    /// Label sets shared between pod owners (pods of one workload have the same labels).
+    label_sets: HashMap<BTreeMap<String, String>, Arc<BTreeMap<String, String>>>,
 }
 
 impl ClusterState {
@@ -529,23 +531,40 @@ impl ClusterState {
         let Some(pod) = self.pods.get(uid) else {
             return;
         };
-        let owner = self.pod_owner(uid, pod);
+        let mut owner = self.pod_owner(uid, pod);
         let since = pod
             .metadata
             .creation_timestamp
             .as_ref()
             .map(|t| t.0.as_millisecond());
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        owner.labels = self.intern(owner.labels);
+        owner.selector = self.intern(owner.selector);
+        // Finished pods give their IP back; hostNetwork pods never own the node's address.
+        let ips =
+            if !owner.host_network && !matches!(phase.as_deref(), Some("Succeeded" | "Failed")) {
+                owner.ips.clone()
+            } else {
+                vec![]
+            };
         let owner = Arc::new(Owner::Pod(owner));
         let mut wanted = vec![(Key::PodUid(uid.to_string()), owner.clone())];
-        let Owner::Pod(p) = &*owner else {
-            unreachable!("built as a pod")
-        };
-        let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref());
-        // Finished pods give their IP back; hostNetwork pods never own the node's address.
-        if !p.host_network && !matches!(phase, Some("Succeeded" | "Failed")) {
-            wanted.extend(p.ips.iter().map(|ip| (Key::Ip(*ip), owner.clone())));
-        }
+        wanted.extend(ips.into_iter().map(|ip| (Key::Ip(ip), owner.clone())));
         self.set_claims(&format!("Pod/{uid}"), wanted, at, since, tl, ch);
+    }
+
+    fn intern(&mut self, labels: Arc<BTreeMap<String, String>>) -> Arc<BTreeMap<String, String>> {
+        if let Some(shared) = self.label_sets.get(labels.as_ref()) {
+            return shared.clone();
+        }
+        // Bounded by the number of distinct label sets; drop the cache when it grows past
+        // what a cluster plausibly has (entries still in use stay shared through their Arcs).
+        if self.label_sets.len() > 100_000 {
+            self.label_sets.clear();
+        }
+        self.label_sets
+            .insert(labels.as_ref().clone(), labels.clone());
+        labels
     }
 
     fn pod_owner(&self, uid: &str, pod: &Pod) -> PodOwner {
@@ -565,12 +584,14 @@ impl ClusterState {
             );
         }
         let (workload, selector) = self.top_owner(pod);
+        let labels = Arc::new(stable_labels(m.labels.as_ref()));
+        let selector = Arc::new(selector);
         PodOwner {
             namespace: ns,
             name: m.name.clone().unwrap_or_default(),
             uid: uid.to_string(),
             workload,
-            labels: stable_labels(m.labels.as_ref()),
+            labels,
             selector,
             host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
             node: spec.and_then(|s| s.node_name.clone()),

@@ -87,10 +87,11 @@ pub struct PodOwner {
     pub uid: String,
     /// Top controller (`Deployment/api`); `None` for a bare pod.
     pub workload: Option<WorkloadRef>,
-    /// Pod labels without per-revision/per-instance ones (`pod-template-hash`, ...).
-    pub labels: BTreeMap<String, String>,
+    /// Pod labels without per-revision/per-instance ones (`pod-template-hash`, ...);
+    /// shared between pods with the same labels.
+    pub labels: Arc<BTreeMap<String, String>>,
     /// The controller's selector without per-revision labels, when the controller is known.
-    pub selector: BTreeMap<String, String>,
+    pub selector: Arc<BTreeMap<String, String>>,
     pub host_network: bool,
     pub node: Option<String>,
     /// `status.podIPs` (node addresses for hostNetwork pods).
@@ -344,8 +345,8 @@ mod tests {
             name: name.into(),
             uid: format!("uid-{name}"),
             workload: None,
-            labels: BTreeMap::new(),
-            selector: BTreeMap::new(),
+            labels: Arc::default(),
+            selector: Arc::default(),
             host_network: false,
             node: None,
             ips: vec![],
@@ -415,7 +416,7 @@ mod tests {
         // Labels changed: same holder, new owner record.
         let mut relabeled = (*pod("a")).clone();
         if let Owner::Pod(p) = &mut relabeled {
-            p.labels.insert("tier".into(), "web".into());
+            Arc::make_mut(&mut p.labels).insert("tier".into(), "web".into());
         }
         assert_eq!(
             tl.claim(&ip, 3_000, None, "Pod/a", Arc::new(relabeled))
