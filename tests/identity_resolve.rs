@@ -626,3 +626,23 @@ fn a_pod_recreated_under_the_same_name_in_a_relist_replaces_the_old_one() {
     );
     assert_eq!(id.pod_count(), 2, "client and the new db-0");
 }
+
+#[test]
+fn a_drop_record_without_a_socket_borrows_the_local_pod_of_its_connection() {
+    let (_id, e) = host_network_setup();
+    let socket = flow(NODE_IP, 41000, "10.244.0.2", 8080, 10, Some(777));
+    let mut drop = flow(NODE_IP, 41000, "10.244.0.2", 8080, 11, None);
+    drop.verdict = Verdict::Dropped;
+    drop.drop_reason = Some("QUEUE_PURGE".into());
+    // Drop first in the batch: socket records are resolved first anyway.
+    let mut batch = vec![drop, socket];
+    e.enrich(&mut batch);
+    assert_eq!(batch[1].src.pod.as_deref(), Some("node-exporter-x1"));
+    assert_eq!(batch[0].src.pod.as_deref(), Some("node-exporter-x1"));
+    // And in a later drain.
+    let late = enriched(&e, flow(NODE_IP, 41000, "10.244.0.2", 8080, 12, None));
+    assert_eq!(late.src.pod.as_deref(), Some("node-exporter-x1"));
+    // Another connection from the node address without a socket record: the node.
+    let other = enriched(&e, flow(NODE_IP, 41001, "10.244.0.2", 8080, 12, None));
+    assert_eq!(other.src.kind, Some(EndpointKind::Node));
+}

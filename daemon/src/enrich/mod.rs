@@ -19,7 +19,7 @@ pub mod source;
 pub mod state;
 pub mod timeline;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -315,20 +315,46 @@ fn resolve_service(
 pub struct Enricher {
     identity: Arc<Identity>,
     cgroups: Option<CgroupResolver>,
+    /// Recent connections whose local end a cgroup named: records of the same connection
+    /// without a socket (kernel drops) get the same local pod.
+    recent: Mutex<HashMap<ConnKey, (String, LocalEnd)>>,
+}
+
+/// (protocol, src ip, src port, dst ip, dst port).
+type ConnKey = (Protocol, std::net::IpAddr, u16, std::net::IpAddr, u16);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LocalEnd {
+    Src,
+    Dst,
+}
+
+const MAX_RECENT: usize = 65_536;
+
+fn conn_key(f: &FlowRecord) -> ConnKey {
+    (f.protocol, f.src.ip, f.src.port, f.dst.ip, f.dst.port)
 }
 
 impl Enricher {
     pub fn new(identity: Arc<Identity>, cgroups: Option<CgroupResolver>) -> Self {
-        Self { identity, cgroups }
+        Self {
+            identity,
+            cgroups,
+            recent: Mutex::new(HashMap::new()),
+        }
     }
 
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
     }
 
-    /// Resolves both ends of every record as of its `first_seen`.
+    /// Resolves both ends of every record as of its `first_seen`. Socket records go first so
+    /// drop records of the same connection in the batch can borrow their local pod.
     pub fn enrich(&self, flows: &mut [FlowRecord]) {
-        for f in flows.iter_mut() {
+        for f in flows.iter_mut().filter(|f| f.cgroup_id.is_some()) {
+            self.enrich_one(f);
+        }
+        for f in flows.iter_mut().filter(|f| f.cgroup_id.is_none()) {
             self.enrich_one(f);
         }
     }
@@ -340,21 +366,39 @@ impl Enricher {
         self.identity
             .resolve_endpoint(&mut f.dst, f.protocol, t, true);
         // The local end: the cgroup of the socket names the pod, hostNetwork pods included.
-        let Some(pod) = self.local_pod(f) else { return };
-        let is_local = |ep: &Endpoint| {
-            pod.ips.contains(&ep.ip)
-                || ep.ip.is_loopback()
-                || (pod.host_network && ep.kind == Some(EndpointKind::Node))
-        };
-        if is_local(&f.src) {
-            fill_pod(&mut f.src, &pod);
-        } else if is_local(&f.dst) {
-            let (service, service_port) = (f.dst.service.take(), f.dst.service_port.take());
-            fill_pod(&mut f.dst, &pod);
-            // Sent to a headless Service's pod: keep that name.
-            if service_port.is_none() {
-                f.dst.service = service;
+        if let Some(pod) = self.local_pod(f) {
+            let is_local = |ep: &Endpoint| {
+                pod.ips.contains(&ep.ip)
+                    || ep.ip.is_loopback()
+                    || (pod.host_network && ep.kind == Some(EndpointKind::Node))
+            };
+            let end = if is_local(&f.src) {
+                LocalEnd::Src
+            } else if is_local(&f.dst) {
+                LocalEnd::Dst
+            } else {
+                return;
+            };
+            set_local(f, end, &pod);
+            let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            if recent.len() >= MAX_RECENT {
+                recent.clear();
             }
+            recent.insert(conn_key(f), (pod.uid.clone(), end));
+            return;
+        }
+        if f.cgroup_id.is_some() {
+            return;
+        }
+        // No socket: the same connection seen earlier with one.
+        let known = {
+            let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+            recent.get(&conn_key(f)).cloned()
+        };
+        if let Some((uid, end)) = known
+            && let Some(pod) = self.identity.pod_by_uid(&uid, t)
+        {
+            set_local(f, end, &pod);
         }
     }
 
@@ -369,6 +413,20 @@ impl Enricher {
             }
         };
         self.identity.pod_by_uid(&owner.pod_uid, f.first_seen)
+    }
+}
+
+fn set_local(f: &mut FlowRecord, end: LocalEnd, pod: &PodOwner) {
+    match end {
+        LocalEnd::Src => fill_pod(&mut f.src, pod),
+        LocalEnd::Dst => {
+            let (service, service_port) = (f.dst.service.take(), f.dst.service_port.take());
+            fill_pod(&mut f.dst, pod);
+            // Sent to a headless Service's pod: keep that name.
+            if service_port.is_none() {
+                f.dst.service = service;
+            }
+        }
     }
 }
 
