@@ -222,3 +222,34 @@ fn privileged_identity_agent_names_a_host_network_pod_by_cgroup_and_the_peer_by_
         assert_eq!(r["dst"]["labels"], json!({"app": "web"}), "{r:#}");
     }
 }
+
+#[test]
+fn agent_with_a_bad_manifest_exits_non_zero_naming_the_file() {
+    // Needs no root: the manifests are read before any eBPF is loaded.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: eighty}]}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["agent", "--json-out"])
+        .arg(dir.path().join("flows.jsonl"))
+        .arg("--manifests")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "must fail: {stderr}");
+    assert!(stderr.contains("bad.yaml"), "{stderr}");
+    assert!(stderr.contains("Service shop/web"), "{stderr}");
+    assert!(stderr.contains("spec.ports[0].port"), "{stderr}");
+    assert!(
+        !dir.path().join("flows.jsonl").exists()
+            || std::fs::read_to_string(dir.path().join("flows.jsonl"))
+                .unwrap()
+                .is_empty(),
+        "nothing captured"
+    );
+}
