@@ -430,8 +430,16 @@ fn set_local(f: &mut FlowRecord, end: LocalEnd, pod: &PodOwner) {
     }
 }
 
+/// A failed write costs only resolution after a restart: the in-memory time line is whole,
+/// so the agent keeps going.
+fn persist_or_warn(res: Result<(), persist::PersistError>) {
+    if let Err(e) = res {
+        tracing::warn!(error = %e, "identity: time line not saved to SQLite");
+    }
+}
+
 /// Runs a state source into `identity` (and SQLite when `db` is given) until `shutdown`.
-/// Intervals that ended more than `retention` ago are pruned every `prune_every`.
+/// Intervals that ended more than `retention` ago are pruned every 5 minutes.
 pub async fn run_source(
     identity: Arc<Identity>,
     source: Box<dyn StateSource>,
@@ -449,14 +457,14 @@ pub async fn run_source(
                 let changes = identity.apply(stamped);
                 if let Some(db) = &db
                     && !changes.is_empty() {
-                        db.write(&changes).await?;
+                        persist_or_warn(db.write(&changes).await);
                     }
             }
             _ = prune.tick() => {
                 let before = Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(7));
                 identity.prune(before);
                 if let Some(db) = &db {
-                    db.prune(before.timestamp_millis()).await?;
+                    persist_or_warn(db.prune(before.timestamp_millis()).await.map(|_| ()));
                 }
             }
             _ = shutdown.changed() => break,
@@ -466,7 +474,7 @@ pub async fn run_source(
     while let Ok(stamped) = rx.try_recv() {
         let changes = identity.apply(stamped);
         if let Some(db) = &db {
-            db.write(&changes).await?;
+            persist_or_warn(db.write(&changes).await);
         }
     }
     match tokio::time::timeout(Duration::from_secs(5), &mut source_task).await {
