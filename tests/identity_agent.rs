@@ -5,6 +5,9 @@
 #[path = "support/netns.rs"]
 mod netns;
 
+#[path = "support/apiserver.rs"]
+mod apiserver;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -61,7 +64,14 @@ impl Drop for PodCgroup {
 }
 
 fn manifests(dir: &Path, node_ip: &str, client_uid: &str, web_ip: &str) -> PathBuf {
-    let list = json!({"apiVersion": "v1", "kind": "List", "items": [
+    let list = cluster(node_ip, client_uid, web_ip);
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&list).unwrap()).unwrap();
+    path
+}
+
+fn cluster(node_ip: &str, client_uid: &str, web_ip: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop"}},
         {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-a"},
          "status": {"addresses": [{"type": "InternalIP", "address": node_ip}]}},
@@ -85,10 +95,7 @@ fn manifests(dir: &Path, node_ip: &str, client_uid: &str, web_ip: &str) -> PathB
                                            "name": "web-5d8f9c7b6", "uid": "rs-web", "controller": true}]},
          "spec": {"nodeName": "node-b", "containers": [{"name": "c"}]},
          "status": {"phase": "Running", "podIP": web_ip, "podIPs": [{"ip": web_ip}]}}
-    ]});
-    let path = dir.join("cluster.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&list).unwrap()).unwrap();
-    path
+    ]})
 }
 
 fn find<'a>(records: &'a [Value], dst_ip: &str, dst_port: u16) -> Vec<&'a Value> {
@@ -252,4 +259,109 @@ fn agent_with_a_bad_manifest_exits_non_zero_naming_the_file() {
                 .is_empty(),
         "nothing captured"
     );
+}
+
+/// One TCP request/response from `client` (this test process) to `server_ip`; returns the
+/// server port.
+fn one_connection(
+    client: &netns::Netns,
+    server: &netns::Netns,
+    server_ip: std::net::IpAddr,
+) -> u16 {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let srv = server.spawn(move || {
+        let l = TcpListener::bind(SocketAddr::new(server_ip, 0)).unwrap();
+        tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut c, _) = l.accept().unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut line = String::new();
+        BufReader::new(c.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        c.write_all(b"pong\n").unwrap();
+    });
+    let port = rx.recv().unwrap();
+    client.within(move || {
+        let mut c =
+            TcpStream::connect_timeout(&SocketAddr::new(server_ip, port), Duration::from_secs(5))
+                .unwrap();
+        c.write_all(b"ping\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(c.try_clone().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+    });
+    srv.join().unwrap();
+    port
+}
+
+#[test]
+fn privileged_identity_agent_with_kube_follows_ip_reuse_over_the_watch() {
+    require_root();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let peer = rt.block_on(apiserver::ApiServer::start());
+    let lab = Lab::new(2);
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let (_, n) = unique("fpi");
+    let client_uid = format!("{:08x}-0000-4000-8000-{n:012x}", std::process::id());
+    let state = cluster(&a.v4.to_string(), &client_uid, &b.v4.to_string());
+    for item in state["items"].as_array().unwrap() {
+        peer.apply(item.clone());
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters: [{{name: t, cluster: {{server: \"{}\"}}}}]\n\
+             users: [{{name: t, user: {{}}}}]\ncontexts: [{{name: t, context: {{cluster: t, user: t}}}}]\n\
+             current-context: t\n",
+            peer.url()
+        ),
+    )
+    .unwrap();
+    let mut agent = Agent::start(&[
+        "--interval",
+        "1s",
+        "--kube",
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+    ]);
+    assert!(
+        agent.log.iter().any(|l| l.contains("cluster state ready")),
+        "the agent waited for the first full list: {:#?}",
+        agent.log
+    );
+    let web_port = one_connection(&a.ns, &b.ns, b.v4);
+    // B's address goes to another pod, seen over the watch.
+    peer.delete("Pod", "shop", "web-5d8f9c7b6-abcde");
+    peer.apply(json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+        "metadata": {"name": "api-7c6b5a4d3", "namespace": "shop", "uid": "rs-api",
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "api",
+                                          "uid": "deploy-api", "controller": true}]},
+        "spec": {"selector": {"matchLabels": {"app": "api", "pod-template-hash": "7c6b5a4d3"}}}}));
+    peer.apply(json!({"apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "api-7c6b5a4d3-fghij", "namespace": "shop",
+                     "uid": "0c0c0c0c-0000-4000-8000-00000000000c",
+                     "labels": {"app": "api", "pod-template-hash": "7c6b5a4d3"},
+                     "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet",
+                                          "name": "api-7c6b5a4d3", "uid": "rs-api", "controller": true}]},
+        "status": {"phase": "Running", "podIP": b.v4.to_string(), "podIPs": [{"ip": b.v4.to_string()}]}}));
+    std::thread::sleep(Duration::from_millis(1000));
+    let api_port = one_connection(&a.ns, &b.ns, b.v4);
+    std::thread::sleep(Duration::from_millis(1500));
+    let records = agent.stop();
+
+    let before = find(&records, &b.v4.to_string(), web_port);
+    let after = find(&records, &b.v4.to_string(), api_port);
+    assert!(!before.is_empty() && !after.is_empty(), "{records:#?}");
+    for r in before {
+        assert_eq!(r["dst"]["workload"], "Deployment/web", "{r:#}");
+        assert_eq!(r["src"]["kind"], "Node", "{r:#}");
+    }
+    for r in after {
+        assert_eq!(r["dst"]["pod"], "api-7c6b5a4d3-fghij", "{r:#}");
+        assert_eq!(r["dst"]["workload"], "Deployment/api", "{r:#}");
+    }
+    drop(rt);
 }

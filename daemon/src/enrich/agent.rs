@@ -23,6 +23,10 @@ pub struct IdentityArgs {
     /// KUBECONFIG). The default when running in a pod (KUBERNETES_SERVICE_HOST is set).
     #[arg(long, conflicts_with = "manifests")]
     pub kube: bool,
+    /// kubeconfig file for --kube (default: in-cluster service account, else KUBECONFIG or
+    /// ~/.kube/config).
+    #[arg(long, value_name = "PATH", requires = "kube")]
+    pub kubeconfig: Option<PathBuf>,
     /// Resolve flow endpoints from manifests on disk (YAML/JSON files or folders; re-read
     /// when they change).
     #[arg(long, value_name = "PATH", num_args = 1..)]
@@ -52,6 +56,8 @@ impl IdentityRuntime {
         let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
         let source: Box<dyn StateSource> = if !args.manifests.is_empty() {
             Box::new(ManifestSource::new(args.manifests.clone())?)
+        } else if let Some(path) = &args.kubeconfig {
+            Box::new(KubeSource::from_kubeconfig(path).await?)
         } else if args.kube || in_cluster {
             Box::new(KubeSource::infer().await?)
         } else {

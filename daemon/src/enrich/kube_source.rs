@@ -34,6 +34,17 @@ impl KubeSource {
         Self::from_config(config)
     }
 
+    /// A kubeconfig file (its current context).
+    pub async fn from_kubeconfig(path: &std::path::Path) -> Result<Self, SourceError> {
+        let bad = |e: String| SourceError::KubeConfig(format!("{}: {e}", path.display()));
+        let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
+        let config =
+            Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default())
+                .await
+                .map_err(|e| bad(e.to_string()))?;
+        Self::from_config(config)
+    }
+
     pub fn from_config(config: Config) -> Result<Self, SourceError> {
         let client =
             Client::try_from(config).map_err(|e| SourceError::KubeConfig(e.to_string()))?;
