@@ -9,3 +9,6 @@ pub mod store;
 pub mod agent;
 #[cfg(feature = "agent")]
 pub mod capture;
+
+// --- identity ---
+pub mod enrich;
