@@ -2,3 +2,5 @@
 //! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
 //! and the CLI commands on top.
 pub mod cli;
+#[cfg(target_os = "linux")]
+pub mod lab;
