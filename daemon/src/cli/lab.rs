@@ -177,7 +177,11 @@ mod linux {
             }
             LabCommand::List => {
                 for id in lab::list_labs() {
-                    let state = if lab::load_plan(&id).is_ok() { "up" } else { "left over (run `flowpol lab down --lab <id>`)" };
+                    let state = if lab::load_plan(&id).is_ok() {
+                        "up"
+                    } else {
+                        "left over (run `flowpol lab down --lab <id>`)"
+                    };
                     println!("{id}\t{state}");
                 }
                 Ok(ExitCode::SUCCESS)
@@ -200,7 +204,11 @@ mod linux {
                 port,
                 ready_file,
             } => {
-                workers::dns(workers::load_records(&records)?, port, ready_file.as_deref())?;
+                workers::dns(
+                    workers::load_records(&records)?,
+                    port,
+                    ready_file.as_deref(),
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             LabCommand::Kubelet {
@@ -210,8 +218,8 @@ mod linux {
             } => {
                 let text = std::fs::read_to_string(&probes)
                     .with_context(|| format!("{}", probes.display()))?;
-                let jobs: Vec<workers::ProbeJob> = serde_json::from_str(&text)
-                    .with_context(|| format!("{}", probes.display()))?;
+                let jobs: Vec<workers::ProbeJob> =
+                    serde_json::from_str(&text).with_context(|| format!("{}", probes.display()))?;
                 workers::kubelet(
                     &jobs,
                     Duration::from_secs(period.max(1)),
@@ -333,7 +341,10 @@ mod linux {
                 let text = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(format!(
                     "`flowpol agent` exited ({status}): {}",
-                    text.lines().last().unwrap_or("")
+                    text.lines()
+                        .find(|l| l.contains("error"))
+                        .or_else(|| text.lines().next())
+                        .unwrap_or("")
                 ));
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -424,7 +435,11 @@ mod linux {
             if out.status.success() {
                 let flows = report::parse_flows(&String::from_utf8_lossy(&out.stdout))
                     .context("parsing `flowpol flows -o json`")?;
-                println!("\nobserved by the agent ({} flows, database {}):", flows.len(), db.display());
+                println!(
+                    "\nobserved by the agent ({} flows, database {}):",
+                    flows.len(),
+                    db.display()
+                );
                 print!("{}", report::flows(&up.plan, &flows));
             } else {
                 println!(

@@ -9,7 +9,11 @@ use super::plan::{OwnerPlan, Plan};
 use super::scenario::Scenario;
 
 fn owner_ref(o: &OwnerPlan) -> Value {
-    let api = if o.kind == "Job" { "batch/v1" } else { "apps/v1" };
+    let api = if o.kind == "Job" {
+        "batch/v1"
+    } else {
+        "apps/v1"
+    };
     json!({"apiVersion": api, "kind": o.kind, "name": o.name, "uid": o.uid,
            "controller": true, "blockOwnerDeletion": true})
 }
@@ -50,7 +54,11 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
             if !seen.insert((pod.namespace.clone(), o.kind.clone(), o.name.clone())) {
                 continue;
             }
-            let api = if o.kind == "Job" { "batch/v1" } else { "apps/v1" };
+            let api = if o.kind == "Job" {
+                "batch/v1"
+            } else {
+                "apps/v1"
+            };
             let mut template_labels = pod.labels.clone();
             template_labels.remove("statefulset.kubernetes.io/pod-name");
             template_labels.remove("apps.kubernetes.io/pod-index");
@@ -66,7 +74,9 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
             if o.kind == "Deployment" {
                 selector_labels.remove("pod-template-hash");
             }
-            let replicas = plan.pods_of(&format!("{}/{}", pod.namespace, pod.workload)).len();
+            let replicas = plan
+                .pods_of(&format!("{}/{}", pod.namespace, pod.workload))
+                .len();
             items.push(json!({
                 "apiVersion": api, "kind": o.kind, "metadata": meta,
                 "spec": {"replicas": replicas, "selector": {"matchLabels": selector_labels},
@@ -128,7 +138,8 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
                     .parse::<u16>()
                     .map(|n| json!(n))
                     .unwrap_or_else(|_| json!(p.target));
-                let mut v = json!({"port": p.port, "targetPort": target, "protocol": p.protocol.as_str()});
+                let mut v =
+                    json!({"port": p.port, "targetPort": target, "protocol": p.protocol.as_str()});
                 if let Some(n) = &p.name {
                     v["name"] = json!(n);
                 }
@@ -230,13 +241,20 @@ mod tests {
             match item["kind"].as_str().unwrap() {
                 "Pod" => {
                     let pod: Pod = serde_json::from_value(item.clone()).unwrap();
-                    let planned = p.pods.iter().find(|x| Some(&x.name) == pod.metadata.name.as_ref()).unwrap();
+                    let planned = p
+                        .pods
+                        .iter()
+                        .find(|x| Some(&x.name) == pod.metadata.name.as_ref())
+                        .unwrap();
                     let status = pod.status.unwrap();
                     assert_eq!(status.pod_ip.unwrap(), planned.ips[0].to_string());
                     assert_eq!(status.host_ip.unwrap(), "172.18.0.2");
                     assert_eq!(pod.metadata.uid.as_ref(), Some(&planned.uid));
                     let cid = &status.container_statuses.unwrap()[0].container_id;
-                    assert_eq!(cid.as_deref(), Some(format!("containerd://{}", planned.containers[0].id).as_str()));
+                    assert_eq!(
+                        cid.as_deref(),
+                        Some(format!("containerd://{}", planned.containers[0].id).as_str())
+                    );
                     pods += 1;
                 }
                 "Service" => {

@@ -51,7 +51,9 @@ pub enum LabError {
     },
     #[error("{0} exited early: {1}")]
     Exited(String, String),
-    #[error("traffic.yaml names {0}, which the running lab {1:?} does not have: was it brought up from another scenario?")]
+    #[error(
+        "traffic.yaml names {0}, which the running lab {1:?} does not have: was it brought up from another scenario?"
+    )]
     Mismatch(String, String),
 }
 
@@ -171,7 +173,15 @@ pub fn up(opts: &UpOptions<'_>) -> Result<Lab> {
         return Err(LabError::AlreadyUp(opts.lab_id.into()));
     }
     let mut children = Vec::new();
-    match build(&RealSys, &plan, &scenario, &dir, &cg2, &opts.binary, &mut children) {
+    match build(
+        &RealSys,
+        &plan,
+        &scenario,
+        &dir,
+        &cg2,
+        &opts.binary,
+        &mut children,
+    ) {
         Ok(()) => Ok(Lab {
             plan,
             scenario,
@@ -400,7 +410,12 @@ fn wait_ready(
                 if let Ok(Some(status)) = c.try_wait() {
                     return Err(LabError::Exited(
                         format!("a lab process (pid {})", c.id()),
-                        format!("{status}; see the logs in {}", log.parent().map(|p| p.display().to_string()).unwrap_or_default()),
+                        format!(
+                            "{status}; see the logs in {}",
+                            log.parent()
+                                .map(|p| p.display().to_string())
+                                .unwrap_or_default()
+                        ),
                     ));
                 }
             }
@@ -459,7 +474,9 @@ pub fn list_labs() -> Vec<String> {
             }
         }
     }
-    ids.into_iter().filter(|i| plan::check_lab_id(i).is_ok()).collect()
+    ids.into_iter()
+        .filter(|i| plan::check_lab_id(i).is_ok())
+        .collect()
 }
 
 /// Loads the plan of a running lab.
@@ -468,7 +485,8 @@ pub fn load_plan(lab_id: &str) -> Result<Plan> {
     if !path.exists() {
         return Err(LabError::NotUp(lab_id.into(), path));
     }
-    let text = std::fs::read_to_string(&path).map_err(|e| LabError::State(path.clone(), e.to_string()))?;
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| LabError::State(path.clone(), e.to_string()))?;
     serde_json::from_str(&text).map_err(|e| LabError::State(path, e.to_string()))
 }
 
@@ -491,7 +509,10 @@ pub fn client_runs(plan: &Plan, scenario: &Scenario) -> Result<Vec<ClientRun>> {
     for (i, c) in scenario.traffic.connections.iter().enumerate() {
         let clients = plan.pods_of(&c.from);
         if clients.is_empty() {
-            return Err(LabError::Mismatch(format!("workload {}", c.from), plan.lab_id.clone()));
+            return Err(LabError::Mismatch(
+                format!("workload {}", c.from),
+                plan.lab_id.clone(),
+            ));
         }
         let family = c.ip_family.unwrap_or(IpFamily::IPv4);
         let protocol = match c.protocol.as_deref() {
@@ -503,9 +524,9 @@ pub fn client_runs(plan: &Plan, scenario: &Scenario) -> Result<Vec<ClientRun>> {
                 continue;
             }
             let (targets, use_dns) = if let Some(key) = &c.to.service {
-                let svc = plan
-                    .service(key)
-                    .ok_or_else(|| LabError::Mismatch(format!("Service {key}"), plan.lab_id.clone()))?;
+                let svc = plan.service(key).ok_or_else(|| {
+                    LabError::Mismatch(format!("Service {key}"), plan.lab_id.clone())
+                })?;
                 // As an application would write it: short within its namespace.
                 let name = if svc.namespace == pod.namespace {
                     svc.name.clone()
@@ -523,9 +544,9 @@ pub fn client_runs(plan: &Plan, scenario: &Scenario) -> Result<Vec<ClientRun>> {
                 (targets, false)
             } else {
                 let name = c.to.external.as_deref().unwrap_or_default();
-                let ext = plan
-                    .external(name)
-                    .ok_or_else(|| LabError::Mismatch(format!("external {name}"), plan.lab_id.clone()))?;
+                let ext = plan.external(name).ok_or_else(|| {
+                    LabError::Mismatch(format!("external {name}"), plan.lab_id.clone())
+                })?;
                 (vec![ext.address.to_string()], false)
             };
             if targets.is_empty() {
@@ -588,16 +609,20 @@ pub fn traffic(lab_id: &str, scenario: &Scenario, binary: &Path) -> Result<Vec<w
             }
         }
         let cgroup = cg2.join(&pod.containers[0].cgroup);
-        let log = dir.join("logs").join(format!("client-{}-{}.log", pod.name, run.connection));
+        let log = dir
+            .join("logs")
+            .join(format!("client-{}-{}.log", pod.name, run.connection));
         let child = spawn_client(binary, &args, &pod.netns, &cgroup, &log)?;
         running.push(child);
     }
     let mut attempts = Vec::new();
     for child in running {
-        let out = child.wait_with_output().map_err(|e| LabError::Sys(SysError::Io {
-            path: "client".into(),
-            err: e,
-        }))?;
+        let out = child.wait_with_output().map_err(|e| {
+            LabError::Sys(SysError::Io {
+                path: "client".into(),
+                err: e,
+            })
+        })?;
         for line in String::from_utf8_lossy(&out.stdout).lines() {
             if let Ok(a) = serde_json::from_str::<workers::Attempt>(line) {
                 attempts.push(a);
@@ -618,13 +643,22 @@ fn spawn_client(
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let netns_path = PathBuf::from("/run/netns").join(netns);
-    let nsf = std::fs::File::open(&netns_path).map_err(|err| SysError::Io { path: netns_path.clone(), err })?;
+    let nsf = std::fs::File::open(&netns_path).map_err(|err| SysError::Io {
+        path: netns_path.clone(),
+        err,
+    })?;
     let procs_path = cgroup.join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()
         .write(true)
         .open(&procs_path)
-        .map_err(|err| SysError::Io { path: procs_path.clone(), err })?;
-    let logf = std::fs::File::create(log).map_err(|err| SysError::Io { path: log.to_path_buf(), err })?;
+        .map_err(|err| SysError::Io {
+            path: procs_path.clone(),
+            err,
+        })?;
+    let logf = std::fs::File::create(log).map_err(|err| SysError::Io {
+        path: log.to_path_buf(),
+        err,
+    })?;
     let (nfd, pfd) = (nsf.as_raw_fd(), procs.as_raw_fd());
     let mut cmd = std::process::Command::new(binary);
     cmd.args(args)
@@ -656,7 +690,9 @@ mod tests {
     use super::*;
 
     fn example(name: &str) -> (Plan, Scenario) {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples").join(name);
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/examples")
+            .join(name);
         let s = scenario::load(&dir).unwrap();
         (plan::build("m1", &s).unwrap(), s)
     }

@@ -4,12 +4,13 @@
 use std::fmt::Write;
 use std::net::IpAddr;
 
-use super::plan::{ExternalPlan, PodPlan, Plan};
+use super::plan::{ExternalPlan, Plan, PodPlan};
 use super::scenario::POD_GATEWAY_V4;
 use super::sys::{Sys, SysError};
 
-/// The node netns's dummy interface holding the node address (the kubelet's source).
-pub const NODE_IFACE: &str = "node0";
+/// The node netns interface holding the node address (the kubelet's source). `lo`, not a
+/// dummy: not every kernel has the dummy driver, and addresses on `lo` are just as local.
+pub const NODE_IFACE: &str = "lo";
 /// The IPv6 gateway address each node-side veth holds (link-local, per interface).
 pub const POD_GATEWAY_V6: &str = "fe80::1";
 /// The nftables table in the node netns.
@@ -34,14 +35,15 @@ pub const NODE_SYSCTLS: [&str; 5] = [
 pub fn node_script(plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "link set lo up");
-    let _ = writeln!(s, "link add {NODE_IFACE} type dummy");
-    let _ = writeln!(s, "link set {NODE_IFACE} up");
     for ip in &plan.node_addresses {
         let nodad = if ip.is_ipv6() { " nodad" } else { "" };
         let _ = writeln!(s, "addr add {ip}/{} dev {NODE_IFACE}{nodad}", host_len(*ip));
     }
     // The pods' gateway: a local address the node answers ARP for on every veth.
-    let _ = writeln!(s, "addr add {POD_GATEWAY_V4}/32 dev {NODE_IFACE} scope link");
+    let _ = writeln!(
+        s,
+        "addr add {POD_GATEWAY_V4}/32 dev {NODE_IFACE} scope link"
+    );
     s
 }
 
@@ -53,13 +55,7 @@ fn node_src(plan: &Plan, ip: IpAddr) -> Option<IpAddr> {
 }
 
 /// Node-side lines for one pod or external: the veth pair and /32 (/128) routes.
-fn node_link_lines(
-    s: &mut String,
-    plan: &Plan,
-    host_veth: &str,
-    netns: &str,
-    addrs: &[IpAddr],
-) {
+fn node_link_lines(s: &mut String, plan: &Plan, host_veth: &str, netns: &str, addrs: &[IpAddr]) {
     let _ = writeln!(
         s,
         "link add {host_veth} type veth peer name eth0 netns {netns}"
@@ -99,10 +95,16 @@ pub fn endpoint_script(addrs: &[IpAddr]) -> String {
     let _ = writeln!(s, "link set eth0 up");
     if let Some(v4) = addrs.iter().find(|a| a.is_ipv4()) {
         let _ = writeln!(s, "route add {POD_GATEWAY_V4}/32 dev eth0 scope link");
-        let _ = writeln!(s, "route add default via {POD_GATEWAY_V4} dev eth0 src {v4}");
+        let _ = writeln!(
+            s,
+            "route add default via {POD_GATEWAY_V4} dev eth0 src {v4}"
+        );
     }
     if let Some(v6) = addrs.iter().find(|a| a.is_ipv6()) {
-        let _ = writeln!(s, "route add default via {POD_GATEWAY_V6} dev eth0 src {v6}");
+        let _ = writeln!(
+            s,
+            "route add default via {POD_GATEWAY_V6} dev eth0 src {v6}"
+        );
     }
     s
 }
@@ -198,12 +200,12 @@ pub fn nat_ruleset(plan: &Plan) -> String {
     for (chain, hook) in [("nat-prerouting", "prerouting"), ("nat-output", "output")] {
         let _ = writeln!(
             s,
-            "  chain {chain} {{\n    type nat hook {hook} priority dstnat; policy accept;\n    ip daddr . meta l4proto . th dport vmap @service-ips\n    ip6 daddr . meta l4proto . th dport vmap @service-ips6\n  }}"
+            "  chain {chain} {{\n    type nat hook {hook} priority -100; policy accept;\n    ip daddr . meta l4proto . th dport vmap @service-ips\n    ip6 daddr . meta l4proto . th dport vmap @service-ips6\n  }}"
         );
     }
     let _ = writeln!(
         s,
-        "  chain nat-postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n  }}"
+        "  chain nat-postrouting {{\n    type nat hook postrouting priority 100; policy accept;\n    meta mark & {MASQ_MARK} == {MASQ_MARK} masquerade\n  }}"
     );
     let _ = writeln!(s, "}}");
     s
@@ -286,7 +288,7 @@ mod tests {
         let pod = pod_script(&p.pods[1]);
         assert!(pod.contains("addr add 10.244.0.11/32 dev eth0\n"));
         assert!(pod.contains("route add default via 169.254.1.1 dev eth0 src 10.244.0.11\n"));
-        assert!(node_script(&p).contains("addr add 169.254.1.1/32 dev node0 scope link"));
+        assert!(node_script(&p).contains("addr add 169.254.1.1/32 dev lo scope link"));
     }
 
     #[test]
@@ -295,10 +297,16 @@ mod tests {
         let rules = nat_ruleset(&p);
         let svc = p.service("web/webapp").unwrap();
         let cip = svc.cluster_ips[0];
-        assert!(rules.contains(&format!("{cip} . tcp . 80 : goto svc-")), "{rules}");
+        assert!(
+            rules.contains(&format!("{cip} . tcp . 80 : goto svc-")),
+            "{rules}"
+        );
         assert!(rules.contains("numgen random mod 2 vmap"), "{rules}");
         for ep in &svc.ports[0].endpoints {
-            assert!(rules.contains(&format!("dnat ip to {}:8080", ep.ip)), "{rules}");
+            assert!(
+                rules.contains(&format!("dnat ip to {}:8080", ep.ip)),
+                "{rules}"
+            );
         }
         assert!(rules.contains("10.96.0.10 . udp . 53"), "{rules}");
         assert!(rules.contains("10.96.0.10 . tcp . 53"), "{rules}");

@@ -247,10 +247,7 @@ impl Plan {
                     if pod.namespace == svc.namespace
                         && pod.subdomain.as_deref() == Some(svc.name.as_str())
                     {
-                        records.insert(
-                            format!("{}.{}", pod.hostname, svc.fqdn()),
-                            pod.ips.clone(),
-                        );
+                        records.insert(format!("{}.{}", pod.hostname, svc.fqdn()), pod.ips.clone());
                     }
                 }
             }
@@ -637,9 +634,9 @@ pub fn build(lab_id: &str, scenario: &Scenario) -> Result<Plan, PlanError> {
             if dual {
                 // Same offset in both families, so 10.96.0.10 pairs with fd00:10:96::a.
                 let wanted6 = match (v4, cfg.service_cidr) {
-                    (IpAddr::V4(a), IpNet::V4(n)) => {
-                        Some(u128::from(u32::from(a).wrapping_sub(u32::from(n.network()))))
-                    }
+                    (IpAddr::V4(a), IpNet::V4(n)) => Some(u128::from(
+                        u32::from(a).wrapping_sub(u32::from(n.network())),
+                    )),
                     _ => None,
                 };
                 cluster_ips.push(alloc(&cfg.service_cidr_v6, &key, &mut taken, wanted6)?);
@@ -808,7 +805,11 @@ mod tests {
         ips.sort();
         ips.dedup();
         assert_eq!(ips.len(), plan.pods.len());
-        assert!(plan.pods.iter().all(|p| plan.pod_cidrs[0].contains(&p.ips[0])));
+        assert!(
+            plan.pods
+                .iter()
+                .all(|p| plan.pod_cidrs[0].contains(&p.ips[0]))
+        );
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub enum ScenarioError {
 type Result<T> = std::result::Result<T, ScenarioError>;
 
 /// Network protocol of a port or connection (the lab speaks TCP and UDP).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize,
+)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Proto {
     Tcp,
@@ -75,7 +77,9 @@ impl Proto {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, Deserialize,
+)]
 pub enum WorkloadKind {
     Deployment,
     StatefulSet,
@@ -350,10 +354,7 @@ impl Scenario {
             .filter(|w| {
                 w.namespace == svc.namespace
                     && !svc.selector.is_empty()
-                    && svc
-                        .selector
-                        .iter()
-                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                    && svc.selector.iter().all(|(k, v)| w.labels.get(k) == Some(v))
             })
             .collect()
     }
@@ -453,9 +454,10 @@ pub fn load_manifests(scenario: &mut Scenario, file: &Path, text: &str) -> Resul
                     .metadata
                     .name
                     .ok_or_else(|| err("Namespace has no metadata.name".into()))?;
-                scenario
-                    .namespaces
-                    .insert(name, ns.metadata.labels.unwrap_or_default().into_iter().collect());
+                scenario.namespaces.insert(
+                    name,
+                    ns.metadata.labels.unwrap_or_default().into_iter().collect(),
+                );
             }
             "Deployment" => {
                 let d: Deployment = typed!(Deployment);
@@ -473,7 +475,9 @@ pub fn load_manifests(scenario: &mut Scenario, file: &Path, text: &str) -> Resul
             }
             "StatefulSet" => {
                 let s: StatefulSet = typed!(StatefulSet);
-                let spec = s.spec.ok_or_else(|| err("StatefulSet has no spec".into()))?;
+                let spec = s
+                    .spec
+                    .ok_or_else(|| err("StatefulSet has no spec".into()))?;
                 let w = workload(
                     WorkloadKind::StatefulSet,
                     &s.metadata,
@@ -572,7 +576,10 @@ fn meta_names(
         .clone()
         .ok_or_else(|| format!("{} has no metadata.name", kind.as_str()))?;
     check_dns_label(&name).map_err(|m| format!("{} {name}: {m}", kind.as_str()))?;
-    Ok((meta.namespace.clone().unwrap_or_else(|| "default".into()), name))
+    Ok((
+        meta.namespace.clone().unwrap_or_else(|| "default".into()),
+        name,
+    ))
 }
 
 fn check_dns_label(name: &str) -> std::result::Result<(), String> {
@@ -625,7 +632,9 @@ fn workload(
             let port = u16::try_from(p.container_port)
                 .ok()
                 .filter(|p| *p > 0)
-                .ok_or_else(|| format!("{cwhat}: containerPort {} out of range", p.container_port))?;
+                .ok_or_else(|| {
+                    format!("{cwhat}: containerPort {} out of range", p.container_port)
+                })?;
             ports.push(ContainerPort {
                 name: p.name.clone(),
                 port,
@@ -711,12 +720,18 @@ fn service(s: &Service, file: &Path) -> std::result::Result<ServiceSpec, String>
         .clone()
         .ok_or("Service has no metadata.name")?;
     check_dns_label(&name).map_err(|m| format!("Service {name}: {m}"))?;
-    let namespace = s.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let namespace = s
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let what = format!("Service {namespace}/{name}");
     let spec = s.spec.as_ref().ok_or_else(|| format!("{what}: no spec"))?;
     if let Some(t) = &spec.type_ {
         if t == "ExternalName" {
-            return Err(format!("{what}: type ExternalName is not supported by the lab"));
+            return Err(format!(
+                "{what}: type ExternalName is not supported by the lab"
+            ));
         }
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
@@ -928,7 +943,9 @@ fn validate_config(s: &Scenario) -> Result<()> {
         }
     }
     if c.pod_cidr.prefix_len() > 24 || (c.dual_stack() && c.pod_cidr_v6.prefix_len() > 120) {
-        return Err(fail("podCIDR is too small for a lab (at most /24, /120)".into()));
+        return Err(fail(
+            "podCIDR is too small for a lab (at most /24, /120)".into(),
+        ));
     }
     let all = cidrs(c);
     for (i, (a, na)) in all.iter().enumerate() {
@@ -942,9 +959,12 @@ fn validate_config(s: &Scenario) -> Result<()> {
 }
 
 fn validate_connection(s: &Scenario, c: &Connection) -> std::result::Result<(), String> {
-    let from = s
-        .workload(&c.from)
-        .ok_or_else(|| format!("from: unknown workload {:?} (write <namespace>/<workload>)", c.from))?;
+    let from = s.workload(&c.from).ok_or_else(|| {
+        format!(
+            "from: unknown workload {:?} (write <namespace>/<workload>)",
+            c.from
+        )
+    })?;
     if let Some(r) = c.replica {
         if r >= from.replicas {
             return Err(format!(
@@ -975,10 +995,14 @@ fn validate_connection(s: &Scenario, c: &Connection) -> std::result::Result<(), 
         return Err("to: needs exactly one of `service`, `workload`, `external`".into());
     }
     if let Some(key) = &c.to.service {
-        let svc = s
-            .service(key)
-            .ok_or_else(|| format!("to.service: unknown Service {key:?} (write <namespace>/<name>)"))?;
-        if !svc.ports.iter().any(|p| p.port == c.port && p.protocol == proto) {
+        let svc = s.service(key).ok_or_else(|| {
+            format!("to.service: unknown Service {key:?} (write <namespace>/<name>)")
+        })?;
+        if !svc
+            .ports
+            .iter()
+            .any(|p| p.port == c.port && p.protocol == proto)
+        {
             return Err(format!(
                 "port: Service {key} has no {} port {} (its ports: {})",
                 proto.as_str(),
@@ -992,9 +1016,9 @@ fn validate_connection(s: &Scenario, c: &Connection) -> std::result::Result<(), 
         }
     }
     if let Some(key) = &c.to.workload {
-        let w = s
-            .workload(key)
-            .ok_or_else(|| format!("to.workload: unknown workload {key:?} (write <namespace>/<workload>)"))?;
+        let w = s.workload(key).ok_or_else(|| {
+            format!("to.workload: unknown workload {key:?} (write <namespace>/<workload>)")
+        })?;
         if !w.ports().any(|p| p.port == c.port && p.protocol == proto) {
             return Err(format!(
                 "port: workload {key} declares no {} containerPort {}",
@@ -1084,7 +1108,10 @@ spec:
         assert_eq!(s.workloads.len(), 2);
         let w = s.workload("web/webapp").unwrap();
         assert_eq!(w.replicas, 2);
-        assert_eq!(w.resolve_port(&PortRef::Name("http".into()), Proto::Tcp), Some(8080));
+        assert_eq!(
+            w.resolve_port(&PortRef::Name("http".into()), Proto::Tcp),
+            Some(8080)
+        );
         assert_eq!(w.containers[0].probes[0].kind, "readinessProbe");
         let svc = s.service("web/webapp").unwrap();
         assert_eq!(svc.ports[0].target, PortRef::Name("http".into()));
@@ -1094,7 +1121,10 @@ spec:
 
     #[test]
     fn service_without_target_is_an_error_naming_it() {
-        let app = APP.replace("selector: {app: webapp}\n  ports", "selector: {app: nobody}\n  ports");
+        let app = APP.replace(
+            "selector: {app: webapp}\n  ports",
+            "selector: {app: nobody}\n  ports",
+        );
         let dir = scenario_dir(&[("app.yaml", &app)]);
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("Service web/webapp"), "{err}");
@@ -1133,18 +1163,27 @@ spec:
             ),
         ]);
         let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("has no TCP port 8080 (its ports: 80/TCP)"), "{err}");
+        assert!(
+            err.contains("has no TCP port 8080 (its ports: 80/TCP)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn overlapping_cidrs_are_an_error() {
         let dir = scenario_dir(&[
             ("app.yaml", APP),
-            ("lab.yaml", "podCIDR: 10.0.0.0/8\nserviceCIDR: 10.96.0.0/16\n"),
+            (
+                "lab.yaml",
+                "podCIDR: 10.0.0.0/8\nserviceCIDR: 10.96.0.0/16\n",
+            ),
         ]);
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("lab.yaml"), "{err}");
-        assert!(err.contains("podCIDR 10.0.0.0/8 overlaps serviceCIDR 10.96.0.0/16"), "{err}");
+        assert!(
+            err.contains("podCIDR 10.0.0.0/8 overlaps serviceCIDR 10.96.0.0/16"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -1162,7 +1201,10 @@ spec:
 
     #[test]
     fn undeclared_namespace_is_an_error() {
-        let app = APP.replace("kind: Namespace\nmetadata: {name: web}", "kind: Namespace\nmetadata: {name: other}");
+        let app = APP.replace(
+            "kind: Namespace\nmetadata: {name: web}",
+            "kind: Namespace\nmetadata: {name: other}",
+        );
         let dir = scenario_dir(&[("app.yaml", &app)]);
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("namespace \"web\" is not declared"), "{err}");
@@ -1170,9 +1212,15 @@ spec:
 
     #[test]
     fn unsupported_kind_names_file_and_document() {
-        let dir = scenario_dir(&[("app.yaml", "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")]);
+        let dir = scenario_dir(&[(
+            "app.yaml",
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        )]);
         let err = load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("app.yaml: document 1: kind ConfigMap is not supported"), "{err}");
+        assert!(
+            err.contains("app.yaml: document 1: kind ConfigMap is not supported"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -198,10 +198,7 @@ pub fn spawn_in(
     let netns_fd = netns.as_raw_fd();
     let procs_fd = procs.as_raw_fd();
     let mut cmd = Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2);
+    cmd.args(args).stdin(Stdio::null()).stdout(log).stderr(log2);
     for (k, v) in env {
         cmd.env(k, v);
     }

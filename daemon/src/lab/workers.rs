@@ -82,7 +82,11 @@ fn answer_tcp(mut stream: TcpStream, name: &str, port: u16) {
 
 /// Listens on every port and answers each connection/datagram with one line; never returns
 /// unless a port cannot be bound.
-pub fn serve(name: &str, listen: &[(u16, Proto)], ready_file: Option<&Path>) -> Result<(), WorkerError> {
+pub fn serve(
+    name: &str,
+    listen: &[(u16, Proto)],
+    ready_file: Option<&Path>,
+) -> Result<(), WorkerError> {
     let mut handles = Vec::new();
     for &(port, proto) in listen {
         let name = name.to_string();
@@ -201,9 +205,14 @@ pub fn dns(records: Records, port: u16, ready_file: Option<&Path>) -> Result<(),
                 if stream.read_exact(&mut msg).is_err() {
                     break;
                 }
-                let Some(out) = dns_answer(&r, &msg) else { break };
-                let Ok(out_len) = u16::try_from(out.len()) else { break };
-                if stream.write_all(&out_len.to_be_bytes()).is_err() || stream.write_all(&out).is_err()
+                let Some(out) = dns_answer(&r, &msg) else {
+                    break;
+                };
+                let Ok(out_len) = u16::try_from(out.len()) else {
+                    break;
+                };
+                if stream.write_all(&out_len.to_be_bytes()).is_err()
+                    || stream.write_all(&out).is_err()
                 {
                     break;
                 }
@@ -337,7 +346,8 @@ pub fn dial(addr: SocketAddr, protocol: Proto, hello: &str) -> Result<String, St
     match protocol {
         Proto::Tcp => {
             let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(IO_TIMEOUT)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(IO_TIMEOUT))
+                .map_err(|e| e.to_string())?;
             s.write_all(hello.as_bytes()).map_err(|e| e.to_string())?;
             let _ = s.shutdown(std::net::Shutdown::Write);
             let mut out = String::new();
@@ -355,7 +365,8 @@ pub fn dial(addr: SocketAddr, protocol: Proto, hello: &str) -> Result<String, St
             };
             let s = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
             s.connect(addr).map_err(|e| e.to_string())?;
-            s.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))
+                .map_err(|e| e.to_string())?;
             let mut buf = [0u8; 2048];
             s.send(hello.as_bytes()).map_err(|e| e.to_string())?;
             let n = s.recv(&mut buf).map_err(|e| e.to_string())?;
@@ -495,7 +506,10 @@ pub fn kubelet(
         std::thread::sleep(period);
         for p in jobs {
             if let Err(e) = probe_once(p) {
-                eprintln!("probe failed: {} {} {}:{}: {e}", p.pod, p.kind, p.address, p.port);
+                eprintln!(
+                    "probe failed: {} {} {}:{}: {e}",
+                    p.pod, p.kind, p.address, p.port
+                );
             }
         }
     }
@@ -506,33 +520,52 @@ mod tests {
     use super::*;
 
     fn records() -> Records {
-        [
-            (
-                "web.shop.svc.cluster.local".to_string(),
-                vec!["10.96.0.100".parse().unwrap(), "fd00:10:96::64".parse().unwrap()],
-            ),
-        ]
+        [(
+            "web.shop.svc.cluster.local".to_string(),
+            vec![
+                "10.96.0.100".parse().unwrap(),
+                "fd00:10:96::64".parse().unwrap(),
+            ],
+        )]
         .into()
     }
 
     fn query(name: &str, t: RecordType) -> Vec<u8> {
         let mut m = Message::new();
-        m.set_id(7).add_query(Query::query(Name::from_ascii(name).unwrap(), t));
+        m.set_id(7)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), t));
         m.to_vec().unwrap()
     }
 
     #[test]
     fn dns_answers_a_and_aaaa_and_nxdomain() {
         let r = records();
-        let a = Message::from_vec(&dns_answer(&r, &query("web.shop.svc.cluster.local.", RecordType::A)).unwrap()).unwrap();
+        let a = Message::from_vec(
+            &dns_answer(&r, &query("web.shop.svc.cluster.local.", RecordType::A)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(a.id(), 7);
         assert_eq!(a.answers().len(), 1);
-        assert_eq!(a.answers()[0].data().ip_addr(), Some("10.96.0.100".parse().unwrap()));
-        let aaaa = Message::from_vec(&dns_answer(&r, &query("WEB.shop.svc.cluster.local.", RecordType::AAAA)).unwrap()).unwrap();
-        assert_eq!(aaaa.answers()[0].data().ip_addr(), Some("fd00:10:96::64".parse().unwrap()));
-        let nx = Message::from_vec(&dns_answer(&r, &query("nope.shop.svc.cluster.local.", RecordType::A)).unwrap()).unwrap();
+        assert_eq!(
+            a.answers()[0].data().ip_addr(),
+            Some("10.96.0.100".parse().unwrap())
+        );
+        let aaaa = Message::from_vec(
+            &dns_answer(&r, &query("WEB.shop.svc.cluster.local.", RecordType::AAAA)).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            aaaa.answers()[0].data().ip_addr(),
+            Some("fd00:10:96::64".parse().unwrap())
+        );
+        let nx = Message::from_vec(
+            &dns_answer(&r, &query("nope.shop.svc.cluster.local.", RecordType::A)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(nx.response_code(), ResponseCode::NXDomain);
-        let out = Message::from_vec(&dns_answer(&r, &query("example.com.", RecordType::A)).unwrap()).unwrap();
+        let out =
+            Message::from_vec(&dns_answer(&r, &query("example.com.", RecordType::A)).unwrap())
+                .unwrap();
         assert_eq!(out.response_code(), ResponseCode::Refused);
     }
 
