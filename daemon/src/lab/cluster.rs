@@ -65,10 +65,10 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
             let mut meta = json!({"name": o.name, "namespace": pod.namespace, "uid": o.uid,
                                   "labels": template_labels, "creationTimestamp": ts});
             // The ReplicaSet of a Deployment is owned by it.
-            if i == 1 {
-                if let Some(parent) = &pod.owner_of_owner {
-                    meta["ownerReferences"] = json!([owner_ref(parent)]);
-                }
+            if i == 1
+                && let Some(parent) = &pod.owner_of_owner
+            {
+                meta["ownerReferences"] = json!([owner_ref(parent)]);
             }
             let mut selector_labels = template_labels.clone();
             if o.kind == "Deployment" {

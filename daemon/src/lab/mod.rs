@@ -448,10 +448,10 @@ pub fn down(sys: &dyn Sys, lab_id: &str) -> Result<()> {
         first_err.get_or_insert(e.into());
     }
     let dir = state_dir(lab_id);
-    if dir.exists() {
-        if let Err(e) = std::fs::remove_dir_all(&dir) {
-            first_err.get_or_insert(LabError::State(dir, e.to_string()));
-        }
+    if dir.exists()
+        && let Err(e) = std::fs::remove_dir_all(&dir)
+    {
+        first_err.get_or_insert(LabError::State(dir, e.to_string()));
     }
     match first_err {
         Some(e) => Err(e),
@@ -468,10 +468,10 @@ pub fn list_labs() -> Vec<String> {
         .filter_map(|e| e.file_name().into_string().ok())
         .collect();
     for ns in net::netns_with_prefix("fpl-") {
-        if let Some(rest) = ns.strip_prefix("fpl-") {
-            if let Some((id, _)) = rest.rsplit_once('-') {
-                ids.insert(id.to_string());
-            }
+        if let Some(rest) = ns.strip_prefix("fpl-")
+            && let Some((id, _)) = rest.rsplit_once('-')
+        {
+            ids.insert(id.to_string());
         }
     }
     ids.into_iter()

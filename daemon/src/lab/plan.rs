@@ -592,10 +592,10 @@ pub fn build(lab_id: &str, scenario: &Scenario) -> Result<Plan, PlanError> {
     // ClusterIPs: explicit ones first, then allocate.
     let mut taken: BTreeMap<IpAddr, String> = BTreeMap::new();
     for s in &services {
-        if let Some(ip) = s.cluster_ip {
-            if let Some(other) = taken.insert(ip, s.key()) {
-                return Err(PlanError::ClusterIpTaken(s.key(), ip, other));
-            }
+        if let Some(ip) = s.cluster_ip
+            && let Some(other) = taken.insert(ip, s.key())
+        {
+            return Err(PlanError::ClusterIpTaken(s.key(), ip, other));
         }
     }
     let mut next_offset = FIRST_SERVICE_OFFSET;
@@ -606,16 +606,16 @@ pub fn build(lab_id: &str, scenario: &Scenario) -> Result<Plan, PlanError> {
      -> Result<IpAddr, PlanError> {
         if let Some(off) = wanted {
             let ip = nth(net, off).ok_or(PlanError::ServiceCidrFull(*net))?;
-            if !taken.contains_key(&ip) {
-                taken.insert(ip, key.to_string());
+            if let std::collections::btree_map::Entry::Vacant(e) = taken.entry(ip) {
+                e.insert(key.to_string());
                 return Ok(ip);
             }
         }
         loop {
             let ip = nth(net, next_offset).ok_or(PlanError::ServiceCidrFull(*net))?;
             next_offset += 1;
-            if !taken.contains_key(&ip) {
-                taken.insert(ip, key.to_string());
+            if let std::collections::btree_map::Entry::Vacant(e) = taken.entry(ip) {
+                e.insert(key.to_string());
                 return Ok(ip);
             }
         }

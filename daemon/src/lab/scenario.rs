@@ -647,10 +647,10 @@ fn workload(
             ("livenessProbe", &c.liveness_probe),
             ("startupProbe", &c.startup_probe),
         ] {
-            if let Some(p) = probe {
-                if let Some(spec) = probe_spec(pkind, p, &cwhat)? {
-                    probes.push(spec);
-                }
+            if let Some(p) = probe
+                && let Some(spec) = probe_spec(pkind, p, &cwhat)?
+            {
+                probes.push(spec);
             }
         }
         containers.push(ContainerSpec {
@@ -727,12 +727,12 @@ fn service(s: &Service, file: &Path) -> std::result::Result<ServiceSpec, String>
         .unwrap_or_else(|| "default".into());
     let what = format!("Service {namespace}/{name}");
     let spec = s.spec.as_ref().ok_or_else(|| format!("{what}: no spec"))?;
-    if let Some(t) = &spec.type_ {
-        if t == "ExternalName" {
-            return Err(format!(
-                "{what}: type ExternalName is not supported by the lab"
-            ));
-        }
+    if let Some(t) = &spec.type_
+        && t == "ExternalName"
+    {
+        return Err(format!(
+            "{what}: type ExternalName is not supported by the lab"
+        ));
     }
     let headless = spec.cluster_ip.as_deref() == Some("None");
     let cluster_ip = match spec.cluster_ip.as_deref() {
@@ -836,17 +836,16 @@ fn validate(s: &Scenario) -> Result<()> {
             )));
         }
         for p in &svc.ports {
-            if let PortRef::Name(name) = &p.target {
-                if !selected
+            if let PortRef::Name(name) = &p.target
+                && !selected
                     .iter()
                     .any(|w| w.resolve_port(&p.target, p.protocol).is_some())
-                {
-                    return Err(fail(format!(
-                        "port {}: targetPort {name:?} is not a {} containerPort name of any selected pod",
-                        p.port,
-                        p.protocol.as_str()
-                    )));
-                }
+            {
+                return Err(fail(format!(
+                    "port {}: targetPort {name:?} is not a {} containerPort name of any selected pod",
+                    p.port,
+                    p.protocol.as_str()
+                )));
             }
         }
         if let Some(ip) = svc.cluster_ip {
@@ -965,14 +964,14 @@ fn validate_connection(s: &Scenario, c: &Connection) -> std::result::Result<(), 
             c.from
         )
     })?;
-    if let Some(r) = c.replica {
-        if r >= from.replicas {
-            return Err(format!(
-                "replica: {r} but {} has {} replica(s) (0-based)",
-                from.key(),
-                from.replicas
-            ));
-        }
+    if let Some(r) = c.replica
+        && r >= from.replicas
+    {
+        return Err(format!(
+            "replica: {r} but {} has {} replica(s) (0-based)",
+            from.key(),
+            from.replicas
+        ));
     }
     if from.replicas == 0 {
         return Err(format!("from: {} has 0 replicas", from.key()));

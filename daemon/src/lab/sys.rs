@@ -234,9 +234,12 @@ pub mod fake {
     use super::*;
     use std::cell::RefCell;
 
+    /// program, arguments, stdin.
+    pub type Call = (String, Vec<String>, Option<String>);
+
     #[derive(Default)]
     pub struct RecordingSys {
-        pub calls: RefCell<Vec<(String, Vec<String>, Option<String>)>>,
+        pub calls: RefCell<Vec<Call>>,
         /// Fail the call whose joined command line contains this text.
         pub fail_on: Option<String>,
     }
@@ -254,14 +257,14 @@ pub mod fake {
                 args.iter().map(|s| s.to_string()).collect(),
                 stdin.map(str::to_string),
             ));
-            if let Some(f) = &self.fail_on {
-                if line.contains(f.as_str()) || stdin.is_some_and(|s| s.contains(f.as_str())) {
-                    return Err(SysError::Failed {
-                        cmd: line,
-                        status: "exit status: 1".into(),
-                        stderr: "injected".into(),
-                    });
-                }
+            if let Some(f) = &self.fail_on
+                && (line.contains(f.as_str()) || stdin.is_some_and(|s| s.contains(f.as_str())))
+            {
+                return Err(SysError::Failed {
+                    cmd: line,
+                    status: "exit status: 1".into(),
+                    stderr: "injected".into(),
+                });
             }
             Ok(String::new())
         }
