@@ -52,6 +52,10 @@ pub enum LabCommand {
         /// Flow database the agent writes (kept after the run).
         #[arg(long)]
         db: Option<PathBuf>,
+        /// Fail unless the agent recorded every traffic.yaml connection with both ends named
+        /// at the pod port, and nothing else between pods (DNS to kube-dns aside).
+        #[arg(long)]
+        check: bool,
     },
     /// (inside the lab) a container: answer on every port.
     #[command(hide = true)]
@@ -186,7 +190,12 @@ mod linux {
                 }
                 Ok(ExitCode::SUCCESS)
             }
-            LabCommand::Run { scenario, lab, db } => run_all(&scenario, &lab.id, db),
+            LabCommand::Run {
+                scenario,
+                lab,
+                db,
+                check,
+            } => run_all(&scenario, &lab.id, db, check),
             LabCommand::Serve {
                 name,
                 listen,
@@ -314,31 +323,49 @@ mod linux {
         println!("  cluster state: {}", up.cluster_file().display());
     }
 
-    /// The agent, started against the lab's cluster state; `None` when it cannot run here.
+    /// The agent, started against the lab's cluster state.
     struct Agent {
         child: std::process::Child,
         log: PathBuf,
+        /// JSON lines of drained flows, when the agent supports `--json-out`.
+        json_out: Option<PathBuf>,
     }
 
+    /// Starts `flowpol agent` with the flags this build's agent has (`--manifests` comes with
+    /// identity, `--json-out` with capture) and waits for it to attach.
     fn start_agent(bin: &Path, db: &Path, cluster: &Path, log: &Path) -> Result<Agent, String> {
+        let help = std::process::Command::new(bin)
+            .args(["agent", "--help"])
+            .output()
+            .map_err(|e| format!("cannot run `flowpol agent --help`: {e}"))?;
+        let help = String::from_utf8_lossy(&help.stdout).into_owned();
         let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
-        let mut child = std::process::Command::new(bin)
-            .arg("agent")
-            .arg("--db")
-            .arg(db)
-            .arg("--manifests")
-            .arg(cluster)
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("agent").arg("--db").arg(db);
+        if help.contains("--manifests") {
+            cmd.arg("--manifests").arg(cluster);
+        }
+        if help.contains("--interval") {
+            cmd.args(["--interval", "1s"]);
+        }
+        let json_out = help
+            .contains("--json-out")
+            .then(|| db.with_extension("jsonl"));
+        if let Some(j) = &json_out {
+            cmd.arg("--json-out").arg(j);
+        }
+        let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(logf)
             .stderr(logf2)
             .spawn()
             .map_err(|e| format!("cannot start `flowpol agent`: {e}"))?;
-        // Give it time to attach; an agent that cannot run exits at once.
-        let until = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < until {
+        // Wait until it says it attached; an agent that cannot run exits at once.
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
             if let Ok(Some(status)) = child.try_wait() {
-                let text = std::fs::read_to_string(log).unwrap_or_default();
                 return Err(format!(
                     "`flowpol agent` exited ({status}): {}",
                     text.lines()
@@ -347,11 +374,24 @@ mod linux {
                         .unwrap_or("")
                 ));
             }
+            if text.contains("attached") {
+                break;
+            }
+            if Instant::now() > until {
+                eprintln!(
+                    "warning: `flowpol agent` did not report `attached` within 60s; going on"
+                );
+                break;
+            }
+            if lab::interrupted() {
+                break;
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(Agent {
             child,
             log: log.to_path_buf(),
+            json_out,
         })
     }
 
@@ -372,7 +412,12 @@ mod linux {
         }
     }
 
-    fn run_all(scenario_dir: &Path, lab_id: &str, db: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    fn run_all(
+        scenario_dir: &Path,
+        lab_id: &str,
+        db: Option<PathBuf>,
+        check: bool,
+    ) -> anyhow::Result<ExitCode> {
         lab::install_interrupt_handler();
         let bin = binary()?;
         let started = Instant::now();
@@ -382,7 +427,7 @@ mod linux {
             binary: bin.clone(),
         })?;
         print_up(&up, started.elapsed());
-        let result = run_inside(&up, lab_id, &bin, db);
+        let result = run_inside(&up, lab_id, &bin, db, check);
         let down = up.down();
         let code = result?;
         down.context("teardown")?;
@@ -390,11 +435,37 @@ mod linux {
         Ok(code)
     }
 
+    fn read_flows(
+        bin: &Path,
+        db: &Path,
+        agent: &Agent,
+    ) -> Result<Vec<flowpol_recommender::flow::FlowRecord>, String> {
+        if let Some(j) = &agent.json_out {
+            let text = std::fs::read_to_string(j).map_err(|e| format!("{}: {e}", j.display()))?;
+            return report::parse_flows(&text).map_err(|e| format!("{}: {e}", j.display()));
+        }
+        let out = std::process::Command::new(bin)
+            .args(["flows", "--db"])
+            .arg(db)
+            .args(["-o", "json"])
+            .output()
+            .map_err(|e| format!("running `flowpol flows`: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`flowpol flows` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        report::parse_flows(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| format!("parsing `flowpol flows -o json`: {e}"))
+    }
+
     fn run_inside(
         up: &lab::Lab,
         lab_id: &str,
         bin: &Path,
         db: Option<PathBuf>,
+        check: bool,
     ) -> anyhow::Result<ExitCode> {
         let db = db.unwrap_or_else(|| {
             std::env::temp_dir().join(format!("flowpol-lab-{lab_id}-{}.db", std::process::id()))
@@ -419,35 +490,49 @@ mod linux {
         let attempts = lab::traffic(lab_id, &up.scenario, bin);
         if let Some(a) = agent.as_mut() {
             // One more drain interval so the last flows are written.
-            std::thread::sleep(Duration::from_secs(2));
+            // A drain interval plus the SYN timeout, so unanswered flows are written too.
+            std::thread::sleep(Duration::from_secs(4));
             stop_agent(a);
         }
         let attempts = attempts?;
         println!("\nclients (traffic.yaml):");
         print!("{}", report::clients(&up.plan, &up.scenario, &attempts));
+        let mut problems = Vec::new();
         if let Some(a) = &agent {
-            let out = std::process::Command::new(bin)
-                .args(["flows", "--db"])
-                .arg(&db)
-                .args(["-o", "json"])
-                .output()
-                .context("running `flowpol flows`")?;
-            if out.status.success() {
-                let flows = report::parse_flows(&String::from_utf8_lossy(&out.stdout))
-                    .context("parsing `flowpol flows -o json`")?;
-                println!(
-                    "\nobserved by the agent ({} flows, database {}):",
-                    flows.len(),
-                    db.display()
-                );
-                print!("{}", report::flows(&up.plan, &flows));
-            } else {
-                println!(
-                    "\nagent: `flowpol flows` failed: {} (agent log {})",
-                    String::from_utf8_lossy(&out.stderr).trim(),
-                    a.log.display()
-                );
+            match read_flows(bin, &db, a) {
+                Ok(flows) => {
+                    println!(
+                        "\nobserved by the agent ({} flows, database {}):",
+                        flows.len(),
+                        db.display()
+                    );
+                    print!("{}", report::flows(&up.plan, &flows));
+                    if check {
+                        problems = report::check(&up.plan, &up.scenario, &flows);
+                        if problems.is_empty() {
+                            println!(
+                                "\ncheck: every traffic.yaml connection recorded with both ends named at the pod port; nothing else between pods"
+                            );
+                        } else {
+                            println!("\ncheck FAILED:");
+                            for p in &problems {
+                                println!("  {p}");
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    println!("\nagent: {e} (agent log {})", a.log.display());
+                    if check {
+                        problems.push(e);
+                    }
+                }
             }
+        } else if check {
+            problems.push("--check needs the agent, which is not available".into());
+        }
+        if !problems.is_empty() {
+            return Ok(ExitCode::from(1));
         }
         let failed = attempts.iter().filter(|a| !a.ok).count();
         Ok(if failed == 0 {

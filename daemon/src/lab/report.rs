@@ -113,6 +113,142 @@ pub fn flows(plan: &Plan, flows: &[FlowRecord]) -> String {
     out
 }
 
+fn same_workload(e: &Endpoint, key: &str) -> bool {
+    let Some((ns, name)) = key.split_once('/') else {
+        return false;
+    };
+    e.namespace.as_deref() == Some(ns) && e.workload.as_ref().is_some_and(|w| w.name == name)
+}
+
+/// Checks recorded flows against `traffic.yaml`: each connection recorded once per attempt,
+/// both ends named, the destination at the pod port (after Service DNAT); and no other flow
+/// between pods except DNS lookups to kube-dns. Returns the problems found.
+pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<String> {
+    use std::collections::BTreeSet;
+    let mut problems = Vec::new();
+    let mut used = vec![false; flows.len()];
+    for (i, c) in scenario.traffic.connections.iter().enumerate() {
+        let proto = c.protocol.as_deref().unwrap_or("TCP");
+        let clients: Vec<_> = plan
+            .pods_of(&c.from)
+            .into_iter()
+            .filter(|p| c.replica.is_none_or(|r| r == p.replica))
+            .collect();
+        let client_ips: BTreeSet<IpAddr> = clients.iter().flat_map(|p| p.ips.clone()).collect();
+        let count = u64::from(c.count.unwrap_or(1));
+        // Allowed destinations (ip, port) and the workload that must be named there.
+        let mut dsts: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
+        let mut dst_workload: Option<String> = None;
+        let expected: u64;
+        let to_text: String;
+        if let Some(key) = &c.to.service {
+            to_text = format!("service {key}:{}", c.port);
+            if let Some(svc) = plan.service(key) {
+                for p in svc
+                    .ports
+                    .iter()
+                    .filter(|p| p.port == c.port && p.protocol.as_str() == proto)
+                {
+                    for e in &p.endpoints {
+                        dsts.insert((e.ip, e.port));
+                    }
+                }
+            }
+            expected = clients.len() as u64 * count;
+        } else if let Some(key) = &c.to.workload {
+            to_text = format!("workload {key}:{}", c.port);
+            dst_workload = Some(key.clone());
+            let targets = plan.pods_of(key);
+            for t in &targets {
+                for ip in &t.ips {
+                    dsts.insert((*ip, c.port));
+                }
+            }
+            expected = clients
+                .iter()
+                .map(|cl| targets.iter().filter(|t| t.index != cl.index).count() as u64 * count)
+                .sum();
+        } else {
+            let name = c.to.external.clone().unwrap_or_default();
+            to_text = format!("external {name}:{}", c.port);
+            if let Some(e) = plan.external(&name) {
+                dsts.insert((e.address, c.port));
+            }
+            expected = clients.len() as u64 * count;
+        }
+        let mut recorded = 0u64;
+        for (fi, f) in flows.iter().enumerate() {
+            if used[fi]
+                || f.protocol.to_string() != proto
+                || !client_ips.contains(&f.src.ip)
+                || !dsts.contains(&(f.dst.ip, f.dst.port))
+            {
+                continue;
+            }
+            used[fi] = true;
+            recorded += 1;
+            if !same_workload(&f.src, &c.from) {
+                problems.push(format!(
+                    "connections[{i}]: source {} is not named {} (got {})",
+                    f.src.ip,
+                    c.from,
+                    f.src.display_name()
+                ));
+            }
+            let dst_named = match (&dst_workload, &c.to.service) {
+                (Some(key), _) => same_workload(&f.dst, key),
+                (None, Some(_)) => f.dst.namespace.is_some() && f.dst.workload.is_some(),
+                _ => true,
+            };
+            if !dst_named {
+                problems.push(format!(
+                    "connections[{i}]: destination {}:{} is not named (got {})",
+                    f.dst.ip,
+                    f.dst.port,
+                    f.dst.display_name()
+                ));
+            }
+        }
+        if recorded != expected {
+            problems.push(format!(
+                "connections[{i}] {} → {to_text}/{proto}: {expected} connection(s) made, {recorded} recorded at the pod port",
+                c.from
+            ));
+        }
+    }
+    let dns: BTreeSet<IpAddr> = plan
+        .dns_ips
+        .iter()
+        .copied()
+        .chain(
+            plan.pods_of("kube-system/coredns")
+                .iter()
+                .flat_map(|p| p.ips.clone()),
+        )
+        .collect();
+    let in_lab = |ip: IpAddr| {
+        plan.pod_by_ip(ip).is_some() || plan.services.iter().any(|s| s.cluster_ips.contains(&ip))
+    };
+    for (fi, f) in flows.iter().enumerate() {
+        if used[fi] || plan.pod_by_ip(f.src.ip).is_none() || !in_lab(f.dst.ip) {
+            continue;
+        }
+        if dns.contains(&f.dst.ip) && f.dst.port == 53 {
+            continue;
+        }
+        problems.push(format!(
+            "unexpected flow between pods: {} ({}) → {} ({}):{}/{}",
+            endpoint_name(plan, &f.src),
+            f.src.ip,
+            endpoint_name(plan, &f.dst),
+            f.dst.ip,
+            f.dst.port,
+            f.protocol
+        ));
+    }
+    problems
+}
+
 /// Parses `flowpol flows -o json` output: a JSON array or one record per line.
 pub fn parse_flows(text: &str) -> Result<Vec<FlowRecord>, serde_json::Error> {
     let trimmed = text.trim_start();
@@ -150,5 +286,67 @@ mod tests {
         );
         assert!(out.contains("DROPPED (NETFILTER_DROP)"), "{out}");
         assert_eq!(parse_flows(&format!("[{line}]")).unwrap().len(), 1);
+    }
+
+    fn flow(src: IpAddr, dst: IpAddr, port: u16, named: bool, plan: &Plan) -> FlowRecord {
+        let mut f: FlowRecord = serde_json::from_str(&format!(
+            r#"{{"src":{{"ip":"{src}","port":40000}},"dst":{{"ip":"{dst}","port":{port}}},"protocol":"TCP","packets":3,"bytes":180,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:01Z","verdict":"forwarded","drop_reason":null}}"#
+        ))
+        .unwrap();
+        if named {
+            for e in [&mut f.src, &mut f.dst] {
+                if let Some(p) = plan.pod_by_ip(e.ip) {
+                    e.namespace = Some(p.namespace.clone());
+                    e.workload = Some(flowpol_recommender::flow::WorkloadRef {
+                        kind: p.workload_kind.as_str().into(),
+                        name: p.workload.clone(),
+                    });
+                }
+            }
+        }
+        f
+    }
+
+    #[test]
+    fn check_wants_each_connection_at_the_pod_port_and_nothing_else() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/port-mismatch");
+        let s = scenario::load(&dir).unwrap();
+        let p = plan::build("r2", &s).unwrap();
+        let client = p.pods_of("web/client")[0].ips[0];
+        let web: Vec<IpAddr> = p.pods_of("web/webapp").iter().map(|x| x.ips[0]).collect();
+        let dns = p.pods_of("kube-system/coredns")[0].ips[0];
+        let mut flows: Vec<FlowRecord> = (0..4)
+            .map(|i| flow(client, web[i % 2], 8080, true, &p))
+            .collect();
+        flows.push(flow(client, dns, 53, true, &p));
+        assert_eq!(check(&p, &s, &flows), Vec::<String>::new());
+        // Recorded at the Service port instead: missing, and unexpected.
+        let svc_ip = p.service("web/webapp").unwrap().cluster_ips[0];
+        flows[0] = flow(client, svc_ip, 80, true, &p);
+        let problems = check(&p, &s, &flows);
+        assert!(
+            problems
+                .iter()
+                .any(|x| x.contains("4 connection(s) made, 3 recorded")),
+            "{problems:?}"
+        );
+        assert!(
+            problems.iter().any(|x| x.contains("unexpected flow")),
+            "{problems:?}"
+        );
+        // Unnamed ends.
+        flows[0] = flow(client, web[0], 8080, false, &p);
+        let problems = check(&p, &s, &flows);
+        assert!(
+            problems.iter().any(|x| x.contains("is not named")),
+            "{problems:?}"
+        );
+        // Pod to pod traffic nobody asked for.
+        flows[0] = flow(web[0], web[1], 8080, true, &p);
+        assert!(
+            check(&p, &s, &flows)
+                .iter()
+                .any(|x| x.contains("unexpected flow"))
+        );
     }
 }
