@@ -215,7 +215,7 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
 }
 
 pub fn cluster_yaml(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) -> String {
-    serde_yaml_ng::to_string(&cluster_list(plan, scenario, created))
+    serde_saphyr::to_string(&cluster_list(plan, scenario, created))
         .expect("a JSON value always serializes to YAML")
 }
 
@@ -233,7 +233,7 @@ mod tests {
         let s = scenario::load(&dir).unwrap();
         let p = plan::build("c1", &s).unwrap();
         let yaml = cluster_yaml(&p, &s, Utc::now());
-        let list: Value = serde_yaml_ng::from_str(&yaml).unwrap();
+        let list: Value = serde_saphyr::from_str(&yaml).unwrap();
         let items = list["items"].as_array().unwrap();
         let mut pods = 0;
         let mut slices = 0;

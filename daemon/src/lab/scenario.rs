@@ -411,7 +411,7 @@ fn read(file: &Path) -> Result<String> {
 }
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T> {
-    serde_yaml_ng::from_str(text).map_err(|e| ScenarioError::File {
+    serde_saphyr::from_str(text).map_err(|e| ScenarioError::File {
         file: file.to_path_buf(),
         msg: e.to_string(),
     })
@@ -419,14 +419,19 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result
 
 /// Parses every YAML document of one manifest file into the scenario.
 pub fn load_manifests(scenario: &mut Scenario, file: &Path, text: &str) -> Result<()> {
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(text).map_err(|e| ScenarioError::Manifest {
+            file: file.to_path_buf(),
+            doc: 1,
+            msg: e.to_string(),
+        })?;
+    for (index, value) in docs.into_iter().enumerate() {
         let doc_no = index + 1;
         let err = |msg: String| ScenarioError::Manifest {
             file: file.to_path_buf(),
             doc: doc_no,
             msg,
         };
-        let value = serde_yaml_ng::Value::deserialize(doc).map_err(|e| err(e.to_string()))?;
         if value.is_null() {
             continue;
         }
@@ -443,8 +448,8 @@ pub fn load_manifests(scenario: &mut Scenario, file: &Path, text: &str) -> Resul
         }
         macro_rules! typed {
             ($t:ty) => {
-                serde_yaml_ng::from_value::<$t>(value.clone())
-                    .map_err(|e| err(format!("{kind}: {e}")))?
+                serde_path_to_error::deserialize::<_, $t>(value.clone())
+                    .map_err(|e| err(format!("{kind}: field {}: {}", e.path(), e.inner())))?
             };
         }
         match kind.as_str() {
@@ -1207,6 +1212,17 @@ spec:
         let dir = scenario_dir(&[("app.yaml", &app)]);
         let err = load(dir.path()).unwrap_err().to_string();
         assert!(err.contains("namespace \"web\" is not declared"), "{err}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_is_named() {
+        let app = APP.replace("replicas: 2", "replicas: two");
+        let dir = scenario_dir(&[("app.yaml", &app)]);
+        let err = load(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("app.yaml: document 2: Deployment: field spec.replicas"),
+            "{err}"
+        );
     }
 
     #[test]
