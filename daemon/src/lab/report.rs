@@ -58,9 +58,13 @@ pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> String
             format!("external {}", c.to.external.as_deref().unwrap_or(""))
         };
         let proto = c.protocol.as_deref().unwrap_or("TCP");
+        let family = match c.ip_family {
+            Some(super::scenario::IpFamily::IPv6) => " (IPv6)",
+            _ => "",
+        };
         let _ = writeln!(
             out,
-            "  [{i}] {from} → {to}:{}/{proto}: {ok}/{total} answered",
+            "  [{i}] {from} → {to}:{}/{proto}{family}: {ok}/{total} answered",
             c.port
         );
         for e in errors.iter().take(5) {
