@@ -4,3 +4,4 @@
 pub mod cli;
 #[cfg(target_os = "linux")]
 pub mod lab;
+pub mod store;

@@ -1,0 +1,399 @@
+//! Reading flows: filters, cursor paging, and per-flow sums across intervals.
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use flowpol_recommender::flow::{Endpoint, FlowRecord, Protocol, TcpFlags, Verdict, WorkloadRef};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{QueryBuilder, Row, Sqlite};
+
+use super::{Store, StoreError, codec, write_error};
+
+/// Columns written per flow, in bind order (`id` is assigned by SQLite).
+pub const INSERT_COLUMNS: [&str; 32] = [
+    "first_seen_ns",
+    "last_seen_ns",
+    "protocol",
+    "src_ip",
+    "src_port",
+    "dst_ip",
+    "dst_port",
+    "packets",
+    "bytes",
+    "reply_packets",
+    "reply_bytes",
+    "verdict",
+    "drop_reason",
+    "tcp_flags",
+    "cgroup_id",
+    "node",
+    "src_kind",
+    "src_namespace",
+    "src_pod",
+    "src_workload_kind",
+    "src_workload_name",
+    "src_labels",
+    "src_service",
+    "src_service_port",
+    "dst_kind",
+    "dst_namespace",
+    "dst_pod",
+    "dst_workload_kind",
+    "dst_workload_name",
+    "dst_labels",
+    "dst_service",
+    "dst_service_port",
+];
+
+/// Columns that are the same in every interval of one flow: the merge key.
+const KEY_COLUMNS: &str = "protocol, src_ip, src_port, dst_ip, dst_port, verdict, drop_reason, \
+    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
+    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
+    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+
+/// Where a page of rows ended; the next page starts after it. Flow ids grow
+/// with every write and are never reused, so a cursor also serves to follow
+/// new flows as they are recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowCursor(pub i64);
+
+impl fmt::Display for FlowCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+impl FromStr for FlowCursor {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(FlowCursor)
+            .ok_or_else(|| format!("cursor {s:?} is not a flow id (a non-negative integer)"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FlowOrder {
+    /// Oldest row first (paging forward, following).
+    #[default]
+    OldestFirst,
+    /// Newest row first (the latest N).
+    NewestFirst,
+}
+
+/// Which flows to read. Every filter is optional; together they all apply.
+#[derive(Debug, Clone, Default)]
+pub struct FlowQuery {
+    /// Flows active at or after this instant (`last_seen >= since`).
+    pub since: Option<DateTime<Utc>>,
+    /// Flows that started before this instant (`first_seen < until`).
+    pub until: Option<DateTime<Utc>>,
+    pub verdict: Option<Verdict>,
+    /// Either end is in this namespace.
+    pub namespace: Option<String>,
+    /// Either end belongs to this workload (in `namespace`, when also given).
+    pub workload: Option<WorkloadRef>,
+    pub protocol: Option<Protocol>,
+    /// Rows after this cursor (in `order`). Ignored by merged queries.
+    pub after: Option<FlowCursor>,
+    /// At most this many rows (or merged flows).
+    pub limit: Option<u32>,
+    pub order: FlowOrder,
+}
+
+/// One stored row: one flow in one drain interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFlow {
+    pub id: i64,
+    pub record: FlowRecord,
+}
+
+/// A page of rows and where the next one starts (None at the end).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowPage {
+    pub flows: Vec<StoredFlow>,
+    pub next: Option<FlowCursor>,
+}
+
+const ROW_COLUMNS: &str = "id, first_seen_ns, last_seen_ns, protocol, src_ip, src_port, dst_ip, \
+    dst_port, packets, bytes, reply_packets, reply_bytes, verdict, drop_reason, tcp_flags, \
+    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
+    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
+    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+
+/// The same columns as [`ROW_COLUMNS`], aggregated over one flow's intervals.
+const MERGED_COLUMNS: &str = "MIN(id), MIN(first_seen_ns), MAX(last_seen_ns), protocol, src_ip, \
+    src_port, dst_ip, dst_port, SUM(packets), SUM(bytes), SUM(reply_packets), SUM(reply_bytes), \
+    verdict, drop_reason, \
+    (MAX(tcp_flags & 1) | MAX(tcp_flags & 2) | MAX(tcp_flags & 4) | MAX(tcp_flags & 8) | \
+     MAX(tcp_flags & 16) | MAX(tcp_flags & 32) | MAX(tcp_flags & 64) | MAX(tcp_flags & 128)), \
+    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
+    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
+    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+
+fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: bool) {
+    qb.push(" WHERE 1 = 1");
+    if let Some(since) = &q.since {
+        qb.push(" AND last_seen_ns >= ")
+            .push_bind(codec::time_to_ns(since));
+    }
+    if let Some(until) = &q.until {
+        qb.push(" AND first_seen_ns < ")
+            .push_bind(codec::time_to_ns(until));
+    }
+    if let Some(v) = q.verdict {
+        qb.push(" AND verdict = ")
+            .push_bind(codec::verdict_to_db(v));
+    }
+    if let Some(p) = q.protocol {
+        qb.push(" AND protocol = ").push_bind(i64::from(p.number()));
+    }
+    match (&q.namespace, &q.workload) {
+        (Some(ns), None) => {
+            qb.push(" AND (src_namespace = ")
+                .push_bind(ns.clone())
+                .push(" OR dst_namespace = ")
+                .push_bind(ns.clone())
+                .push(")");
+        }
+        (ns, Some(w)) => {
+            qb.push(" AND (");
+            for (i, end) in ["src", "dst"].into_iter().enumerate() {
+                if i > 0 {
+                    qb.push(" OR ");
+                }
+                qb.push(format!("({end}_workload_kind = "))
+                    .push_bind(w.kind.clone())
+                    .push(format!(" AND {end}_workload_name = "))
+                    .push_bind(w.name.clone());
+                if let Some(ns) = ns {
+                    qb.push(format!(" AND {end}_namespace = "))
+                        .push_bind(ns.clone());
+                }
+                qb.push(")");
+            }
+            qb.push(")");
+        }
+        (None, None) => {}
+    }
+    if with_cursor && let Some(after) = q.after {
+        match q.order {
+            FlowOrder::OldestFirst => qb.push(" AND id > ").push_bind(after.0),
+            FlowOrder::NewestFirst => qb.push(" AND id < ").push_bind(after.0),
+        };
+    }
+}
+
+impl Store {
+    /// Stored rows (one per flow per interval) matching `q`, as records.
+    pub async fn query_flows(&self, q: &FlowQuery) -> Result<Vec<FlowRecord>, StoreError> {
+        Ok(self
+            .query_flow_page(q)
+            .await?
+            .flows
+            .into_iter()
+            .map(|s| s.record)
+            .collect())
+    }
+
+    /// Stored rows matching `q` with their ids, and the cursor of the next page.
+    pub async fn query_flow_page(&self, q: &FlowQuery) -> Result<FlowPage, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM flows"));
+        push_filters(&mut qb, q, true);
+        qb.push(match q.order {
+            FlowOrder::OldestFirst => " ORDER BY id ASC",
+            FlowOrder::NewestFirst => " ORDER BY id DESC",
+        });
+        if let Some(limit) = q.limit {
+            qb.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        let rows = qb
+            .build()
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "querying flows", e))?;
+        let flows = rows
+            .iter()
+            .map(|r| decode_row(self, r))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = match (q.limit, flows.last()) {
+            (Some(limit), Some(last)) if flows.len() as u64 >= u64::from(limit) => {
+                Some(FlowCursor(last.id))
+            }
+            _ => None,
+        };
+        Ok(FlowPage { flows, next })
+    }
+
+    /// One record per flow (same 5-tuple, verdict, drop reason, node, cgroup
+    /// and identity of both ends) over the matching intervals: counters
+    /// summed, earliest `first_seen`, latest `last_seen`, TCP flags OR-ed.
+    /// Ordered by `first_seen` (oldest first, or newest first).
+    pub async fn query_flows_merged(&self, q: &FlowQuery) -> Result<Vec<FlowRecord>, StoreError> {
+        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {MERGED_COLUMNS} FROM flows"));
+        push_filters(&mut qb, q, false);
+        qb.push(" GROUP BY ").push(KEY_COLUMNS);
+        qb.push(match q.order {
+            FlowOrder::OldestFirst => " ORDER BY 2 ASC, 1 ASC",
+            FlowOrder::NewestFirst => " ORDER BY 3 DESC, 1 DESC",
+        });
+        if let Some(limit) = q.limit {
+            qb.push(" LIMIT ").push_bind(i64::from(limit));
+        }
+        let rows = qb
+            .build()
+            .fetch_all(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "querying merged flows", e))?;
+        rows.iter()
+            .map(|r| decode_row(self, r).map(|s| s.record))
+            .collect()
+    }
+
+    /// Number of stored rows (one per flow per interval).
+    pub async fn count_rows(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM flows")
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "counting flows", e))?;
+        Ok(codec::counter_from_db(n))
+    }
+}
+
+fn decode_row(store: &Store, r: &SqliteRow) -> Result<StoredFlow, StoreError> {
+    let id: i64 = r.try_get(0).unwrap_or(-1);
+    let bad = |detail: String| StoreError::BadRow {
+        path: store.path().to_path_buf(),
+        id,
+        detail,
+    };
+    let get_err = |e: sqlx::Error| bad(e.to_string());
+    let ts = |i: usize| -> Result<DateTime<Utc>, StoreError> {
+        Ok(codec::ns_to_time(r.try_get::<i64, _>(i).map_err(get_err)?))
+    };
+    let counter = |i: usize| -> Result<u64, StoreError> {
+        Ok(codec::counter_from_db(
+            r.try_get::<i64, _>(i).map_err(get_err)?,
+        ))
+    };
+    let protocol: i64 = r.try_get(3).map_err(get_err)?;
+    let protocol = u8::try_from(protocol)
+        .map(Protocol::from_number)
+        .map_err(|_| bad(format!("protocol {protocol} is out of range")))?;
+    let verdict: String = r.try_get(12).map_err(get_err)?;
+    let verdict: Verdict = verdict.parse().map_err(bad)?;
+    let flags: i64 = r.try_get(14).map_err(get_err)?;
+    let flags =
+        u8::try_from(flags).map_err(|_| bad(format!("tcp_flags {flags} is out of range")))?;
+    let cgroup_id: Option<i64> = r.try_get(15).map_err(get_err)?;
+    let src = decode_endpoint(r, 4, 5, 17, &bad)?;
+    let dst = decode_endpoint(r, 6, 7, 25, &bad)?;
+    Ok(StoredFlow {
+        id,
+        record: FlowRecord {
+            src,
+            dst,
+            protocol,
+            packets: counter(8)?,
+            bytes: counter(9)?,
+            reply_packets: counter(10)?,
+            reply_bytes: counter(11)?,
+            first_seen: ts(1)?,
+            last_seen: ts(2)?,
+            verdict,
+            drop_reason: r.try_get(13).map_err(get_err)?,
+            tcp_flags: TcpFlags(flags),
+            cgroup_id: cgroup_id.map(codec::id_from_db),
+            node: r.try_get(16).map_err(get_err)?,
+        },
+    })
+}
+
+/// Decodes one end: address and port columns, then the 8 identity columns
+/// starting at `ident` (kind, namespace, pod, workload kind, workload name,
+/// labels, service, service port).
+fn decode_endpoint(
+    r: &SqliteRow,
+    ip_col: usize,
+    port_col: usize,
+    ident: usize,
+    bad: &dyn Fn(String) -> StoreError,
+) -> Result<Endpoint, StoreError> {
+    let get_err = |e: sqlx::Error| bad(e.to_string());
+    let ip_bytes: Vec<u8> = r.try_get(ip_col).map_err(get_err)?;
+    let ip = codec::ip_from_db(&ip_bytes).ok_or_else(|| {
+        bad(format!(
+            "address of {} bytes is neither IPv4 nor IPv6",
+            ip_bytes.len()
+        ))
+    })?;
+    let port: i64 = r.try_get(port_col).map_err(get_err)?;
+    let port = u16::try_from(port).map_err(|_| bad(format!("port {port} is out of range")))?;
+    let mut e = Endpoint::new(ip, port);
+    let kind: Option<String> = r.try_get(ident).map_err(get_err)?;
+    e.kind = match kind {
+        None => None,
+        Some(k) => Some(
+            codec::kind_from_db(&k).ok_or_else(|| bad(format!("unknown endpoint kind {k:?}")))?,
+        ),
+    };
+    e.namespace = r.try_get(ident + 1).map_err(get_err)?;
+    e.pod = r.try_get(ident + 2).map_err(get_err)?;
+    let wk: Option<String> = r.try_get(ident + 3).map_err(get_err)?;
+    let wn: Option<String> = r.try_get(ident + 4).map_err(get_err)?;
+    e.workload = match (wk, wn) {
+        (Some(kind), Some(name)) => Some(WorkloadRef { kind, name }),
+        _ => None,
+    };
+    let labels: Option<String> = r.try_get(ident + 5).map_err(get_err)?;
+    e.labels = codec::labels_from_db(labels.as_deref())
+        .map_err(|err| bad(format!("labels are not a JSON object of strings: {err}")))?;
+    e.service = r.try_get(ident + 6).map_err(get_err)?;
+    let sp: Option<i64> = r.try_get(ident + 7).map_err(get_err)?;
+    e.service_port = match sp {
+        None => None,
+        Some(p) => {
+            Some(u16::try_from(p).map_err(|_| bad(format!("service port {p} is out of range")))?)
+        }
+    };
+    Ok(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_and_print() {
+        assert_eq!("42".parse::<FlowCursor>().unwrap(), FlowCursor(42));
+        assert_eq!(FlowCursor(7).to_string(), "7");
+        assert!("-1".parse::<FlowCursor>().is_err());
+        assert!("abc".parse::<FlowCursor>().is_err());
+    }
+
+    #[test]
+    fn merged_and_row_columns_line_up() {
+        let count = |s: &str| {
+            // Commas at nesting depth 0 separate columns.
+            let mut depth = 0;
+            let mut n = 1;
+            for c in s.chars() {
+                match c {
+                    '(' => depth += 1,
+                    ')' => depth -= 1,
+                    ',' if depth == 0 => n += 1,
+                    _ => {}
+                }
+            }
+            n
+        };
+        assert_eq!(count(ROW_COLUMNS), INSERT_COLUMNS.len() + 1);
+        assert_eq!(count(MERGED_COLUMNS), INSERT_COLUMNS.len() + 1);
+        for (i, col) in INSERT_COLUMNS.iter().enumerate() {
+            let row_col = ROW_COLUMNS.split(',').nth(i + 1).unwrap().trim();
+            assert_eq!(row_col, *col);
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Retention: drop the oldest flow rows by age and by database size, in
+//! small batches so the agent's writes never wait long, then give the freed
+//! pages back to the file system and keep the WAL file small.
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::{Store, StoreError, codec, write_error};
+
+/// Rows deleted per statement (each its own short transaction).
+const BATCH_ROWS: i64 = 5_000;
+
+/// How much history to keep. `None` keeps everything on that axis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Delete flow rows whose `last_seen` is older than this.
+    pub max_age: Option<Duration>,
+    /// Delete the oldest flow rows while the database's used pages exceed
+    /// this many bytes (the WAL file is not counted; it is capped at 64 MiB).
+    pub max_size_bytes: Option<u64>,
+}
+
+/// The agent's retention flags; `flatten` them into its arguments and call
+/// [`RetentionArgs::retention`].
+#[derive(Debug, Clone, clap::Args)]
+pub struct RetentionArgs {
+    /// Delete flows last seen longer ago than this (e.g. `7d`, `12h`); `off` keeps them.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_age)]
+    pub retention_age: AgeLimit,
+    /// Delete the oldest flows while the database is larger than this
+    /// (e.g. `1GiB`, `500MB`, bytes without a unit); `off` means no limit.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    pub retention_size: SizeLimit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgeLimit(pub Option<Duration>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SizeLimit(pub Option<u64>);
+
+impl RetentionArgs {
+    pub fn retention(&self) -> Retention {
+        Retention {
+            max_age: self.retention_age.0,
+            max_size_bytes: self.retention_size.0,
+        }
+    }
+}
+
+pub fn parse_age(s: &str) -> Result<AgeLimit, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(AgeLimit(None));
+    }
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 7d or 12h, or `off`: {e}"))?;
+    if d.is_zero() {
+        return Err("a retention age of 0 would delete every flow; use `off` to keep all".into());
+    }
+    Ok(AgeLimit(Some(d)))
+}
+
+pub fn parse_size(s: &str) -> Result<SizeLimit, String> {
+    if s.eq_ignore_ascii_case("off") {
+        return Ok(SizeLimit(None));
+    }
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let num: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size like 1GiB, 500MB or 1000000, or `off`"))?;
+    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "ki" | "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mi" | "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gi" | "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "ti" | "tib" => 1 << 40,
+        other => {
+            return Err(format!(
+                "{s:?}: unknown size unit {other:?} (use B, KB, KiB, MB, MiB, GB, GiB, TB, TiB)"
+            ));
+        }
+    };
+    let bytes = num * mult as f64;
+    // Below a megabyte the schema alone would not fit.
+    if !(bytes >= 1_048_576.0 && bytes < u64::MAX as f64) {
+        return Err(format!("{s:?}: a size limit must be at least 1MiB"));
+    }
+    Ok(SizeLimit(Some(bytes as u64)))
+}
+
+/// What one [`Store::prune`] run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    pub rows_deleted_by_age: u64,
+    pub rows_deleted_by_size: u64,
+    /// Used bytes (pages in use x page size) after pruning.
+    pub used_bytes: u64,
+}
+
+impl Store {
+    /// Bytes of the pages in use (what retention by size compares).
+    pub async fn used_bytes(&self) -> Result<u64, StoreError> {
+        let (pages, free, page_size): (i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT page_count FROM pragma_page_count), \
+                    (SELECT freelist_count FROM pragma_freelist_count), \
+                    (SELECT page_size FROM pragma_page_size)",
+        )
+        .fetch_one(self.pool())
+        .await
+        .map_err(|e| write_error(self.path(), "measuring the database", e))?;
+        Ok(codec::counter_from_db((pages - free).max(0) * page_size))
+    }
+
+    /// Applies `retention` as of `now`.
+    pub async fn prune(
+        &self,
+        retention: &Retention,
+        now: DateTime<Utc>,
+    ) -> Result<PruneReport, StoreError> {
+        let mut report = PruneReport::default();
+        if let Some(age) = retention.max_age {
+            let cutoff = chrono::Duration::from_std(age)
+                .ok()
+                .and_then(|age| now.checked_sub_signed(age));
+            if let Some(cutoff) = cutoff {
+                let cutoff_ns = codec::time_to_ns(&cutoff);
+                loop {
+                    let n = self
+                        .delete_batch(
+                            "DELETE FROM flows WHERE id IN \
+                             (SELECT id FROM flows WHERE last_seen_ns < ? LIMIT ?)",
+                            Some(cutoff_ns),
+                            BATCH_ROWS,
+                        )
+                        .await?;
+                    report.rows_deleted_by_age += n;
+                    if n == 0 {
+                        break;
+                    }
+                }
+                sqlx::query("DELETE FROM capture_losses WHERE recorded_ns < ?")
+                    .bind(cutoff_ns)
+                    .execute(self.pool())
+                    .await
+                    .map_err(|e| write_error(self.path(), "pruning capture losses", e))?;
+            }
+        }
+        if let Some(max) = retention.max_size_bytes {
+            loop {
+                let used = self.used_bytes().await?;
+                if used <= max {
+                    break;
+                }
+                let batch = self.size_batch(used - max, used).await?;
+                let n = self
+                    .delete_batch(
+                        "DELETE FROM flows WHERE id IN \
+                         (SELECT id FROM flows ORDER BY id LIMIT ?)",
+                        None,
+                        batch,
+                    )
+                    .await?;
+                report.rows_deleted_by_size += n;
+                if n == 0 {
+                    break;
+                }
+            }
+        }
+        if report.rows_deleted_by_age + report.rows_deleted_by_size > 0 {
+            // Hand freed pages back to the file system, then let a passive
+            // checkpoint copy them out of the WAL (never blocks writers).
+            sqlx::query("PRAGMA incremental_vacuum")
+                .execute(self.pool())
+                .await
+                .map_err(|e| write_error(self.path(), "releasing freed pages", e))?;
+            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+                .execute(self.pool())
+                .await
+                .map_err(|e| write_error(self.path(), "checkpointing the WAL", e))?;
+        }
+        report.used_bytes = self.used_bytes().await?;
+        Ok(report)
+    }
+
+    async fn delete_batch(
+        &self,
+        sql: &'static str,
+        cutoff_ns: Option<i64>,
+        limit: i64,
+    ) -> Result<u64, StoreError> {
+        let mut q = sqlx::query(sql);
+        if let Some(c) = cutoff_ns {
+            q = q.bind(c);
+        }
+        let done = q
+            .bind(limit)
+            .execute(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "deleting old flows", e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Rows to delete next to shed `excess` of `used` bytes: estimated from the
+    /// average row size, bounded so each batch stays a short transaction.
+    async fn size_batch(&self, excess: u64, used: u64) -> Result<i64, StoreError> {
+        let (lo, hi): (Option<i64>, Option<i64>) =
+            sqlx::query_as("SELECT MIN(id), MAX(id) FROM flows")
+                .fetch_one(self.pool())
+                .await
+                .map_err(|e| write_error(self.path(), "measuring the flows table", e))?;
+        let rows = match (lo, hi) {
+            (Some(lo), Some(hi)) => (hi - lo + 1).max(1) as u64,
+            _ => return Ok(BATCH_ROWS),
+        };
+        let per_row = (used / rows).max(1);
+        let estimate = (excess / per_row + 1) as i64;
+        Ok(estimate.clamp(1_000, 10 * BATCH_ROWS))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("1GiB").unwrap(), SizeLimit(Some(1 << 30)));
+        assert_eq!(parse_size("500MB").unwrap(), SizeLimit(Some(500_000_000)));
+        assert_eq!(parse_size("2000000").unwrap(), SizeLimit(Some(2_000_000)));
+        assert_eq!(parse_size("1.5 GiB").unwrap(), SizeLimit(Some(3 << 29)));
+        assert_eq!(parse_size("off").unwrap(), SizeLimit(None));
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("10KB").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn ages_parse() {
+        assert_eq!(
+            parse_age("7d").unwrap(),
+            AgeLimit(Some(Duration::from_secs(7 * 86_400)))
+        );
+        assert_eq!(parse_age("off").unwrap(), AgeLimit(None));
+        assert!(parse_age("0s").is_err());
+        assert!(parse_age("soon").is_err());
+    }
+}

@@ -1,0 +1,69 @@
+-- flowpol schema 1: flow records and capture loss counters.
+--
+-- One `flows` row per flow per drain interval: the counters are the deltas of
+-- that interval, so a flow that lives for a minute with a 5 s interval has 12
+-- rows. Readers sum them (`flowpol flows` does by default).
+--
+-- Encodings (see daemon/src/store/codec.rs):
+--   *_ns         Unix time in nanoseconds (UTC)
+--   *_ip         4 bytes (IPv4) or 16 bytes (IPv6), network order
+--   protocol     IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, 132 SCTP)
+--   tcp_flags    bit set: 1 SYN, 2 SYN-ACK, 4 FIN, 8 RST
+--   *_kind       Pod | Node | APIServer | External, NULL when not resolved
+--   *_labels     JSON object text, NULL when there are no labels
+--   cgroup_id    the u64 id stored bit for bit in a signed 64-bit integer
+--
+-- `id` is AUTOINCREMENT so ids are never reused, even after retention empties
+-- the table: API clients page and follow by id.
+CREATE TABLE flows (
+    id                 INTEGER PRIMARY KEY AUTOINCREMENT,
+    first_seen_ns      INTEGER NOT NULL,
+    last_seen_ns       INTEGER NOT NULL,
+    protocol           INTEGER NOT NULL,
+    src_ip             BLOB    NOT NULL,
+    src_port           INTEGER NOT NULL,
+    dst_ip             BLOB    NOT NULL,
+    dst_port           INTEGER NOT NULL,
+    packets            INTEGER NOT NULL,
+    bytes              INTEGER NOT NULL,
+    reply_packets      INTEGER NOT NULL,
+    reply_bytes        INTEGER NOT NULL,
+    verdict            TEXT    NOT NULL CHECK (verdict IN ('forwarded', 'dropped', 'unanswered')),
+    drop_reason        TEXT,
+    tcp_flags          INTEGER NOT NULL,
+    cgroup_id          INTEGER,
+    node               TEXT,
+    src_kind           TEXT,
+    src_namespace      TEXT,
+    src_pod            TEXT,
+    src_workload_kind  TEXT,
+    src_workload_name  TEXT,
+    src_labels         TEXT,
+    src_service        TEXT,
+    src_service_port   INTEGER,
+    dst_kind           TEXT,
+    dst_namespace      TEXT,
+    dst_pod            TEXT,
+    dst_workload_kind  TEXT,
+    dst_workload_name  TEXT,
+    dst_labels         TEXT,
+    dst_service        TEXT,
+    dst_service_port   INTEGER
+);
+
+-- `--since` and retention by age.
+CREATE INDEX flows_last_seen ON flows (last_seen_ns);
+-- Namespace filters match either end.
+CREATE INDEX flows_src_namespace ON flows (src_namespace) WHERE src_namespace IS NOT NULL;
+CREATE INDEX flows_dst_namespace ON flows (dst_namespace) WHERE dst_namespace IS NOT NULL;
+
+-- What capture lost or skipped (map full, ring buffer full, unparsable packet),
+-- one row per counter per drain interval that saw a non-zero delta.
+CREATE TABLE capture_losses (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    recorded_ns  INTEGER NOT NULL,
+    node         TEXT,
+    counter      TEXT    NOT NULL,
+    delta        INTEGER NOT NULL
+);
+CREATE INDEX capture_losses_recorded ON capture_losses (recorded_ns);
