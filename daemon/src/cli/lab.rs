@@ -440,24 +440,23 @@ mod linux {
         db: &Path,
         agent: &Agent,
     ) -> Result<Vec<flowpol_recommender::flow::FlowRecord>, String> {
-        if let Some(j) = &agent.json_out {
-            let text = std::fs::read_to_string(j).map_err(|e| format!("{}: {e}", j.display()))?;
-            return report::parse_flows(&text).map_err(|e| format!("{}: {e}", j.display()));
-        }
+        // The database merges each flow across drain intervals; the JSON lines do not.
         let out = std::process::Command::new(bin)
             .args(["flows", "--db"])
             .arg(db)
             .args(["-o", "json"])
             .output()
             .map_err(|e| format!("running `flowpol flows`: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "`flowpol flows` failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            ));
+        if out.status.success() {
+            return report::parse_flows(&String::from_utf8_lossy(&out.stdout))
+                .map_err(|e| format!("parsing `flowpol flows -o json`: {e}"));
         }
-        report::parse_flows(&String::from_utf8_lossy(&out.stdout))
-            .map_err(|e| format!("parsing `flowpol flows -o json`: {e}"))
+        let flows_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if let Some(j) = &agent.json_out {
+            let text = std::fs::read_to_string(j).map_err(|e| format!("{}: {e}", j.display()))?;
+            return report::parse_flows(&text).map_err(|e| format!("{}: {e}", j.display()));
+        }
+        Err(format!("`flowpol flows` failed: {flows_err}"))
     }
 
     fn run_inside(
