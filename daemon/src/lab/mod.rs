@@ -6,6 +6,7 @@
 //! cgroups under `<cgroup2>/flowpol-lab-<id>.slice`. Nothing is created in the root netns, so
 //! teardown is: kill the cgroup, delete the netns, remove the cgroups and the state folder.
 pub mod cluster;
+pub mod enforce;
 pub mod net;
 pub mod plan;
 pub mod report;
