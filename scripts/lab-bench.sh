@@ -56,7 +56,7 @@ connections:
     port: 80
     count: $(( $2 / CLIENTS ))
 YAML
-  cat > "$dir/direct.yaml" <<YAML
+  cat > "$dir.direct-traffic" <<YAML
 connections:
   - from: bench/client
     to: {workload: bench/web}
@@ -66,7 +66,11 @@ YAML
   echo "$dir"
 }
 
-secs() { local s=$EPOCHREALTIME; "$@" >/dev/null; echo "$EPOCHREALTIME - $s" | bc; }
+secs() {
+  local s=$EPOCHREALTIME
+  "$@" >/dev/null || { echo "failed: $*" >&2; exit 1; }
+  echo "$EPOCHREALTIME - $s" | bc
+}
 
 printf "%-6s %-10s %-10s\n" pods "up (s)" "down (s)"
 for n in 10 100; do
@@ -82,7 +86,7 @@ dir=$(scenario 10 2000)
 "$BIN" lab up --scenario "$dir" --lab bench >/dev/null
 t=$(secs "$BIN" lab traffic --scenario "$dir" --lab bench)
 echo "service (DNS lookup + ClusterIP DNAT) connections, $CLIENTS clients in parallel: 2000 in ${t}s = $(echo "2000 / $t" | bc) conn/s"
-cp "$dir/direct.yaml" "$dir/traffic.yaml"
+cp "$dir.direct-traffic" "$dir/traffic.yaml"
 t=$(secs "$BIN" lab traffic --scenario "$dir" --lab bench)
 echo "direct pod-IP connections, $CLIENTS clients in parallel: 2000 in ${t}s = $(echo "2000 / $t" | bc) conn/s"
 "$BIN" lab down --lab bench >/dev/null

@@ -76,6 +76,9 @@ pub const CLUSTER_FILE: &str = "cluster.yaml";
 const DNS_FILE: &str = "dns.json";
 const PROBES_FILE: &str = "probes.json";
 
+/// Concurrent `ip` commands and process spawns while building a lab.
+const PARALLEL: usize = 8;
+
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_signal(_: libc::c_int) {
@@ -233,12 +236,19 @@ fn build(
 
     step("links")?;
     net::ip_batch(sys, &plan.node_netns, &net::node_links_script(plan))?;
-    for pod in &plan.pods {
-        net::ip_batch(sys, &pod.netns, &net::pod_script(pod))?;
-    }
-    for ext in &plan.externals {
-        net::ip_batch(sys, &ext.netns, &net::external_script(ext))?;
-    }
+    let mut inside: Vec<(&str, String)> = plan
+        .pods
+        .iter()
+        .map(|p| (p.netns.as_str(), net::pod_script(p)))
+        .collect();
+    inside.extend(
+        plan.externals
+            .iter()
+            .map(|e| (e.netns.as_str(), net::external_script(e))),
+    );
+    sys::parallel(&inside, PARALLEL, |(netns, script)| {
+        net::ip_batch(sys, netns, script)
+    })?;
 
     step("nat")?;
     net::nft_apply(sys, &plan.node_netns, &net::nat_ruleset(plan))?;
@@ -260,12 +270,11 @@ fn build(
         &dns_file,
         &serde_json::to_string_pretty(&plan.dns_records()).expect("records serialize"),
     )?;
-    let mut ready_files = Vec::new();
+    // Every container's process, then the externals' servers.
+    let mut launches: Vec<Launch> = Vec::new();
     for pod in &plan.pods {
         for c in &pod.containers {
             let tag = format!("{}-{}-{}", pod.namespace, pod.name, c.name);
-            let ready = dir.join("ready").join(&tag);
-            let log = dir.join("logs").join(format!("{tag}.log"));
             let mut args: Vec<OsString> = vec!["lab".into()];
             match c.role {
                 Role::Dns => {
@@ -283,27 +292,10 @@ fn build(
                     }
                 }
             }
-            args.push("--ready-file".into());
-            args.push(ready.clone().into());
-            let cgroup = cg2.join(&c.cgroup);
-            let child = sys::spawn_in(
-                binary,
-                &args,
-                &Placement {
-                    netns: &pod.netns,
-                    cgroup: &cgroup,
-                    log: &log,
-                },
-                &[],
-            )?;
-            children.push(child);
-            ready_files.push((tag, ready, log));
+            launches.push(Launch::new(dir, tag, args, &pod.netns, cg2.join(&c.cgroup)));
         }
     }
     for e in &plan.externals {
-        let tag = format!("external-{}", e.name);
-        let ready = dir.join("ready").join(&tag);
-        let log = dir.join("logs").join(format!("{tag}.log"));
         let mut args: Vec<OsString> = vec![
             "lab".into(),
             "serve".into(),
@@ -316,21 +308,24 @@ fn build(
             args.push("--listen".into());
             args.push(format!("{p}/UDP").into());
         }
-        args.push("--ready-file".into());
-        args.push(ready.clone().into());
-        let cgroup = cg2.join(&e.cgroup);
-        children.push(sys::spawn_in(
-            binary,
-            &args,
-            &Placement {
-                netns: &e.netns,
-                cgroup: &cgroup,
-                log: &log,
-            },
-            &[],
-        )?);
-        ready_files.push((tag, ready, log));
+        let tag = format!("external-{}", e.name);
+        launches.push(Launch::new(dir, tag, args, &e.netns, cg2.join(&e.cgroup)));
     }
+    let spawned = std::sync::Mutex::new(Vec::new());
+    let result = sys::parallel(&launches, PARALLEL, |l| {
+        let child = l.spawn(binary)?;
+        spawned
+            .lock()
+            .expect("no panics while holding it")
+            .push(child);
+        Ok::<(), SysError>(())
+    });
+    children.extend(spawned.into_inner().expect("no panics while holding it"));
+    result?;
+    let ready_files: Vec<(String, PathBuf, PathBuf)> = launches
+        .iter()
+        .map(|l| (l.tag.clone(), l.ready.clone(), l.log.clone()))
+        .collect();
 
     step("ready")?;
     wait_ready(&ready_files, children, Duration::from_secs(20))?;
@@ -387,6 +382,46 @@ fn build(
         &cluster::cluster_yaml(plan, scenario, chrono::Utc::now()),
     )?;
     Ok(())
+}
+
+/// One long-running lab process to start.
+struct Launch {
+    tag: String,
+    args: Vec<OsString>,
+    netns: String,
+    cgroup: PathBuf,
+    ready: PathBuf,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn new(dir: &Path, tag: String, mut args: Vec<OsString>, netns: &str, cgroup: PathBuf) -> Self {
+        let ready = dir.join("ready").join(&tag);
+        let log = dir.join("logs").join(format!("{tag}.log"));
+        args.push("--ready-file".into());
+        args.push(ready.clone().into());
+        Launch {
+            tag,
+            args,
+            netns: netns.to_string(),
+            cgroup,
+            ready,
+            log,
+        }
+    }
+
+    fn spawn(&self, binary: &Path) -> std::result::Result<Child, SysError> {
+        sys::spawn_in(
+            binary,
+            &self.args,
+            &Placement {
+                netns: &self.netns,
+                cgroup: &self.cgroup,
+                log: &self.log,
+            },
+            &[],
+        )
+    }
 }
 
 fn tail(path: &Path) -> String {

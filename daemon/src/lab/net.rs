@@ -332,7 +332,7 @@ mod tests {
         let p = plan_of("three-tier");
         let err = ip_batch(&sys, &p.pods[0].netns, &pod_script(&p.pods[0])).unwrap_err();
         assert!(err.to_string().contains("ip -n fpl-n1-0 -batch -"), "{err}");
-        let calls = sys.calls.borrow();
+        let calls = sys.calls.lock().unwrap();
         assert_eq!(calls[0].1, ["-n", "fpl-n1-0", "-batch", "-"]);
     }
 }

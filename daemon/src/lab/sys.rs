@@ -32,7 +32,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> SysError + '_ {
 }
 
 /// What the lab asks of the system. The real implementation runs commands; tests record them.
-pub trait Sys {
+pub trait Sys: Sync {
     /// Runs `program args...` with `stdin`, returning stdout; a non-zero exit is an error.
     fn run(&self, program: &str, args: &[&str], stdin: Option<&str>) -> Result<String, SysError>;
 }
@@ -164,6 +164,43 @@ fn rmdir_recursive(dir: &Path) -> Result<(), SysError> {
     }
 }
 
+/// Runs `work` over `items` on up to `workers` threads, returning the first error.
+pub fn parallel<T: Sync, E: Send>(
+    items: &[T],
+    workers: usize,
+    work: impl Fn(&T) -> Result<(), E> + Sync,
+) -> Result<(), E> {
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.max(1))
+            .map(|_| {
+                scope.spawn(|| {
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let Some(item) = items.get(i) else {
+                            return Ok(());
+                        };
+                        if let Err(e) = work(item) {
+                            // Stop the others early.
+                            next.store(items.len(), std::sync::atomic::Ordering::SeqCst);
+                            return Err(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut first = Ok(());
+        for h in handles {
+            if let Ok(Err(e)) = h.join()
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
+        }
+        first
+    })
+}
+
 /// Where a spawned process goes: a named network namespace and a cgroup.
 pub struct Placement<'a> {
     /// Name under /run/netns.
@@ -232,14 +269,14 @@ pub fn spawn_in(
 pub mod fake {
     //! A recording `Sys` for unit tests.
     use super::*;
-    use std::cell::RefCell;
+    use std::sync::Mutex;
 
     /// program, arguments, stdin.
     pub type Call = (String, Vec<String>, Option<String>);
 
     #[derive(Default)]
     pub struct RecordingSys {
-        pub calls: RefCell<Vec<Call>>,
+        pub calls: Mutex<Vec<Call>>,
         /// Fail the call whose joined command line contains this text.
         pub fail_on: Option<String>,
     }
@@ -252,7 +289,7 @@ pub mod fake {
             stdin: Option<&str>,
         ) -> Result<String, SysError> {
             let line = format!("{program} {}", args.join(" "));
-            self.calls.borrow_mut().push((
+            self.calls.lock().unwrap().push((
                 program.to_string(),
                 args.iter().map(|s| s.to_string()).collect(),
                 stdin.map(str::to_string),
@@ -274,6 +311,27 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parallel_runs_everything_and_reports_an_error() {
+        let seen = std::sync::Mutex::new(Vec::new());
+        parallel(&[1, 2, 3, 4, 5], 3, |i| {
+            seen.lock().unwrap().push(*i);
+            Ok::<(), String>(())
+        })
+        .unwrap();
+        let mut seen = seen.into_inner().unwrap();
+        seen.sort();
+        assert_eq!(seen, [1, 2, 3, 4, 5]);
+        let err = parallel(&[1, 2, 3], 2, |i| {
+            if *i == 2 {
+                Err(format!("bad {i}"))
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(err, Err("bad 2".to_string()));
+    }
 
     #[test]
     fn finds_the_cgroup2_mount_on_hybrid_hosts() {
