@@ -5,3 +5,10 @@ pub mod cli;
 #[cfg(target_os = "linux")]
 pub mod lab;
 pub mod store;
+
+
+// --- capture (kernel side and agent loop) ---
+#[cfg(feature = "agent")]
+pub mod agent;
+#[cfg(feature = "agent")]
+pub mod capture;

@@ -1,10 +1,118 @@
+//! `flowpol agent`: capture flows and drops with eBPF into SQLite.
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 
 #[derive(Debug, Args)]
-pub struct AgentArgs {}
+pub struct AgentArgs {
+    /// SQLite database to write flows to (created if missing).
+    #[arg(long, value_name = "PATH", required_unless_present = "json_out")]
+    pub db: Option<PathBuf>,
+    /// How often the kernel maps are drained and written (one transaction each).
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// cgroup v2 directory to attach the socket hooks to [default: the cgroup v2 root,
+    /// found in /proc/mounts]. A sub-cgroup limits capture to the processes inside it.
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<PathBuf>,
+    /// Also count forwarded traffic with tc ingress on interfaces matching this
+    /// pattern (`*`, `?`, comma-separated alternatives), e.g. `cali*,eth0`.
+    #[arg(long, value_name = "PATTERN")]
+    pub tc_interfaces: Option<String>,
+    /// How long a TCP SYN waits for a SYN-ACK before its flow is `unanswered`.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    pub syn_timeout: Duration,
+    /// Entries in each kernel flow map (two copies are kept for draining).
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..))]
+    pub flow_map_entries: u32,
+    /// Also (or, without --db, only) write each drained record as a JSON line to
+    /// this file (`-` for stdout).
+    #[arg(long, value_name = "PATH")]
+    pub json_out: Option<PathBuf>,
+}
 
+#[cfg(feature = "agent")]
+pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    use anyhow::Context;
+
+    use crate::agent::{AgentConfig, FlowSink, JsonLinesSink};
+    use crate::capture::CaptureOptions;
+
+    if args.interval.is_zero() {
+        anyhow::bail!("--interval must be greater than zero");
+    }
+    let config = AgentConfig {
+        capture: CaptureOptions {
+            cgroup: args.cgroup.clone(),
+            tc_interfaces: args.tc_interfaces.clone(),
+            syn_timeout: args.syn_timeout,
+            flow_map_entries: args.flow_map_entries,
+        },
+        interval: args.interval,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let mut sinks: Vec<Box<dyn FlowSink + Send>> = Vec::new();
+        if let Some(db) = &args.db {
+            sinks.push(open_db_sink(db).await?);
+        }
+        match args.json_out.as_deref() {
+            Some(p) if p.as_os_str() == "-" => {
+                sinks.push(Box::new(JsonLinesSink::new(std::io::stdout())));
+            }
+            Some(p) => {
+                let file = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)
+                    .with_context(|| format!("opening --json-out {}", p.display()))?;
+                sinks.push(Box::new(JsonLinesSink::new(file)));
+            }
+            None => {}
+        }
+        let mut fanout = Fanout(sinks);
+        crate::agent::run(config, &mut fanout).await?;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(feature = "agent")]
+struct Fanout(Vec<Box<dyn crate::agent::FlowSink + Send>>);
+
+#[cfg(feature = "agent")]
+impl crate::agent::FlowSink for Fanout {
+    fn write<'a>(
+        &'a mut self,
+        records: &'a [flowpol_recommender::flow::FlowRecord],
+    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            for sink in &mut self.0 {
+                sink.write(records).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+#[cfg(feature = "agent")]
+async fn open_db_sink(
+    db: &std::path::Path,
+) -> anyhow::Result<Box<dyn crate::agent::FlowSink + Send>> {
+    anyhow::bail!(
+        "--db {}: the SQLite store is not merged into this build yet; use --json-out",
+        db.display()
+    )
+}
+
+#[cfg(not(feature = "agent"))]
 pub fn run(_args: AgentArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`flowpol agent` is being built in this session")
+    anyhow::bail!(
+        "this flowpol was built without the `agent` feature (no eBPF): rebuild with default features to run the agent"
+    )
 }

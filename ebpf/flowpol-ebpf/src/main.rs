@@ -1,5 +1,544 @@
+//! flowpol's kernel programs.
+//!
+//! * `flow_egress` / `flow_ingress` (cgroup_skb, attached at the cgroup v2 root):
+//!   one per-CPU hash entry per socket flow, counters in each direction.
+//! * `flow_tc` (tc/tcx ingress on matching interfaces, optional): forwarded traffic.
+//! * `drop_kfree_skb` (raw tracepoint `kfree_skb`): dropped packets with the reason.
+//!
+//! All flow/drop maps come in two copies; `CONTROL[0]` says which one is written.
+//! The agent flips it and drains the idle copy, so no update is lost between a
+//! read and a delete.
 #![no_std]
 #![no_main]
+
+use aya_ebpf::{
+    bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_cgroup_id},
+    macros::{cgroup_skb, classifier, map, raw_tracepoint},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::{RawTracePointContext, SkBuffContext, TcContext, sk_buff::SkBuff},
+};
+use flowpol_common::*;
+
+const FLOW_ENTRIES: u32 = 65536;
+const DROP_ENTRIES: u32 = 16384;
+
+#[map]
+static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
+#[map]
+static FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static TC_FLOWS_0: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static TC_FLOWS_1: PerCpuHashMap<FlowKey, FlowStats> =
+    PerCpuHashMap::with_max_entries(FLOW_ENTRIES, 0);
+#[map]
+static DROPS_0: PerCpuHashMap<DropKey, DropStats> =
+    PerCpuHashMap::with_max_entries(DROP_ENTRIES, 0);
+#[map]
+static DROPS_1: PerCpuHashMap<DropKey, DropStats> =
+    PerCpuHashMap::with_max_entries(DROP_ENTRIES, 0);
+#[map]
+static OVERFLOW: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+// sk_buff layout of the running kernel, from /sys/kernel/btf/vmlinux (set by the loader).
+#[unsafe(no_mangle)]
+static SKB_OFF_HEAD: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_OFF_NETWORK_HEADER: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_OFF_TRANSPORT_HEADER: u32 = 0;
+/// `SKB_DROP_REASON_NOT_SPECIFIED` of the running kernel; only larger reasons are kept.
+#[unsafe(no_mangle)]
+static DROP_REASON_NOT_SPECIFIED: u32 = 2;
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_SCTP: u8 = 132;
+const IPPROTO_UDPLITE: u8 = 136;
+const MAX_IPV6_EXT: usize = 6;
+
+#[inline(always)]
+fn global(v: &'static u32) -> u32 {
+    // Globals are patched at load time: read them through a volatile load so the
+    // compiler does not fold the placeholder values.
+    unsafe { core::ptr::read_volatile(v) }
+}
+
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = COUNTERS.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+#[inline(always)]
+fn active_copy() -> u32 {
+    match CONTROL.get(CONTROL_ACTIVE) {
+        Some(v) => *v & 1,
+        None => 0,
+    }
+}
+
+/// A parsed packet: tuple in packet order (source in `local_*`).
+struct Parsed {
+    key: FlowKey,
+    flags: u8,
+}
+
+#[inline(always)]
+fn tcp_flag_bits(raw: u8) -> u8 {
+    const FIN: u8 = 0x01;
+    const SYN: u8 = 0x02;
+    const RST: u8 = 0x04;
+    const ACK: u8 = 0x10;
+    let mut out = 0;
+    if raw & SYN != 0 {
+        out |= if raw & ACK != 0 { TCP_SYN_ACK } else { TCP_SYN };
+    }
+    if raw & FIN != 0 {
+        out |= TCP_FIN;
+    }
+    if raw & RST != 0 {
+        out |= TCP_RST;
+    }
+    out
+}
+
+/// Fills ports (or ICMP type/code) and TCP flags from the transport header at `l4`.
+/// Returns false when the header is truncated.
+#[inline(always)]
+fn parse_l4(skb: &SkBuff, l4: usize, key: &mut FlowKey, flags: &mut u8) -> bool {
+    match key.protocol {
+        IPPROTO_TCP => match skb.load::<[u8; 14]>(l4) {
+            Ok(h) => {
+                key.local_port = u16::from_be_bytes([h[0], h[1]]);
+                key.remote_port = u16::from_be_bytes([h[2], h[3]]);
+                *flags = tcp_flag_bits(h[13]);
+                true
+            }
+            Err(_) => false,
+        },
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match skb.load::<[u8; 4]>(l4) {
+            Ok(h) => {
+                key.local_port = u16::from_be_bytes([h[0], h[1]]);
+                key.remote_port = u16::from_be_bytes([h[2], h[3]]);
+                true
+            }
+            Err(_) => false,
+        },
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match skb.load::<[u8; 2]>(l4) {
+            Ok(h) => {
+                key.local_port = h[0] as u16;
+                key.remote_port = h[1] as u16;
+                true
+            }
+            Err(_) => false,
+        },
+        _ => true,
+    }
+}
+
+/// Parses the IP packet starting at `l3` (0 for cgroup_skb, after L2 for tc).
+/// `None` when the IP header itself is unusable.
+#[inline(always)]
+fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
+    let mut key = FlowKey::default();
+    let mut flags = 0u8;
+    let l4;
+    let mut has_l4 = true;
+    if ethertype == ETH_P_IP {
+        let h = skb.load::<[u8; 20]>(l3).ok()?;
+        if h[0] >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((h[0] & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        key.family = FAMILY_IPV4;
+        key.protocol = h[9];
+        key.local_addr[..4].copy_from_slice(&h[12..16]);
+        key.remote_addr[..4].copy_from_slice(&h[16..20]);
+        // Non-first fragments carry no transport header.
+        let frag_off = u16::from_be_bytes([h[6], h[7]]) & 0x1fff;
+        has_l4 = frag_off == 0;
+        l4 = l3 + ihl;
+    } else if ethertype == ETH_P_IPV6 {
+        let h = skb.load::<[u8; 40]>(l3).ok()?;
+        if h[0] >> 4 != 6 {
+            return None;
+        }
+        key.family = FAMILY_IPV6;
+        key.local_addr.copy_from_slice(&h[8..24]);
+        key.remote_addr.copy_from_slice(&h[24..40]);
+        let mut next = h[6];
+        let mut off = l3 + 40;
+        let mut done = false;
+        for _ in 0..MAX_IPV6_EXT {
+            match next {
+                // hop-by-hop, routing, destination options
+                0 | 43 | 60 => {
+                    let e = skb.load::<[u8; 2]>(off).ok()?;
+                    next = e[0];
+                    off += (e[1] as usize + 1) * 8;
+                }
+                // fragment
+                44 => {
+                    let e = skb.load::<[u8; 4]>(off).ok()?;
+                    next = e[0];
+                    if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
+                        has_l4 = false;
+                    }
+                    off += 8;
+                }
+                // authentication header
+                51 => {
+                    let e = skb.load::<[u8; 2]>(off).ok()?;
+                    next = e[0];
+                    off += (e[1] as usize + 2) * 4;
+                }
+                _ => {
+                    done = true;
+                    break;
+                }
+            }
+        }
+        if !done {
+            count(CNT_IPV6_EXT_LIMIT);
+            has_l4 = false;
+        }
+        key.protocol = next;
+        l4 = off;
+    } else {
+        return None;
+    }
+    if has_l4 && !parse_l4(skb, l4, &mut key, &mut flags) {
+        count(CNT_TRUNCATED_L4);
+    }
+    Some(Parsed { key, flags })
+}
+
+#[inline(always)]
+fn add_packet(
+    map: &PerCpuHashMap<FlowKey, FlowStats>,
+    key: &FlowKey,
+    dir: u8,
+    flags: u8,
+    packets: u64,
+    bytes: u64,
+    cgroup_id: u64,
+) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = map.get_ptr_mut(key) {
+        let v = unsafe { &mut *v };
+        if v.first_ns == 0 {
+            // Slot of another CPU than the one that inserted the key: start it.
+            v.first_ns = now;
+            v.first_dir = dir;
+            v.cgroup_id = cgroup_id;
+        }
+        v.last_ns = now;
+        if dir == DIR_EGRESS {
+            v.tx_packets += packets;
+            v.tx_bytes += bytes;
+            v.tx_flags |= flags;
+        } else {
+            v.rx_packets += packets;
+            v.rx_bytes += bytes;
+            v.rx_flags |= flags;
+        }
+        return;
+    }
+    let mut v = FlowStats {
+        first_ns: now,
+        last_ns: now,
+        cgroup_id,
+        first_dir: dir,
+        ..FlowStats::default()
+    };
+    if dir == DIR_EGRESS {
+        v.tx_packets = packets;
+        v.tx_bytes = bytes;
+        v.tx_flags = flags;
+    } else {
+        v.rx_packets = packets;
+        v.rx_bytes = bytes;
+        v.rx_flags = flags;
+    }
+    match map.insert(key, &v, BPF_NOEXIST as u64) {
+        Ok(()) => {}
+        Err(_) => {
+            // Lost a race with another CPU inserting the same key: update that entry.
+            if let Some(p) = map.get_ptr_mut(key) {
+                let p = unsafe { &mut *p };
+                if p.first_ns == 0 {
+                    p.first_ns = now;
+                    p.first_dir = dir;
+                    p.cgroup_id = cgroup_id;
+                }
+                p.last_ns = now;
+                if dir == DIR_EGRESS {
+                    p.tx_packets += packets;
+                    p.tx_bytes += bytes;
+                    p.tx_flags |= flags;
+                } else {
+                    p.rx_packets += packets;
+                    p.rx_bytes += bytes;
+                    p.rx_flags |= flags;
+                }
+                return;
+            }
+            count(CNT_FLOW_MAP_FULL);
+            let ev = OverflowEvent {
+                key: *key,
+                ts_ns: now,
+                cgroup_id,
+                bytes: bytes as u32,
+                packets: packets as u16,
+                dir,
+                tcp_flags: flags,
+            };
+            if OVERFLOW.output::<OverflowEvent>(&ev, 0).is_err() {
+                count(CNT_RINGBUF_FULL);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn socket_packet(ctx: &SkBuffContext, dir: u8) {
+    count(CNT_PACKETS);
+    let skb = &ctx.skb;
+    let proto = u16::from_be(unsafe { (*skb.skb).protocol } as u16);
+    let Some(p) = parse_ip(skb, 0, proto) else {
+        count(CNT_UNPARSABLE);
+        return;
+    };
+    let mut key = p.key;
+    if dir == DIR_INGRESS {
+        // Socket-centric key: local = this socket's side.
+        core::mem::swap(&mut key.local_addr, &mut key.remote_addr);
+        if key.protocol != IPPROTO_ICMP && key.protocol != IPPROTO_ICMPV6 {
+            core::mem::swap(&mut key.local_port, &mut key.remote_port);
+        }
+    }
+    // A GSO super-packet stands for gso_segs wire packets.
+    let segs = unsafe { (*skb.skb).gso_segs };
+    let packets = if segs > 1 { segs as u64 } else { 1 };
+    let bytes = skb.len() as u64;
+    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
+    if active_copy() == 0 {
+        add_packet(&FLOWS_0, &key, dir, p.flags, packets, bytes, cgroup_id);
+    } else {
+        add_packet(&FLOWS_1, &key, dir, p.flags, packets, bytes, cgroup_id);
+    }
+}
+
+#[cgroup_skb(egress)]
+pub fn flow_egress(ctx: SkBuffContext) -> i32 {
+    socket_packet(&ctx, DIR_EGRESS);
+    1
+}
+
+#[cgroup_skb(ingress)]
+pub fn flow_ingress(ctx: SkBuffContext) -> i32 {
+    socket_packet(&ctx, DIR_INGRESS);
+    1
+}
+
+/// tc ingress on an interface: the frame starts at the Ethernet header. Flows are
+/// keyed in packet order and counted as `tx` (the interface's sender side).
+#[classifier]
+pub fn flow_tc(ctx: TcContext) -> i32 {
+    count(CNT_PACKETS);
+    let skb = &ctx.skb;
+    let mut l3 = 14usize;
+    let Ok(mut ethertype) = skb.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+        count(CNT_UNPARSABLE);
+        return TC_ACT_UNSPEC;
+    };
+    if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
+        match skb.load::<[u8; 2]>(16).map(u16::from_be_bytes) {
+            Ok(t) => {
+                ethertype = t;
+                l3 = 18;
+            }
+            Err(_) => {
+                count(CNT_UNPARSABLE);
+                return TC_ACT_UNSPEC;
+            }
+        }
+    }
+    let Some(p) = parse_ip(skb, l3, ethertype) else {
+        count(CNT_UNPARSABLE);
+        return TC_ACT_UNSPEC;
+    };
+    let segs = unsafe { (*skb.skb).gso_segs };
+    let packets = if segs > 1 { segs as u64 } else { 1 };
+    let bytes = (skb.len() as u64).saturating_sub(l3 as u64);
+    if active_copy() == 0 {
+        add_packet(&TC_FLOWS_0, &p.key, DIR_EGRESS, p.flags, packets, bytes, 0);
+    } else {
+        add_packet(&TC_FLOWS_1, &p.key, DIR_EGRESS, p.flags, packets, bytes, 0);
+    }
+    // TCX_NEXT: let the other programs on this hook run.
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn read_kernel<T>(addr: u64) -> Option<T> {
+    unsafe { bpf_probe_read_kernel(addr as *const T).ok() }
+}
+
+/// Reads the dropped packet's tuple from the skb's network and transport headers.
+#[inline(always)]
+fn drop_tuple(skb: u64) -> Option<(FlowKey, u8, u64)> {
+    let head: u64 = read_kernel(skb + global(&SKB_OFF_HEAD) as u64)?;
+    let nh: u16 = read_kernel(skb + global(&SKB_OFF_NETWORK_HEADER) as u64)?;
+    let th: u16 = read_kernel(skb + global(&SKB_OFF_TRANSPORT_HEADER) as u64)?;
+    if head == 0 || nh == 0xffff {
+        return None;
+    }
+    let ip = head + nh as u64;
+    let first: u8 = read_kernel(ip)?;
+    let mut key = FlowKey::default();
+    let hdr_len;
+    let bytes;
+    match first >> 4 {
+        4 => {
+            let h: [u8; 20] = read_kernel(ip)?;
+            key.family = FAMILY_IPV4;
+            key.protocol = h[9];
+            key.local_addr[..4].copy_from_slice(&h[12..16]);
+            key.remote_addr[..4].copy_from_slice(&h[16..20]);
+            hdr_len = ((h[0] & 0x0f) as u64) * 4;
+            bytes = u16::from_be_bytes([h[2], h[3]]) as u64;
+            if u16::from_be_bytes([h[6], h[7]]) & 0x1fff != 0 {
+                return Some((key, 0, bytes));
+            }
+        }
+        6 => {
+            let h: [u8; 40] = read_kernel(ip)?;
+            key.family = FAMILY_IPV6;
+            key.protocol = h[6];
+            key.local_addr.copy_from_slice(&h[8..24]);
+            key.remote_addr.copy_from_slice(&h[24..40]);
+            hdr_len = 40;
+            bytes = u16::from_be_bytes([h[4], h[5]]) as u64 + 40;
+        }
+        _ => return None,
+    }
+    // Before ip_rcv the transport header still equals the network header.
+    let l4 = if th != 0xffff && th > nh {
+        head + th as u64
+    } else {
+        ip + hdr_len
+    };
+    let mut flags = 0;
+    match key.protocol {
+        IPPROTO_TCP => {
+            if let Some(h) = read_kernel::<[u8; 14]>(l4) {
+                key.local_port = u16::from_be_bytes([h[0], h[1]]);
+                key.remote_port = u16::from_be_bytes([h[2], h[3]]);
+                flags = tcp_flag_bits(h[13]);
+            }
+        }
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => {
+            if let Some(h) = read_kernel::<[u8; 4]>(l4) {
+                key.local_port = u16::from_be_bytes([h[0], h[1]]);
+                key.remote_port = u16::from_be_bytes([h[2], h[3]]);
+            }
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            if let Some(h) = read_kernel::<[u8; 2]>(l4) {
+                key.local_port = h[0] as u16;
+                key.remote_port = h[1] as u16;
+            }
+        }
+        _ => {}
+    }
+    Some((key, flags, bytes))
+}
+
+#[inline(always)]
+fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, bytes: u64) {
+    let now = unsafe { bpf_ktime_get_ns() };
+    if let Some(v) = map.get_ptr_mut(key) {
+        let v = unsafe { &mut *v };
+        if v.first_ns == 0 {
+            v.first_ns = now;
+        }
+        v.last_ns = now;
+        v.packets += 1;
+        v.bytes += bytes;
+        v.tcp_flags |= flags;
+        return;
+    }
+    let v = DropStats {
+        first_ns: now,
+        last_ns: now,
+        packets: 1,
+        bytes,
+        tcp_flags: flags,
+        _pad: [0; 7],
+    };
+    if map.insert(key, &v, BPF_NOEXIST as u64).is_err() {
+        match map.get_ptr_mut(key) {
+            Some(p) => {
+                let p = unsafe { &mut *p };
+                if p.first_ns == 0 {
+                    p.first_ns = now;
+                }
+                p.last_ns = now;
+                p.packets += 1;
+                p.bytes += bytes;
+                p.tcp_flags |= flags;
+            }
+            None => count(CNT_DROP_MAP_FULL),
+        }
+    }
+}
+
+/// `kfree_skb(skb, location, reason, rx_sk)`: arguments by position.
+#[raw_tracepoint(tracepoint = "kfree_skb")]
+pub fn drop_kfree_skb(ctx: RawTracePointContext) -> i32 {
+    let reason: u64 = ctx.arg(2);
+    let reason = reason as u32;
+    if reason <= global(&DROP_REASON_NOT_SPECIFIED) {
+        return 0;
+    }
+    count(CNT_DROPS_SEEN);
+    let skb: u64 = ctx.arg(0);
+    let Some((flow, flags, bytes)) = drop_tuple(skb) else {
+        count(CNT_DROP_UNPARSABLE);
+        return 0;
+    };
+    let key = DropKey {
+        flow,
+        reason,
+        _pad: 0,
+    };
+    if active_copy() == 0 {
+        add_drop(&DROPS_0, &key, flags, bytes);
+    } else {
+        add_drop(&DROPS_1, &key, flags, bytes);
+    }
+    0
+}
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,0 +1,873 @@
+//! Turns what one drain read from the kernel maps into `FlowRecord`s. Pure: no
+//! syscalls, so every rule here is unit-tested.
+//!
+//! Rules:
+//! * per-CPU slots of one key are summed; a slot with `first_ns == 0` was never written;
+//! * a flow whose two ends are both local sockets appears under two mirrored keys:
+//!   only the opener's socket entry is kept (it counted every packet of the flow,
+//!   once, on egress or ingress) and the choice is remembered across drains;
+//! * a TCP flow whose opener sent a SYN and received neither SYN-ACK nor RST is held
+//!   back until `syn_timeout` passes; then it is `unanswered`;
+//! * drops are their own records (`dropped`, the reason, the dropped packets only);
+//! * tc flows are only kept when no socket saw the same tuple.
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use chrono::{DateTime, Utc};
+use flowpol_common::{
+    DIR_EGRESS, DIR_INGRESS, DropKey, DropStats, FAMILY_IPV4, FlowKey, FlowStats, OverflowEvent,
+    TCP_RST, TCP_SYN, TCP_SYN_ACK,
+};
+use flowpol_recommender::flow::{Endpoint, FlowRecord, Protocol, TcpFlags, Verdict};
+
+use super::btf::DropReasons;
+
+/// Everything one drain read from the kernel, before assembly.
+#[derive(Debug, Default, Clone)]
+pub struct RawDrain {
+    pub sockets: Vec<(FlowKey, Vec<FlowStats>)>,
+    pub tc: Vec<(FlowKey, Vec<FlowStats>)>,
+    pub drops: Vec<(DropKey, Vec<DropStats>)>,
+    pub overflow: Vec<OverflowEvent>,
+}
+
+/// Monotonic "now" of the drain and the offset turning `bpf_ktime_get_ns()`
+/// (CLOCK_MONOTONIC) into wall-clock time.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    pub mono_now_ns: u64,
+    /// wall time ns since the epoch = monotonic ns + this.
+    pub wall_offset_ns: i128,
+}
+
+impl Clock {
+    pub fn now() -> Self {
+        let mono = clock_ns(libc::CLOCK_MONOTONIC);
+        let wall = clock_ns(libc::CLOCK_REALTIME);
+        Self {
+            mono_now_ns: mono,
+            wall_offset_ns: wall as i128 - mono as i128,
+        }
+    }
+
+    fn wall(&self, mono_ns: u64) -> DateTime<Utc> {
+        let ns = mono_ns as i128 + self.wall_offset_ns;
+        DateTime::from_timestamp_nanos(ns.clamp(0, i64::MAX as i128) as i64)
+    }
+}
+
+fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec; both clocks always exist on Linux.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Counters of one socket (or tc) flow, summed over CPUs and drains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Agg {
+    pub first_ns: u64,
+    pub last_ns: u64,
+    pub tx_packets: u64,
+    pub tx_bytes: u64,
+    pub rx_packets: u64,
+    pub rx_bytes: u64,
+    pub tx_flags: u8,
+    pub rx_flags: u8,
+    pub first_dir: u8,
+    pub cgroup_id: u64,
+}
+
+impl Agg {
+    fn from_slot(s: &FlowStats) -> Self {
+        Self {
+            first_ns: s.first_ns,
+            last_ns: s.last_ns,
+            tx_packets: s.tx_packets,
+            tx_bytes: s.tx_bytes,
+            rx_packets: s.rx_packets,
+            rx_bytes: s.rx_bytes,
+            tx_flags: s.tx_flags,
+            rx_flags: s.rx_flags,
+            first_dir: s.first_dir,
+            cgroup_id: s.cgroup_id,
+        }
+    }
+
+    fn from_event(e: &OverflowEvent) -> Self {
+        let mut a = Self {
+            first_ns: e.ts_ns,
+            last_ns: e.ts_ns,
+            first_dir: e.dir,
+            cgroup_id: e.cgroup_id,
+            ..Self::default()
+        };
+        if e.dir == DIR_EGRESS {
+            a.tx_packets = e.packets as u64;
+            a.tx_bytes = e.bytes as u64;
+            a.tx_flags = e.tcp_flags;
+        } else {
+            a.rx_packets = e.packets as u64;
+            a.rx_bytes = e.bytes as u64;
+            a.rx_flags = e.tcp_flags;
+        }
+        a
+    }
+
+    /// Sums the per-CPU slots; `None` when no slot was ever written.
+    pub fn merge_slots(slots: &[FlowStats]) -> Option<Self> {
+        slots
+            .iter()
+            .filter(|s| s.first_ns != 0)
+            .map(Self::from_slot)
+            .reduce(|mut a, b| {
+                a.add(&b);
+                a
+            })
+    }
+
+    fn add(&mut self, o: &Self) {
+        if o.first_ns < self.first_ns {
+            self.first_ns = o.first_ns;
+            self.first_dir = o.first_dir;
+            if o.cgroup_id != 0 {
+                self.cgroup_id = o.cgroup_id;
+            }
+        }
+        if self.cgroup_id == 0 {
+            self.cgroup_id = o.cgroup_id;
+        }
+        self.last_ns = self.last_ns.max(o.last_ns);
+        self.tx_packets += o.tx_packets;
+        self.tx_bytes += o.tx_bytes;
+        self.rx_packets += o.rx_packets;
+        self.rx_bytes += o.rx_bytes;
+        self.tx_flags |= o.tx_flags;
+        self.rx_flags |= o.rx_flags;
+    }
+
+    /// Whether the local socket opened the flow: it sent the SYN, or (no SYN
+    /// seen) it sent the first packet.
+    fn opened_locally(&self, protocol: u8) -> bool {
+        if protocol == 6 {
+            if self.tx_flags & TCP_SYN != 0 {
+                return true;
+            }
+            if self.rx_flags & TCP_SYN != 0 {
+                return false;
+            }
+        }
+        self.first_dir != DIR_INGRESS
+    }
+
+    /// The opener sent a SYN and got neither SYN-ACK nor RST back (yet).
+    fn syn_unanswered(&self, protocol: u8) -> bool {
+        protocol == 6
+            && self.opened_locally(protocol)
+            && self.tx_flags & TCP_SYN != 0
+            && self.rx_flags & (TCP_SYN_ACK | TCP_RST) == 0
+    }
+}
+
+fn is_icmp(protocol: u8) -> bool {
+    protocol == 1 || protocol == 58
+}
+
+/// The same flow as the socket at the other end keys it.
+pub fn mirror(k: &FlowKey) -> FlowKey {
+    let mut m = *k;
+    m.local_addr = k.remote_addr;
+    m.remote_addr = k.local_addr;
+    if !is_icmp(k.protocol) {
+        m.local_port = k.remote_port;
+        m.remote_port = k.local_port;
+    }
+    m
+}
+
+fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
+    if family == FAMILY_IPV4 {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct PairChoice {
+    chosen: FlowKey,
+    last_seen_mono: u64,
+}
+
+/// Upper bound on flows held back waiting for a SYN-ACK (SYN floods).
+const MAX_PENDING: usize = 100_000;
+
+/// Keeps what must survive between drains: which side of each local-local pair
+/// is counted, and TCP flows still waiting for an answer.
+#[derive(Debug)]
+pub struct Assembler {
+    syn_timeout_ns: u64,
+    pair_ttl_ns: u64,
+    pairs: HashMap<FlowKey, PairChoice>,
+    pending: HashMap<FlowKey, Agg>,
+}
+
+impl Assembler {
+    pub fn new(syn_timeout: std::time::Duration) -> Self {
+        Self {
+            syn_timeout_ns: syn_timeout.as_nanos() as u64,
+            pair_ttl_ns: 300 * 1_000_000_000,
+            pairs: HashMap::new(),
+            pending: HashMap::new(),
+        }
+    }
+
+    /// Number of TCP flows held back waiting for a SYN-ACK.
+    pub fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Assembles one drain. With `final_drain` nothing is held back.
+    pub fn assemble(
+        &mut self,
+        raw: RawDrain,
+        clock: Clock,
+        reasons: &DropReasons,
+        final_drain: bool,
+    ) -> Vec<FlowRecord> {
+        let mut out = Vec::new();
+
+        // 1. Socket flows: per-CPU merge, ring-buffer overflow, held-back flows.
+        let mut current: BTreeMap<FlowKey, Agg> = BTreeMap::new();
+        for (key, slots) in &raw.sockets {
+            if let Some(a) = Agg::merge_slots(slots) {
+                merge_into(&mut current, *key, a);
+            }
+        }
+        for ev in &raw.overflow {
+            merge_into(&mut current, ev.key, Agg::from_event(ev));
+        }
+        for (key, a) in self.pending.drain() {
+            merge_into(&mut current, key, a);
+        }
+
+        // 2. Local-local pairs: keep the opener's socket entry only.
+        let socket_keys: HashSet<FlowKey> = current.keys().copied().collect();
+        let mut kept: Vec<(FlowKey, Agg)> = Vec::new();
+        let mut done: HashSet<FlowKey> = HashSet::new();
+        for (key, agg) in &current {
+            let other = mirror(key);
+            let canonical = (*key).min(other);
+            if !done.insert(canonical) {
+                continue;
+            }
+            let other_agg = current.get(&other).filter(|_| other != *key);
+            let chosen = match (self.pairs.get(&canonical), other_agg) {
+                (Some(choice), _) => choice.chosen,
+                (None, Some(o)) => {
+                    let chosen = choose_side(*key, agg, other, o);
+                    self.pairs.insert(
+                        canonical,
+                        PairChoice {
+                            chosen,
+                            last_seen_mono: clock.mono_now_ns,
+                        },
+                    );
+                    chosen
+                }
+                (None, None) => *key,
+            };
+            if let Some(choice) = self.pairs.get_mut(&canonical) {
+                choice.last_seen_mono = clock.mono_now_ns;
+            }
+            if let Some(a) = current.get(&chosen) {
+                kept.push((chosen, *a));
+            }
+        }
+        let ttl = self.pair_ttl_ns;
+        self.pairs
+            .retain(|_, c| clock.mono_now_ns.saturating_sub(c.last_seen_mono) < ttl);
+
+        // 3. Unanswered SYNs: hold back until the timeout, then say so.
+        for (key, agg) in kept {
+            let mut verdict = Verdict::Forwarded;
+            if agg.syn_unanswered(key.protocol) {
+                let age = clock.mono_now_ns.saturating_sub(agg.first_ns);
+                if age >= self.syn_timeout_ns {
+                    verdict = Verdict::Unanswered;
+                } else if !final_drain && self.pending.len() < MAX_PENDING {
+                    self.pending.insert(key, agg);
+                    continue;
+                }
+            }
+            out.push(socket_record(&key, &agg, verdict, &clock));
+        }
+
+        // 4. Drops.
+        for (dk, slots) in &raw.drops {
+            let mut agg: Option<DropStats> = None;
+            for s in slots.iter().filter(|s| s.first_ns != 0) {
+                match &mut agg {
+                    None => agg = Some(*s),
+                    Some(a) => {
+                        a.first_ns = a.first_ns.min(s.first_ns);
+                        a.last_ns = a.last_ns.max(s.last_ns);
+                        a.packets += s.packets;
+                        a.bytes += s.bytes;
+                        a.tcp_flags |= s.tcp_flags;
+                    }
+                }
+            }
+            if let Some(d) = agg {
+                out.push(drop_record(dk, &d, reasons, &clock));
+            }
+        }
+
+        // 5. tc flows nobody's socket saw, paired with their replies.
+        let mut tc: BTreeMap<FlowKey, Agg> = BTreeMap::new();
+        for (key, slots) in &raw.tc {
+            if let Some(a) = Agg::merge_slots(slots) {
+                merge_into(&mut tc, *key, a);
+            }
+        }
+        let seen_by_socket = |k: &FlowKey| {
+            socket_keys.contains(k)
+                || socket_keys.contains(&mirror(k))
+                || self.pending.contains_key(k)
+                || self.pending.contains_key(&mirror(k))
+        };
+        let mut tc_done: HashSet<FlowKey> = HashSet::new();
+        for (key, agg) in &tc {
+            if seen_by_socket(key) || !tc_done.insert((*key).min(mirror(key))) {
+                continue;
+            }
+            let reply_key = mirror(key);
+            let reply = tc.get(&reply_key).filter(|_| reply_key != *key);
+            out.push(tc_record(key, agg, reply, &clock, self.syn_timeout_ns));
+        }
+        out
+    }
+}
+
+fn merge_into(map: &mut BTreeMap<FlowKey, Agg>, key: FlowKey, a: Agg) {
+    map.entry(key).and_modify(|e| e.add(&a)).or_insert(a);
+}
+
+/// Which of two mirrored socket entries to count: the opener's.
+fn choose_side(k1: FlowKey, a1: &Agg, k2: FlowKey, a2: &Agg) -> FlowKey {
+    match (
+        a1.opened_locally(k1.protocol),
+        a2.opened_locally(k2.protocol),
+    ) {
+        (true, false) => k1,
+        (false, true) => k2,
+        _ => {
+            if (a1.first_ns, k1) <= (a2.first_ns, k2) {
+                k1
+            } else {
+                k2
+            }
+        }
+    }
+}
+
+fn endpoints(key: &FlowKey, local_is_src: bool) -> (Endpoint, Endpoint) {
+    let local = ip(key.family, &key.local_addr);
+    let remote = ip(key.family, &key.remote_addr);
+    if is_icmp(key.protocol) {
+        // type in src.port, code in dst.port, whichever way the packet went.
+        let (s, d) = if local_is_src {
+            (local, remote)
+        } else {
+            (remote, local)
+        };
+        return (
+            Endpoint::new(s, key.local_port),
+            Endpoint::new(d, key.remote_port),
+        );
+    }
+    if local_is_src {
+        (
+            Endpoint::new(local, key.local_port),
+            Endpoint::new(remote, key.remote_port),
+        )
+    } else {
+        (
+            Endpoint::new(remote, key.remote_port),
+            Endpoint::new(local, key.local_port),
+        )
+    }
+}
+
+fn socket_record(key: &FlowKey, a: &Agg, verdict: Verdict, clock: &Clock) -> FlowRecord {
+    let local_is_src = a.opened_locally(key.protocol);
+    let (src, dst) = endpoints(key, local_is_src);
+    let (packets, bytes, reply_packets, reply_bytes) = if local_is_src {
+        (a.tx_packets, a.tx_bytes, a.rx_packets, a.rx_bytes)
+    } else {
+        (a.rx_packets, a.rx_bytes, a.tx_packets, a.tx_bytes)
+    };
+    FlowRecord {
+        src,
+        dst,
+        protocol: Protocol::from_number(key.protocol),
+        packets,
+        bytes,
+        reply_packets,
+        reply_bytes,
+        first_seen: clock.wall(a.first_ns),
+        last_seen: clock.wall(a.last_ns),
+        verdict,
+        drop_reason: None,
+        tcp_flags: TcpFlags(a.tx_flags | a.rx_flags),
+        cgroup_id: (a.cgroup_id != 0).then_some(a.cgroup_id),
+        node: None,
+    }
+}
+
+fn drop_record(k: &DropKey, d: &DropStats, reasons: &DropReasons, clock: &Clock) -> FlowRecord {
+    let (src, dst) = endpoints(&k.flow, true);
+    FlowRecord {
+        src,
+        dst,
+        protocol: Protocol::from_number(k.flow.protocol),
+        packets: d.packets,
+        bytes: d.bytes,
+        reply_packets: 0,
+        reply_bytes: 0,
+        first_seen: clock.wall(d.first_ns),
+        last_seen: clock.wall(d.last_ns),
+        verdict: Verdict::Dropped,
+        drop_reason: Some(reasons.name(k.reason)),
+        tcp_flags: TcpFlags(d.tcp_flags),
+        cgroup_id: None,
+        node: None,
+    }
+}
+
+fn tc_record(
+    key: &FlowKey,
+    a: &Agg,
+    reply: Option<&Agg>,
+    clock: &Clock,
+    syn_timeout_ns: u64,
+) -> FlowRecord {
+    // Orient by SYN when there is one, else by the first packet.
+    let swap = match reply {
+        Some(r) => {
+            let syn_here = a.tx_flags & TCP_SYN != 0;
+            let syn_there = r.tx_flags & TCP_SYN != 0;
+            if syn_here != syn_there {
+                syn_there
+            } else {
+                r.first_ns < a.first_ns
+            }
+        }
+        None => false,
+    };
+    let (fwd_key, fwd, back) = match (swap, reply) {
+        (true, Some(r)) => (mirror(key), r, Some(a)),
+        _ => (*key, a, reply),
+    };
+    let (src, dst) = endpoints(&fwd_key, true);
+    let back_flags = back.map_or(0, |b| b.tx_flags);
+    let mut verdict = Verdict::Forwarded;
+    if fwd_key.protocol == 6
+        && fwd.tx_flags & TCP_SYN != 0
+        && back_flags & (TCP_SYN_ACK | TCP_RST) == 0
+        && clock.mono_now_ns.saturating_sub(fwd.first_ns) >= syn_timeout_ns
+    {
+        verdict = Verdict::Unanswered;
+    }
+    FlowRecord {
+        src,
+        dst,
+        protocol: Protocol::from_number(fwd_key.protocol),
+        packets: fwd.tx_packets,
+        bytes: fwd.tx_bytes,
+        reply_packets: back.map_or(0, |b| b.tx_packets),
+        reply_bytes: back.map_or(0, |b| b.tx_bytes),
+        first_seen: clock.wall(back.map_or(fwd.first_ns, |b| b.first_ns.min(fwd.first_ns))),
+        last_seen: clock.wall(back.map_or(fwd.last_ns, |b| b.last_ns.max(fwd.last_ns))),
+        verdict,
+        drop_reason: None,
+        tcp_flags: TcpFlags(fwd.tx_flags | back_flags),
+        cgroup_id: None,
+        node: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    const SEC: u64 = 1_000_000_000;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut o = [0u8; 16];
+        o[..4].copy_from_slice(&a);
+        o
+    }
+
+    fn key(l: [u8; 4], lp: u16, r: [u8; 4], rp: u16, proto: u8) -> FlowKey {
+        FlowKey {
+            local_addr: v4(l),
+            remote_addr: v4(r),
+            local_port: lp,
+            remote_port: rp,
+            protocol: proto,
+            family: FAMILY_IPV4,
+            _pad: [0; 2],
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn slot(
+        first: u64,
+        tx: (u64, u64),
+        rx: (u64, u64),
+        txf: u8,
+        rxf: u8,
+        dir: u8,
+        cg: u64,
+    ) -> FlowStats {
+        FlowStats {
+            first_ns: first,
+            last_ns: first + 10,
+            tx_packets: tx.0,
+            tx_bytes: tx.1,
+            rx_packets: rx.0,
+            rx_bytes: rx.1,
+            cgroup_id: cg,
+            tx_flags: txf,
+            rx_flags: rxf,
+            first_dir: dir,
+            _pad: [0; 5],
+        }
+    }
+
+    fn clock(now: u64) -> Clock {
+        Clock {
+            mono_now_ns: now,
+            wall_offset_ns: 1_700_000_000 * SEC as i128,
+        }
+    }
+
+    const A: [u8; 4] = [10, 0, 0, 1];
+    const B: [u8; 4] = [10, 0, 0, 2];
+
+    #[test]
+    fn local_local_tcp_is_counted_once_from_the_opener() {
+        let client = key(A, 40000, B, 80, 6);
+        let server = mirror(&client);
+        let raw = RawDrain {
+            sockets: vec![
+                (
+                    client,
+                    vec![
+                        slot(100, (5, 500), (4, 400), TCP_SYN, TCP_SYN_ACK, DIR_EGRESS, 7),
+                        FlowStats::default(),
+                    ],
+                ),
+                (
+                    server,
+                    vec![slot(
+                        110,
+                        (4, 400),
+                        (5, 500),
+                        TCP_SYN_ACK,
+                        TCP_SYN,
+                        DIR_INGRESS,
+                        9,
+                    )],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let out = asm.assemble(raw, clock(SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1);
+        let r = &out[0];
+        assert_eq!(r.src.ip.to_string(), "10.0.0.1");
+        assert_eq!(r.src.port, 40000);
+        assert_eq!(r.dst.port, 80);
+        assert_eq!(
+            (r.packets, r.bytes, r.reply_packets, r.reply_bytes),
+            (5, 500, 4, 400)
+        );
+        assert_eq!(r.cgroup_id, Some(7));
+        assert_eq!(r.verdict, Verdict::Forwarded);
+
+        // Next drain: only the server side shows up: it was already counted.
+        let raw = RawDrain {
+            sockets: vec![(
+                server,
+                vec![slot(2 * SEC, (1, 52), (0, 0), 0, 0, DIR_EGRESS, 9)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(raw, clock(3 * SEC), &DropReasons::default(), false);
+        assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn per_cpu_slots_are_summed_and_empty_slots_ignored() {
+        let k = key(A, 5000, B, 53, 17);
+        let raw = RawDrain {
+            sockets: vec![(
+                k,
+                vec![
+                    slot(200, (1, 100), (0, 0), 0, 0, DIR_EGRESS, 3),
+                    FlowStats::default(),
+                    slot(150, (2, 200), (1, 50), 0, 0, DIR_EGRESS, 3),
+                ],
+            )],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].packets, out[0].bytes, out[0].reply_packets),
+            (3, 300, 1)
+        );
+        assert_eq!(out[0].protocol, Protocol::Udp);
+        assert_eq!(
+            out[0].first_seen,
+            DateTime::from_timestamp_nanos(1_700_000_000 * SEC as i64 + 150)
+        );
+    }
+
+    #[test]
+    fn server_side_flow_is_oriented_from_the_remote_opener() {
+        let k = key(B, 80, A, 40000, 6);
+        let raw = RawDrain {
+            sockets: vec![(
+                k,
+                vec![slot(
+                    100,
+                    (1, 60),
+                    (2, 112),
+                    TCP_SYN_ACK,
+                    TCP_SYN,
+                    DIR_INGRESS,
+                    4,
+                )],
+            )],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(out[0].src.ip.to_string(), "10.0.0.1");
+        assert_eq!(out[0].dst.port, 80);
+        assert_eq!((out[0].packets, out[0].reply_packets), (2, 1));
+    }
+
+    #[test]
+    fn syn_without_answer_is_held_then_unanswered() {
+        let k = key(A, 41000, B, 9, 6);
+        let raw = RawDrain {
+            sockets: vec![(
+                k,
+                vec![slot(SEC, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        assert!(
+            asm.assemble(raw, clock(2 * SEC), &DropReasons::default(), false)
+                .is_empty()
+        );
+        assert_eq!(asm.pending_len(), 1);
+        // A retransmitted SYN arrives in the next drain; the timeout has passed.
+        let raw = RawDrain {
+            sockets: vec![(
+                k,
+                vec![slot(3 * SEC, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(raw, clock(5 * SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].verdict, Verdict::Unanswered);
+        assert_eq!(out[0].packets, 2);
+        assert_eq!(asm.pending_len(), 0);
+    }
+
+    #[test]
+    fn final_drain_flushes_held_flows_and_rst_is_an_answer() {
+        let k = key(A, 41000, B, 9, 6);
+        let refused = key(A, 41001, B, 10, 6);
+        let raw = RawDrain {
+            sockets: vec![
+                (
+                    k,
+                    vec![slot(SEC, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 1)],
+                ),
+                (
+                    refused,
+                    vec![slot(SEC, (1, 60), (1, 40), TCP_SYN, TCP_RST, DIR_EGRESS, 1)],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC + 1),
+            &DropReasons::default(),
+            true,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(out.iter().all(|r| r.verdict == Verdict::Forwarded));
+    }
+
+    #[test]
+    fn icmp_echo_pairs_keep_type_and_code() {
+        let req_a = key(A, 8, B, 0, 1);
+        let req_b = mirror(&req_a);
+        assert_eq!((req_b.local_port, req_b.remote_port), (8, 0));
+        let raw = RawDrain {
+            sockets: vec![
+                (req_a, vec![slot(100, (1, 84), (0, 0), 0, 0, DIR_EGRESS, 1)]),
+                (
+                    req_b,
+                    vec![slot(101, (0, 0), (1, 84), 0, 0, DIR_INGRESS, 2)],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].protocol, Protocol::Icmp);
+        assert_eq!((out[0].src.port, out[0].dst.port), (8, 0));
+        assert_eq!(out[0].src.ip.to_string(), "10.0.0.1");
+        assert_eq!((out[0].packets, out[0].bytes), (1, 84));
+    }
+
+    #[test]
+    fn drops_are_named_and_summed() {
+        let dk = DropKey {
+            flow: key(A, 42000, B, 8080, 6),
+            reason: 12,
+            _pad: 0,
+        };
+        let d = DropStats {
+            first_ns: 100,
+            last_ns: 200,
+            packets: 2,
+            bytes: 120,
+            tcp_flags: TCP_SYN,
+            _pad: [0; 7],
+        };
+        let raw = RawDrain {
+            drops: vec![(dk, vec![d, d, DropStats::default()])],
+            ..RawDrain::default()
+        };
+        let reasons = DropReasons::from_pairs(&[(12, "NETFILTER_DROP")], 2);
+        let out = Assembler::new(Duration::from_secs(3)).assemble(raw, clock(SEC), &reasons, false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].verdict, Verdict::Dropped);
+        assert_eq!(out[0].drop_reason.as_deref(), Some("NETFILTER_DROP"));
+        assert_eq!((out[0].packets, out[0].bytes), (4, 240));
+        assert_eq!((out[0].src.port, out[0].dst.port), (42000, 8080));
+    }
+
+    #[test]
+    fn overflow_events_are_counted_like_map_entries() {
+        let k = key(A, 6000, B, 53, 17);
+        let ev = |dir, bytes| OverflowEvent {
+            key: k,
+            ts_ns: 500,
+            cgroup_id: 2,
+            bytes,
+            packets: 1,
+            dir,
+            tcp_flags: 0,
+        };
+        let raw = RawDrain {
+            sockets: vec![(k, vec![slot(100, (1, 100), (0, 0), 0, 0, DIR_EGRESS, 2)])],
+            overflow: vec![ev(DIR_EGRESS, 100), ev(DIR_INGRESS, 70)],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(
+            (
+                out[0].packets,
+                out[0].bytes,
+                out[0].reply_packets,
+                out[0].reply_bytes
+            ),
+            (2, 200, 1, 70)
+        );
+    }
+
+    #[test]
+    fn tc_flows_pair_replies_and_yield_to_sockets() {
+        let fwd = key(A, 40000, B, 80, 6);
+        let back = mirror(&fwd);
+        let other = key(A, 40001, B, 81, 6);
+        let raw = RawDrain {
+            sockets: vec![(
+                other,
+                vec![slot(
+                    100,
+                    (1, 60),
+                    (1, 60),
+                    TCP_SYN,
+                    TCP_SYN_ACK,
+                    DIR_EGRESS,
+                    1,
+                )],
+            )],
+            tc: vec![
+                (
+                    back,
+                    vec![slot(120, (2, 120), (0, 0), TCP_SYN_ACK, 0, DIR_EGRESS, 0)],
+                ),
+                (
+                    fwd,
+                    vec![slot(100, (3, 180), (0, 0), TCP_SYN, 0, DIR_EGRESS, 0)],
+                ),
+                (
+                    other,
+                    vec![slot(100, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 0)],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(out.len(), 2, "{out:?}");
+        let tc = out.iter().find(|r| r.dst.port == 80).unwrap();
+        assert_eq!(tc.src.port, 40000);
+        assert_eq!((tc.packets, tc.reply_packets), (3, 2));
+        assert_eq!(tc.cgroup_id, None);
+    }
+}

@@ -1,0 +1,429 @@
+//! Kernel capture: loads the eBPF programs, attaches them (cgroup_skb at the cgroup
+//! v2 root, kfree_skb, optionally tc), and drains their maps into `FlowRecord`s.
+//!
+//! What `packets` and `bytes` mean: packets and bytes at the IP layer as the local
+//! socket's cgroup hook saw them. `bytes` is `skb->len` from the IP header on (IP
+//! header + transport header + payload, no link-layer header). A GSO/GRO
+//! aggregate counts as `gso_segs` packets and its `skb->len` bytes (one set of
+//! headers). Drops count the dropped packets' IP total length.
+pub mod assemble;
+pub mod btf;
+pub mod preflight;
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use aya::programs::{
+    CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, SchedClassifier,
+    TcAttachType, TestRun, TestRunOptions,
+};
+use aya::{Ebpf, EbpfLoader};
+use flowpol_common::{
+    CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey, FlowStats,
+    OverflowEvent,
+};
+use flowpol_recommender::flow::FlowRecord;
+
+use assemble::{Assembler, Clock, RawDrain};
+use btf::{Btf, BtfError, DropReasons, SkbOffsets};
+
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "not enough privilege to load eBPF programs: missing {missing}. Run `flowpol agent` as root, \
+         or grant CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (e.g. securityContext.capabilities.add)"
+    )]
+    NotPrivileged { missing: String },
+    #[error(
+        "kernel BTF not available at {path} ({detail}): flowpol needs a kernel built with \
+         CONFIG_DEBUG_INFO_BTF=y (most distribution kernels since 5.4 have it)"
+    )]
+    NoBtf { path: PathBuf, detail: String },
+    #[error(
+        "cgroup v2 is not mounted ({detail}): mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`, \
+         or pass --cgroup PATH pointing at a cgroup v2 directory"
+    )]
+    NoCgroup2 { detail: String },
+    #[error("cannot open cgroup directory {path}: {source} (is it a cgroup v2 directory?)")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("reading kernel BTF: {0}")]
+    Btf(#[from] BtfError),
+    #[error("loading the eBPF object into the kernel failed: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: ProgramError,
+    },
+    #[error("attaching {what}: {source}")]
+    Attach { what: String, source: ProgramError },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("eBPF object has no {0} (the embedded programs do not match this binary)")]
+    Missing(&'static str),
+    #[error("--tc-interfaces {pattern:?} matches no network interface")]
+    NoInterface { pattern: String },
+}
+
+/// What to load and where to attach it.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// cgroup v2 directory to attach the socket hooks to; the cgroup v2 root when `None`.
+    pub cgroup: Option<PathBuf>,
+    /// Also attach tc ingress on interfaces whose name matches this pattern (`*`, `?`).
+    pub tc_interfaces: Option<String>,
+    /// How long a TCP SYN may wait for a SYN-ACK before the flow is `unanswered`.
+    pub syn_timeout: Duration,
+    /// Entries of each flow map copy.
+    pub flow_map_entries: u32,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        Self {
+            cgroup: None,
+            tc_interfaces: None,
+            syn_timeout: Duration::from_secs(3),
+            flow_map_entries: 65536,
+        }
+    }
+}
+
+type FlowMap = PerCpuHashMap<MapData, FlowKey, FlowStats>;
+type DropMap = PerCpuHashMap<MapData, DropKey, DropStats>;
+
+/// Loaded (and, after [`Capture::attach`], attached) programs with their maps.
+/// Dropping it detaches everything.
+pub struct Capture {
+    ebpf: Ebpf,
+    flows: [FlowMap; 2],
+    tc_flows: [FlowMap; 2],
+    drops: [DropMap; 2],
+    control: Array<MapData, u32>,
+    counters: PerCpuArray<MapData, u64>,
+    overflow: RingBuf<MapData>,
+    active: u32,
+    reasons: DropReasons,
+    assembler: Assembler,
+    options: CaptureOptions,
+    attached: Vec<String>,
+}
+
+const SOCKET_PROGRAMS: [(&str, CgroupSkbAttachType); 2] = [
+    ("flow_egress", CgroupSkbAttachType::Egress),
+    ("flow_ingress", CgroupSkbAttachType::Ingress),
+];
+
+impl Capture {
+    /// Checks privileges, BTF and cgroup v2, then loads the programs into the
+    /// kernel without attaching them.
+    pub fn load(options: CaptureOptions) -> Result<Self, CaptureError> {
+        preflight::check_privileges()?;
+        preflight::check_btf()?;
+        let btf = Btf::from_sys_fs()?;
+        let offsets = SkbOffsets::from_btf(&btf)?;
+        let reasons = DropReasons::from_btf(&btf)?;
+        drop(btf);
+
+        let mut ebpf = EbpfLoader::new()
+            .override_global("SKB_OFF_HEAD", &offsets.head, true)
+            .override_global("SKB_OFF_NETWORK_HEADER", &offsets.network_header, true)
+            .override_global("SKB_OFF_TRANSPORT_HEADER", &offsets.transport_header, true)
+            .override_global("DROP_REASON_NOT_SPECIFIED", &reasons.not_specified, true)
+            .map_max_entries("FLOWS_0", options.flow_map_entries)
+            .map_max_entries("FLOWS_1", options.flow_map_entries)
+            .map_max_entries("TC_FLOWS_0", options.flow_map_entries)
+            .map_max_entries("TC_FLOWS_1", options.flow_map_entries)
+            .load(PROGRAMS)?;
+
+        for (name, _) in SOCKET_PROGRAMS {
+            program::<CgroupSkb>(&mut ebpf, name)?
+                .load()
+                .map_err(|source| CaptureError::Program { name, source })?;
+        }
+        program::<RawTracePoint>(&mut ebpf, "drop_kfree_skb")?
+            .load()
+            .map_err(|source| CaptureError::Program {
+                name: "drop_kfree_skb",
+                source,
+            })?;
+        program::<SchedClassifier>(&mut ebpf, "flow_tc")?
+            .load()
+            .map_err(|source| CaptureError::Program {
+                name: "flow_tc",
+                source,
+            })?;
+
+        let flows = [
+            take_map(&mut ebpf, "FLOWS_0")?,
+            take_map(&mut ebpf, "FLOWS_1")?,
+        ];
+        let tc_flows = [
+            take_map(&mut ebpf, "TC_FLOWS_0")?,
+            take_map(&mut ebpf, "TC_FLOWS_1")?,
+        ];
+        let drops = [
+            take_map(&mut ebpf, "DROPS_0")?,
+            take_map(&mut ebpf, "DROPS_1")?,
+        ];
+        let control = take_map(&mut ebpf, "CONTROL")?;
+        let counters = take_map(&mut ebpf, "COUNTERS")?;
+        let overflow = take_map(&mut ebpf, "OVERFLOW")?;
+        Ok(Self {
+            ebpf,
+            flows,
+            tc_flows,
+            drops,
+            control,
+            counters,
+            overflow,
+            active: 0,
+            reasons,
+            assembler: Assembler::new(options.syn_timeout),
+            options,
+            attached: Vec::new(),
+        })
+    }
+
+    /// Attaches the socket hooks to the cgroup, the drop hook to `kfree_skb`, and
+    /// tc ingress to the matching interfaces. Returns what was attached.
+    pub fn attach(&mut self) -> Result<&[String], CaptureError> {
+        let cgroup_path = match &self.options.cgroup {
+            Some(p) => p.clone(),
+            None => preflight::find_cgroup2_root()?,
+        };
+        let cgroup = File::open(&cgroup_path).map_err(|source| CaptureError::Cgroup {
+            path: cgroup_path.clone(),
+            source,
+        })?;
+        for (name, attach_type) in SOCKET_PROGRAMS {
+            // Default mode: the kernel links cgroup programs as "multi", so other
+            // agents' programs on the same cgroup keep running.
+            program::<CgroupSkb>(&mut self.ebpf, name)?
+                .attach(&cgroup, attach_type, CgroupAttachMode::Single)
+                .map_err(|source| CaptureError::Attach {
+                    what: format!("{name} to cgroup {}", cgroup_path.display()),
+                    source,
+                })?;
+            self.attached
+                .push(format!("cgroup_skb/{name} on {}", cgroup_path.display()));
+        }
+        program::<RawTracePoint>(&mut self.ebpf, "drop_kfree_skb")?
+            .attach("kfree_skb")
+            .map_err(|source| CaptureError::Attach {
+                what: "drop_kfree_skb to raw tracepoint kfree_skb".into(),
+                source,
+            })?;
+        self.attached.push("raw_tp/kfree_skb".into());
+        if let Some(pattern) = self.options.tc_interfaces.clone() {
+            let ifaces = matching_interfaces(&pattern);
+            if ifaces.is_empty() {
+                return Err(CaptureError::NoInterface { pattern });
+            }
+            for iface in ifaces {
+                // Before tcx (6.6) a clsact qdisc is needed; it may already exist.
+                let _ = aya::programs::tc::qdisc_add_clsact(&iface);
+                program::<SchedClassifier>(&mut self.ebpf, "flow_tc")?
+                    .attach(&iface, TcAttachType::Ingress)
+                    .map_err(|source| CaptureError::Attach {
+                        what: format!("flow_tc to tc ingress of {iface}"),
+                        source,
+                    })?;
+                self.attached.push(format!("tc ingress on {iface}"));
+            }
+        }
+        Ok(&self.attached)
+    }
+
+    /// Reads and empties the maps the programs wrote since the last drain and
+    /// assembles them into records. `final_drain` flushes flows held back
+    /// waiting for a SYN-ACK.
+    pub fn drain(&mut self, final_drain: bool) -> Result<Vec<FlowRecord>, CaptureError> {
+        let idle = self.active as usize;
+        self.active ^= 1;
+        self.control
+            .set(CONTROL_ACTIVE, self.active, 0)
+            .map_err(|source| CaptureError::Map {
+                name: "CONTROL",
+                source,
+            })?;
+        // A program that read the old index before the flip finishes within
+        // microseconds; give it ample time before reading the idle copy.
+        std::thread::sleep(Duration::from_millis(5));
+        let mut raw = RawDrain {
+            sockets: drain_map(&mut self.flows[idle], "FLOWS")?,
+            tc: drain_map(&mut self.tc_flows[idle], "TC_FLOWS")?,
+            drops: drain_map(&mut self.drops[idle], "DROPS")?,
+            overflow: Vec::new(),
+        };
+        while let Some(item) = self.overflow.next() {
+            if item.len() >= size_of::<OverflowEvent>() {
+                // SAFETY: the kernel wrote an OverflowEvent (repr(C), plain data);
+                // read_unaligned copes with any alignment of the ring slot.
+                let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OverflowEvent>()) };
+                raw.overflow.push(ev);
+            }
+        }
+        let clock = Clock::now();
+        Ok(self
+            .assembler
+            .assemble(raw, clock, &self.reasons, final_drain))
+    }
+
+    /// Cumulative loss/skip counters (summed over CPUs), by name.
+    pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, CaptureError> {
+        let mut out = Vec::with_capacity(COUNTER_COUNT as usize);
+        for (i, name) in COUNTER_NAMES.iter().enumerate() {
+            let values = self
+                .counters
+                .get(&(i as u32), 0)
+                .map_err(|source| CaptureError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
+            out.push((*name, values.iter().sum()));
+        }
+        Ok(out)
+    }
+
+    /// The running kernel's drop-reason names.
+    pub fn drop_reasons(&self) -> &DropReasons {
+        &self.reasons
+    }
+
+    /// Runs a socket program once on `frame` (an Ethernet frame: the kernel
+    /// strips the link header for cgroup_skb) through BPF_PROG_TEST_RUN.
+    pub fn test_run_socket(
+        &mut self,
+        egress: bool,
+        frame: &[u8],
+        repeat: u32,
+    ) -> Result<(u32, Duration), CaptureError> {
+        let name = if egress {
+            "flow_egress"
+        } else {
+            "flow_ingress"
+        };
+        let prog = program::<CgroupSkb>(&mut self.ebpf, name)?;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| CaptureError::Program { name, source })?;
+        Ok((r.return_value, r.duration))
+    }
+
+    /// Runs the drop program once with the raw tracepoint arguments
+    /// `(skb, location, reason)`.
+    pub fn test_run_drop(&mut self, skb: u64, reason: u64) -> Result<u32, CaptureError> {
+        let prog = program::<RawTracePoint>(&mut self.ebpf, "drop_kfree_skb")?;
+        let mut opts = aya::programs::RawTracePointRunOptions::new();
+        opts.args[0] = skb;
+        opts.args[2] = reason;
+        let r = prog
+            .test_run(opts)
+            .map_err(|source| CaptureError::Program {
+                name: "drop_kfree_skb",
+                source,
+            })?;
+        Ok(r.return_value)
+    }
+}
+
+fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, CaptureError>
+where
+    &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let p = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing("program"))?;
+    p.try_into()
+        .map_err(|source| CaptureError::Program { name, source })
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CaptureError::Missing("map"))?;
+    T::try_from(map).map_err(|source| CaptureError::Map { name, source })
+}
+
+type Drained<K, V> = Vec<(K, Vec<V>)>;
+
+fn drain_map<K: aya::Pod + Copy, V: aya::Pod + Copy>(
+    map: &mut PerCpuHashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<Drained<K, V>, CaptureError> {
+    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        match map.get(&k, 0) {
+            Ok(values) => out.push((k, values.iter().copied().collect())),
+            Err(MapError::KeyNotFound) => continue,
+            Err(source) => return Err(CaptureError::Map { name, source }),
+        }
+        match map.remove(&k) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(source) => return Err(CaptureError::Map { name, source }),
+        }
+    }
+    Ok(out)
+}
+
+/// Interfaces (from /sys/class/net) whose name matches `pattern`.
+fn matching_interfaces(pattern: &str) -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = dir
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| glob_match(pattern, n))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `*` matches any run of characters, `?` one character; `,` separates alternatives.
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    fn one(p: &[u8], n: &[u8]) -> bool {
+        match (p.first(), n.first()) {
+            (None, None) => true,
+            (Some(b'*'), _) => one(&p[1..], n) || (!n.is_empty() && one(p, &n[1..])),
+            (Some(b'?'), Some(_)) => one(&p[1..], &n[1..]),
+            (Some(a), Some(b)) if a == b => one(&p[1..], &n[1..]),
+            _ => false,
+        }
+    }
+    pattern
+        .split(',')
+        .any(|alt| one(alt.trim().as_bytes(), name.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_patterns() {
+        assert!(glob_match("veth*", "veth12ab"));
+        assert!(glob_match("cali*,lxc*", "lxc_health"));
+        assert!(glob_match("eth?", "eth0"));
+        assert!(!glob_match("eth?", "eth10"));
+        assert!(!glob_match("veth*", "eth0"));
+        assert!(glob_match("*", "lo"));
+    }
+}
