@@ -370,11 +370,10 @@ fn lab_run_plays_every_shipped_scenario_privileged() {
         );
         for l in lines {
             let (ok, total) = l
-                .rsplit(": ")
+                .split(" answered")
                 .next()
-                .unwrap()
-                .trim_end_matches(" answered")
-                .split_once('/')
+                .and_then(|head| head.rsplit(' ').next())
+                .and_then(|n| n.split_once('/'))
                 .unwrap();
             assert_eq!(ok, total, "{}: {l}", dir.display());
         }
@@ -394,4 +393,91 @@ fn lab_run_plays_every_shipped_scenario_privileged() {
         }
         lab.assert_clean();
     }
+}
+
+#[test]
+fn lab_enforce_drops_what_policies_deny_and_passes_the_rest_privileged() {
+    require_root();
+    let lab = TestLab::new();
+    let scenario = examples().join("default-deny");
+    let up = lab.run(&["up", "--scenario", scenario.to_str().unwrap(), "--enforce"]);
+    assert!(up.status.success(), "{}", text(&up));
+    let traffic = lab.run(&["traffic", "--scenario", scenario.to_str().unwrap()]);
+    assert!(traffic.status.success(), "{}", text(&traffic));
+    let out = String::from_utf8_lossy(&traffic.stdout);
+    assert!(
+        out.contains("[0] tools/debug → service shop/frontend:80/TCP: 2/2 answered"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[1] shop/frontend → service shop/backend:9000/TCP: 2/2 answered"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "[2] tools/debug → service shop/backend:9000/TCP: 0/1 answered (blocked by policy"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "[3] tools/debug → workload shop/backend:9000/TCP: 0/2 answered (blocked by policy"
+        ),
+        "{out}"
+    );
+    // The drops happened in the node's forward path.
+    let node = format!("fpl-{}-node", lab.id);
+    let rules = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &node,
+            "nft",
+            "list",
+            "chain",
+            "inet",
+            "flowpol-policy",
+            "forward",
+        ])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let dropped: u64 = rules
+        .lines()
+        .find(|l| l.contains("@restricted4 counter packets"))
+        .and_then(|l| l.split_whitespace().skip_while(|w| *w != "packets").nth(1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(dropped >= 3, "expected the blocked SYNs dropped: {rules}");
+    let down = lab.run(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    lab.assert_clean();
+
+    // --policies replaces the scenario's: allowing everything lets the blocked ones through.
+    let lab = TestLab::new();
+    let policy_dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        policy_dir.path().join("allow.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: allow-all, namespace: shop}\nspec:\n  podSelector: {}\n  policyTypes: [Ingress]\n  ingress: [{}]\n",
+    )
+    .unwrap();
+    let up = lab.run(&[
+        "up",
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--enforce",
+        "--policies",
+        policy_dir.path().to_str().unwrap(),
+    ]);
+    assert!(up.status.success(), "{}", text(&up));
+    let traffic = lab.run(&["traffic", "--scenario", scenario.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&traffic.stdout);
+    assert!(
+        !traffic.status.success(),
+        "blocked connections were expected to fail the run: {out}"
+    );
+    assert!(
+        out.contains("[2] tools/debug → service shop/backend:9000/TCP: 1/1 answered UNEXPECTED"),
+        "{out}"
+    );
 }

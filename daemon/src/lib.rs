@@ -6,7 +6,6 @@ pub mod cli;
 pub mod lab;
 pub mod store;
 
-
 // --- capture (kernel side and agent loop) ---
 #[cfg(feature = "agent")]
 pub mod agent;

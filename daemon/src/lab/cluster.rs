@@ -22,6 +22,26 @@ fn family(ip: &IpAddr) -> &'static str {
     if ip.is_ipv4() { "IPv4" } else { "IPv6" }
 }
 
+fn containers_json(pod: &super::plan::PodPlan) -> Vec<Value> {
+    pod.containers
+        .iter()
+        .map(|c| {
+            let ports: Vec<Value> = c
+                .ports
+                .iter()
+                .map(|p| {
+                    let mut v = json!({"containerPort": p.port, "protocol": p.protocol.as_str()});
+                    if let Some(n) = &p.name {
+                        v["name"] = json!(n);
+                    }
+                    v
+                })
+                .collect();
+            json!({"name": c.name, "image": c.image, "ports": ports})
+        })
+        .collect()
+}
+
 /// Builds the List of every object the lab runs.
 pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) -> Value {
     let ts = created.to_rfc3339_opts(SecondsFormat::Secs, true);
@@ -81,7 +101,7 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
                 "apiVersion": api, "kind": o.kind, "metadata": meta,
                 "spec": {"replicas": replicas, "selector": {"matchLabels": selector_labels},
                          "template": {"metadata": {"labels": selector_labels},
-                                      "spec": {"containers": pod.containers.iter().map(|c| json!({"name": c.name, "image": c.image})).collect::<Vec<_>>()}}},
+                                      "spec": {"containers": containers_json(pod)}}},
             }));
         }
     }
@@ -92,18 +112,7 @@ pub fn cluster_list(plan: &Plan, scenario: &Scenario, created: DateTime<Utc>) ->
         if let Some(o) = &pod.owner {
             meta["ownerReferences"] = json!([owner_ref(o)]);
         }
-        let containers: Vec<Value> = pod
-            .containers
-            .iter()
-            .map(|c| {
-                json!({"name": c.name, "image": c.image,
-                       "ports": c.ports.iter().map(|p| {
-                           let mut v = json!({"containerPort": p.port, "protocol": p.protocol.as_str()});
-                           if let Some(n) = &p.name { v["name"] = json!(n); }
-                           v
-                       }).collect::<Vec<_>>()})
-            })
-            .collect();
+        let containers = containers_json(pod);
         let statuses: Vec<Value> = pod
             .containers
             .iter()

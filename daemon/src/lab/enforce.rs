@@ -6,9 +6,83 @@
 //! filtered, as host-to-local-pod traffic is allowed by CNIs by default.
 use std::fmt::Write;
 use std::net::IpAddr;
+use std::path::Path;
+
+use flowpol_recommender::engine::{Engine, Settings};
+use flowpol_recommender::flow::Protocol;
+use flowpol_recommender::manifest;
+use flowpol_recommender::model::Cluster;
 
 use super::plan::Plan;
 use super::scenario::Proto;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EnforceError {
+    #[error("policies: {0}")]
+    Manifest(Box<manifest::ManifestError>),
+    #[error("policies: {0}")]
+    Model(Box<flowpol_recommender::model::ModelError>),
+}
+
+impl From<manifest::ManifestError> for EnforceError {
+    fn from(e: manifest::ManifestError) -> Self {
+        EnforceError::Manifest(Box::new(e))
+    }
+}
+
+impl From<flowpol_recommender::model::ModelError> for EnforceError {
+    fn from(e: flowpol_recommender::model::ModelError) -> Self {
+        EnforceError::Model(Box::new(e))
+    }
+}
+
+/// Kinds of the lab's cluster state the engine reads (it warns about the others).
+const ENGINE_KINDS: [&str; 9] = [
+    "Namespace",
+    "Pod",
+    "ReplicaSet",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "Service",
+    "NetworkPolicy",
+];
+
+/// Compiles the NetworkPolicies in the lab's cluster state (the List written to cluster.yaml)
+/// to the enforcement ruleset, from the engine's verdicts.
+pub fn compile(
+    plan: &Plan,
+    cluster: &serde_json::Value,
+    label: &Path,
+) -> Result<String, EnforceError> {
+    let mut list = cluster.clone();
+    if let Some(items) = list.get_mut("items").and_then(|i| i.as_array_mut()) {
+        items.retain(|item| {
+            item.get("kind")
+                .and_then(|k| k.as_str())
+                .is_some_and(|k| ENGINE_KINDS.contains(&k))
+        });
+    }
+    let text = serde_json::to_string(&list).expect("a JSON value serializes");
+    let objects = manifest::parse_str(label, &text)?;
+    let cluster = Cluster::from_objects(objects)?;
+    let engine = Engine::new(&cluster, Settings::default());
+    let allowed = |src: IpAddr, dst: IpAddr| {
+        let conns = engine.allowed_conns(engine.peer_for_ip(src), engine.peer_for_ip(dst));
+        if conns.is_all() {
+            return Allowed::All;
+        }
+        let mut ranges = Vec::new();
+        for (protocol, proto) in [(Protocol::Tcp, Proto::Tcp), (Protocol::Udp, Proto::Udp)] {
+            if let Some(ports) = conns.ports(protocol) {
+                ranges.extend(ports.ranges().iter().map(|(lo, hi)| (proto, *lo, *hi)));
+            }
+        }
+        Allowed::Only(ranges)
+    };
+    Ok(ruleset(plan, &allowed))
+}
 
 /// The nftables table enforcement lives in (node netns).
 pub const POLICY_TABLE: &str = "flowpol-policy";
@@ -125,6 +199,40 @@ mod tests {
         assert!(!rules.contains(&format!("{} . {client}", webs[0])));
         assert!(rules.contains("ct state established,related accept"));
         assert!(rules.contains("type filter hook forward"));
+    }
+
+    #[test]
+    fn the_engine_restricts_exactly_what_policies_isolate() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples/port-mismatch");
+        let mut s = scenario::load(&dir).unwrap();
+        let policy = r#"
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: webapp-from-client, namespace: web}
+spec:
+  podSelector: {matchLabels: {app: webapp}}
+  policyTypes: [Ingress]
+  ingress:
+    - from: [{podSelector: {matchLabels: {app: client}}}]
+      ports: [{port: http}]
+"#;
+        scenario::load_manifests(&mut s, Path::new("policy.yaml"), policy).unwrap();
+        let p = plan::build("e3", &s).unwrap();
+        let list = super::super::cluster::cluster_list(&p, &s, chrono::Utc::now());
+        let rules = compile(&p, &list, Path::new("cluster.yaml")).unwrap();
+        let client = p.pods_of("web/client")[0].ips[0];
+        let dns = p.pods_of("kube-system/coredns")[0].ips[0];
+        for w in p.pods_of("web/webapp") {
+            // The named port resolves to 8080: the pod port, not the Service's 80.
+            assert!(
+                rules.contains(&format!("{client} . {} . tcp . 8080", w.ips[0])),
+                "{rules}"
+            );
+            assert!(rules.contains(&format!("{dns} . {}", w.ips[0])), "{rules}");
+        }
+        // Egress is not isolated: nothing from webapp is restricted.
+        let w0 = p.pods_of("web/webapp")[0].ips[0];
+        assert!(!rules.contains(&format!("{w0} . {client}")), "{rules}");
     }
 
     #[test]

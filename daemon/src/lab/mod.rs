@@ -32,6 +32,8 @@ pub enum LabError {
     Plan(#[from] plan::PlanError),
     #[error(transparent)]
     Sys(#[from] SysError),
+    #[error(transparent)]
+    Enforce(#[from] enforce::EnforceError),
     #[error("the lab needs root (network namespaces, nftables, cgroups); run it with sudo")]
     NotRoot,
     #[error("lab {0:?} is already up (or left over): run `flowpol lab down --lab {0}` first")]
@@ -158,13 +160,33 @@ pub struct UpOptions<'a> {
     pub lab_id: &'a str,
     pub scenario_dir: &'a Path,
     pub binary: PathBuf,
+    /// Enforce NetworkPolicies in the node's forward path.
+    pub enforce: bool,
+    /// NetworkPolicies to use instead of the scenario's.
+    pub policies: Vec<PathBuf>,
 }
 
 /// Validates the scenario, then builds the lab. On any failure or interrupt everything created
 /// so far is removed before the error is returned.
 pub fn up(opts: &UpOptions<'_>) -> Result<Lab> {
-    let scenario = scenario::load(opts.scenario_dir)?;
-    let plan = plan::build(opts.lab_id, &scenario)?;
+    let mut scenario = scenario::load(opts.scenario_dir)?;
+    if !opts.policies.is_empty() {
+        scenario.policies = scenario::load_policies(&opts.policies)?;
+    }
+    let mut plan = plan::build(opts.lab_id, &scenario)?;
+    plan.enforced = opts.enforce;
+    let cluster_list = cluster::cluster_list(&plan, &scenario, chrono::Utc::now());
+    let cluster_yaml = serde_saphyr::to_string(&cluster_list).expect("a JSON value serializes");
+    // Policies are compiled before anything exists, so a bad one creates nothing.
+    let policy_rules = if opts.enforce {
+        Some(enforce::compile(
+            &plan,
+            &cluster_list,
+            &state_dir(opts.lab_id).join(CLUSTER_FILE),
+        )?)
+    } else {
+        None
+    };
     if !is_root() {
         return Err(LabError::NotRoot);
     }
@@ -177,10 +199,14 @@ pub fn up(opts: &UpOptions<'_>) -> Result<Lab> {
         return Err(LabError::AlreadyUp(opts.lab_id.into()));
     }
     let mut children = Vec::new();
+    let outputs = Outputs {
+        cluster_yaml: &cluster_yaml,
+        policy_rules: policy_rules.as_deref(),
+    };
     match build(
         &RealSys,
         &plan,
-        &scenario,
+        &outputs,
         &dir,
         &cg2,
         &opts.binary,
@@ -208,11 +234,16 @@ fn write_state(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|e| LabError::State(path.to_path_buf(), e.to_string()))
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Text computed before the lab is built.
+struct Outputs<'a> {
+    cluster_yaml: &'a str,
+    policy_rules: Option<&'a str>,
+}
+
 fn build(
     sys: &dyn Sys,
     plan: &Plan,
-    scenario: &Scenario,
+    out: &Outputs<'_>,
     dir: &Path,
     cg2: &Path,
     binary: &Path,
@@ -223,6 +254,7 @@ fn build(
     sys::mkdir_all(&dir.join("ready"))?;
     let plan_json = serde_json::to_string_pretty(plan).expect("plan serializes");
     write_state(&dir.join(PLAN_FILE), &plan_json)?;
+    write_state(&dir.join(CLUSTER_FILE), out.cluster_yaml)?;
 
     step("netns")?;
     let mut names: Vec<&str> = vec![plan.node_netns.as_str()];
@@ -252,6 +284,11 @@ fn build(
 
     step("nat")?;
     net::nft_apply(sys, &plan.node_netns, &net::nat_ruleset(plan))?;
+
+    if let Some(rules) = out.policy_rules {
+        step("enforce")?;
+        net::nft_apply(sys, &plan.node_netns, rules)?;
+    }
 
     step("cgroups")?;
     for pod in &plan.pods {
@@ -376,11 +413,6 @@ fn build(
         Duration::from_secs(20),
     )?;
 
-    step("cluster")?;
-    write_state(
-        &dir.join(CLUSTER_FILE),
-        &cluster::cluster_yaml(plan, scenario, chrono::Utc::now()),
-    )?;
     Ok(())
 }
 

@@ -198,6 +198,9 @@ pub struct Plan {
     pub externals: Vec<ExternalPlan>,
     /// Workload (`ns/name`) → pod indexes.
     pub workload_pods: BTreeMap<String, Vec<usize>>,
+    /// Whether NetworkPolicies are enforced (`lab up --enforce`).
+    #[serde(default)]
+    pub enforced: bool,
 }
 
 impl Plan {
@@ -734,6 +737,7 @@ pub fn build(lab_id: &str, scenario: &Scenario) -> Result<Plan, PlanError> {
         services: service_plans,
         externals,
         workload_pods,
+        enforced: false,
     })
 }
 

@@ -34,12 +34,13 @@ fn endpoint_name(plan: &Plan, e: &Endpoint) -> String {
     lab_name(plan, e.ip).unwrap_or_else(|| e.ip.to_string())
 }
 
-/// One line per traffic.yaml connection and client workload: answered/attempted.
-pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> String {
-    let mut groups: BTreeMap<(usize, String), (u32, u32, Vec<String>)> = BTreeMap::new();
+/// One line per traffic.yaml connection: answered/attempted and whether that is what the
+/// scenario expects (every connection answered, none for `expect: blocked` under enforcement).
+/// Returns the text and the connections whose outcome was not the expected one.
+pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> (String, Vec<String>) {
+    let mut groups: BTreeMap<usize, (u32, u32, Vec<String>)> = BTreeMap::new();
     for a in attempts {
-        let from = scenario.traffic.connections[a.connection].from.clone();
-        let g = groups.entry((a.connection, from)).or_default();
+        let g = groups.entry(a.connection).or_default();
         g.1 += 1;
         if a.ok {
             g.0 += 1;
@@ -48,7 +49,8 @@ pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> String
         }
     }
     let mut out = String::new();
-    for ((i, from), (ok, total, errors)) in &groups {
+    let mut unmet = Vec::new();
+    for (i, (ok, total, errors)) in &groups {
         let c = &scenario.traffic.connections[*i];
         let to = if let Some(s) = &c.to.service {
             format!("service {s}")
@@ -62,17 +64,29 @@ pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> String
             Some(super::scenario::IpFamily::IPv6) => " (IPv6)",
             _ => "",
         };
-        let _ = writeln!(
-            out,
-            "  [{i}] {from} → {to}:{}/{proto}{family}: {ok}/{total} answered",
-            c.port
+        let blocked = c.expect == Some(super::scenario::Expect::Blocked);
+        let (met, note) = match (blocked, plan.enforced) {
+            (true, true) if *ok == 0 => (true, " (blocked by policy, as expected)"),
+            (true, true) => (false, " UNEXPECTED: the policies should block it"),
+            (true, false) if ok == total => (true, " (policies would block it under --enforce)"),
+            _ if ok == total => (true, ""),
+            _ => (false, " UNEXPECTED: not every connection was answered"),
+        };
+        let line = format!(
+            "[{i}] {} → {to}:{}/{proto}{family}: {ok}/{total} answered{note}",
+            c.from, c.port
         );
-        for e in errors.iter().take(5) {
-            let _ = writeln!(out, "        unanswered: {e}");
+        let _ = writeln!(out, "  {line}");
+        if !met {
+            unmet.push(line);
+        }
+        if !blocked || !plan.enforced {
+            for e in errors.iter().take(5) {
+                let _ = writeln!(out, "        unanswered: {e}");
+            }
         }
     }
-    let _ = plan;
-    out
+    (out, unmet)
 }
 
 /// Flow lines grouped by names, port and verdict, with flow and packet counts.
@@ -191,6 +205,22 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             }
             used[fi] = true;
             recorded += 1;
+            let blocked = plan.enforced && c.expect == Some(super::scenario::Expect::Blocked);
+            if blocked && f.verdict == Verdict::Forwarded {
+                problems.push(format!(
+                    "connections[{i}]: policies should block it, but a flow was forwarded ({} → {}:{})",
+                    f.src.ip, f.dst.ip, f.dst.port
+                ));
+            }
+            if !blocked && f.verdict != Verdict::Forwarded {
+                problems.push(format!(
+                    "connections[{i}]: a flow was {} ({} → {}:{})",
+                    f.verdict.as_str(),
+                    f.src.ip,
+                    f.dst.ip,
+                    f.dst.port
+                ));
+            }
             if !same_workload(&f.src, &c.from) {
                 problems.push(format!(
                     "connections[{i}]: source {} is not named {} (got {})",

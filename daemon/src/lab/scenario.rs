@@ -238,6 +238,15 @@ pub struct Connection {
     pub count: Option<u32>,
     /// Address family the client dials (default IPv4); IPv6 needs a dual-stack lab.
     pub ip_family: Option<IpFamily>,
+    /// What the scenario's NetworkPolicies do to this connection under `--enforce`.
+    pub expect: Option<Expect>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Expect {
+    Allowed,
+    Blocked,
 }
 
 #[derive(Debug, Clone, Deserialize, serde::Serialize)]
@@ -781,6 +790,58 @@ fn service(s: &Service, file: &Path) -> std::result::Result<ServiceSpec, String>
         ports,
         file: file.to_path_buf(),
     })
+}
+
+/// Reads NetworkPolicies from files or folders (`--policies`); any other kind is an error.
+pub fn load_policies(paths: &[PathBuf]) -> Result<Vec<NetworkPolicy>> {
+    let mut files = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            let mut inner: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| ScenarioError::Folder(path.clone(), e))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                })
+                .collect();
+            inner.sort();
+            files.extend(inner);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    let mut scratch = Scenario {
+        dir: PathBuf::new(),
+        namespaces: BTreeMap::new(),
+        workloads: Vec::new(),
+        services: Vec::new(),
+        policies: Vec::new(),
+        manifest_files: Vec::new(),
+        traffic: Traffic::default(),
+        traffic_file: PathBuf::new(),
+        config: LabConfig::default(),
+    };
+    for file in &files {
+        let before = (
+            scratch.workloads.len(),
+            scratch.services.len(),
+            scratch.namespaces.len(),
+        );
+        load_manifests(&mut scratch, file, &read(file)?)?;
+        if (
+            scratch.workloads.len(),
+            scratch.services.len(),
+            scratch.namespaces.len(),
+        ) != before
+        {
+            return Err(ScenarioError::File {
+                file: file.clone(),
+                msg: "--policies files may hold NetworkPolicies only".into(),
+            });
+        }
+    }
+    Ok(scratch.policies)
 }
 
 /// Namespaces every cluster has.
