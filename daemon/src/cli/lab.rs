@@ -358,7 +358,26 @@ mod linux {
 
     /// Starts `flowpol agent` with the flags this build's agent has (`--manifests` comes with
     /// identity, `--json-out` with capture) and waits for it to attach.
+    /// Starts the agent writing to the database and JSON lines; if it refuses the database
+    /// (a build whose agent has no store yet), with the JSON lines alone.
     fn start_agent(bin: &Path, db: &Path, cluster: &Path, log: &Path) -> Result<Agent, String> {
+        match start_agent_with(bin, db, cluster, log, true) {
+            Ok(a) => Ok(a),
+            Err(e) if e.contains("--db") => {
+                eprintln!("note: {e}; running the agent with --json-out only");
+                start_agent_with(bin, db, cluster, log, false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn start_agent_with(
+        bin: &Path,
+        db: &Path,
+        cluster: &Path,
+        log: &Path,
+        with_db: bool,
+    ) -> Result<Agent, String> {
         let help = std::process::Command::new(bin)
             .args(["agent", "--help"])
             .output()
@@ -366,17 +385,23 @@ mod linux {
         let help = String::from_utf8_lossy(&help.stdout).into_owned();
         let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
+        let json_out = help
+            .contains("--json-out")
+            .then(|| db.with_extension("jsonl"));
+        if !with_db && json_out.is_none() {
+            return Err("the agent has neither a working --db nor --json-out".into());
+        }
         let mut cmd = std::process::Command::new(bin);
-        cmd.arg("agent").arg("--db").arg(db);
+        cmd.arg("agent");
+        if with_db {
+            cmd.arg("--db").arg(db);
+        }
         if help.contains("--manifests") {
             cmd.arg("--manifests").arg(cluster);
         }
         if help.contains("--interval") {
             cmd.args(["--interval", "1s"]);
         }
-        let json_out = help
-            .contains("--json-out")
-            .then(|| db.with_extension("jsonl"));
         if let Some(j) = &json_out {
             cmd.arg("--json-out").arg(j);
         }
@@ -482,7 +507,9 @@ mod linux {
         let flows_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if let Some(j) = &agent.json_out {
             let text = std::fs::read_to_string(j).map_err(|e| format!("{}: {e}", j.display()))?;
-            return report::parse_flows(&text).map_err(|e| format!("{}: {e}", j.display()));
+            return report::parse_flows(&text)
+                .map(report::merge_flows)
+                .map_err(|e| format!("{}: {e}", j.display()));
         }
         Err(format!("`flowpol flows` failed: {flows_err}"))
     }

@@ -283,6 +283,48 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
     problems
 }
 
+/// Merges records of the same flow (5-tuple) written in several drain intervals.
+pub fn merge_flows(records: Vec<FlowRecord>) -> Vec<FlowRecord> {
+    let mut out: Vec<FlowRecord> = Vec::new();
+    let mut index: BTreeMap<(IpAddr, u16, IpAddr, u16, String), usize> = BTreeMap::new();
+    for r in records {
+        let key = (
+            r.src.ip,
+            r.src.port,
+            r.dst.ip,
+            r.dst.port,
+            r.protocol.to_string(),
+        );
+        match index.get(&key) {
+            Some(&i) => {
+                let m = &mut out[i];
+                m.packets += r.packets;
+                m.bytes += r.bytes;
+                m.reply_packets += r.reply_packets;
+                m.reply_bytes += r.reply_bytes;
+                m.first_seen = m.first_seen.min(r.first_seen);
+                m.last_seen = m.last_seen.max(r.last_seen);
+                // A later verdict (a drop, or the end of a wait for an answer) wins.
+                if r.verdict != Verdict::Forwarded {
+                    m.verdict = r.verdict;
+                    m.drop_reason = r.drop_reason.clone();
+                }
+                if m.dst.namespace.is_none() {
+                    m.dst = r.dst;
+                }
+                if m.src.namespace.is_none() {
+                    m.src = r.src;
+                }
+            }
+            None => {
+                index.insert(key, out.len());
+                out.push(r);
+            }
+        }
+    }
+    out
+}
+
 /// Parses `flowpol flows -o json` output: a JSON array or one record per line.
 pub fn parse_flows(text: &str) -> Result<Vec<FlowRecord>, serde_json::Error> {
     let trimmed = text.trim_start();
@@ -318,6 +360,10 @@ mod tests {
             out.contains("web/client → web/webapp:8080/TCP  2 flow(s), 10 packet(s)"),
             "{out}"
         );
+        // The same 5-tuple from two drain intervals is one flow.
+        let merged = merge_flows(recs);
+        assert_eq!(merged.len(), 1);
+        assert_eq!(merged[0].packets, 10);
         assert!(out.contains("DROPPED (NETFILTER_DROP)"), "{out}");
         assert_eq!(parse_flows(&format!("[{line}]")).unwrap().len(), 1);
     }
