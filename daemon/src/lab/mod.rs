@@ -193,7 +193,7 @@ pub fn up(opts: &UpOptions<'_>) -> Result<Lab> {
     let cg2 = sys::cgroup2_mount()?;
     let dir = state_dir(opts.lab_id);
     if dir.exists()
-        || !net::netns_with_prefix(&Plan::netns_prefix(opts.lab_id)).is_empty()
+        || !net::lab_netns(opts.lab_id).is_empty()
         || cg2.join(&plan.cgroup_root).exists()
     {
         return Err(LabError::AlreadyUp(opts.lab_id.into()));
@@ -511,7 +511,7 @@ pub fn down(sys: &dyn Sys, lab_id: &str) -> Result<()> {
     if let Err(e) = sys::remove_cgroup_tree(&cg2.join(Plan::cgroup_root_of(lab_id))) {
         first_err.get_or_insert(e.into());
     }
-    let names = net::netns_with_prefix(&Plan::netns_prefix(lab_id));
+    let names = net::lab_netns(lab_id);
     if let Err(e) = net::netns_del(sys, &names) {
         first_err.get_or_insert(e.into());
     }

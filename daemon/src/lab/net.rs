@@ -265,6 +265,24 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
     v
 }
 
+/// Whether a netns name belongs to lab `lab_id`: `fpl-<id>-node`, `fpl-<id>-<n>` or
+/// `fpl-<id>-x<n>`, and not to a lab whose id merely starts with `<id>-`.
+pub fn is_lab_netns(name: &str, lab_id: &str) -> bool {
+    let Some(rest) = name.strip_prefix(&format!("fpl-{lab_id}-")) else {
+        return false;
+    };
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    rest == "node" || digits(rest) || rest.strip_prefix('x').is_some_and(digits)
+}
+
+/// The network namespaces of lab `lab_id`.
+pub fn lab_netns(lab_id: &str) -> Vec<String> {
+    netns_with_prefix(&format!("fpl-{lab_id}-"))
+        .into_iter()
+        .filter(|n| is_lab_netns(n, lab_id))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{plan, scenario};
@@ -321,6 +339,18 @@ mod tests {
         let client = p.service("kv/etcd-client").unwrap();
         assert!(rules.contains(&format!("{} . tcp . 2379", client.cluster_ips[0])));
         assert!(!rules.contains(". tcp . 2380"), "{rules}");
+    }
+
+    #[test]
+    fn a_lab_owns_only_its_own_netns() {
+        assert!(is_lab_netns("fpl-a-node", "a"));
+        assert!(is_lab_netns("fpl-a-12", "a"));
+        assert!(is_lab_netns("fpl-a-x0", "a"));
+        // Lab "a-1" is another lab.
+        assert!(!is_lab_netns("fpl-a-1-0", "a"));
+        assert!(!is_lab_netns("fpl-a-1-node", "a"));
+        assert!(is_lab_netns("fpl-a-1-node", "a-1"));
+        assert!(!is_lab_netns("fpl-ab-node", "a"));
     }
 
     #[test]
