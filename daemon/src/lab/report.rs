@@ -263,11 +263,30 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
     let in_lab = |ip: IpAddr| {
         plan.pod_by_ip(ip).is_some() || plan.services.iter().any(|s| s.cluster_ips.contains(&ip))
     };
+    // The client's own view of a Service connection (before the node's DNAT) is the same
+    // connection, not an extra one.
+    let mut service_views: BTreeSet<(IpAddr, IpAddr, u16, String)> = BTreeSet::new();
+    for c in &scenario.traffic.connections {
+        let Some(svc) = c.to.service.as_deref().and_then(|k| plan.service(k)) else {
+            continue;
+        };
+        let proto = c.protocol.clone().unwrap_or_else(|| "TCP".into());
+        for client in plan.pods_of(&c.from) {
+            for src in &client.ips {
+                for cip in &svc.cluster_ips {
+                    service_views.insert((*src, *cip, c.port, proto.clone()));
+                }
+            }
+        }
+    }
     for (fi, f) in flows.iter().enumerate() {
         if used[fi] || plan.pod_by_ip(f.src.ip).is_none() || !in_lab(f.dst.ip) {
             continue;
         }
         if dns.contains(&f.dst.ip) && f.dst.port == 53 {
+            continue;
+        }
+        if service_views.contains(&(f.src.ip, f.dst.ip, f.dst.port, f.protocol.to_string())) {
             continue;
         }
         problems.push(format!(
@@ -411,8 +430,15 @@ mod tests {
             "{problems:?}"
         );
         assert!(
-            problems.iter().any(|x| x.contains("unexpected flow")),
+            !problems.iter().any(|x| x.contains("unexpected flow")),
             "{problems:?}"
+        );
+        // A Service port nobody dialed is unexpected.
+        flows[0] = flow(client, svc_ip, 81, true, &p);
+        assert!(
+            check(&p, &s, &flows)
+                .iter()
+                .any(|x| x.contains("unexpected flow"))
         );
         // Unnamed ends.
         flows[0] = flow(client, web[0], 8080, false, &p);
