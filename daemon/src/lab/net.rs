@@ -60,6 +60,9 @@ fn node_link_lines(s: &mut String, plan: &Plan, host_veth: &str, netns: &str, ad
         s,
         "link add {host_veth} type veth peer name eth0 netns {netns}"
     );
+    // No automatic IPv6 link-local address: no MLD or router solicitations cluttering the
+    // capture (the gateway's fe80::1 is added explicitly when the lab is dual-stack).
+    let _ = writeln!(s, "link set {host_veth} addrgenmode none");
     let _ = writeln!(s, "link set {host_veth} up");
     if addrs.iter().any(|a| a.is_ipv6()) {
         let _ = writeln!(s, "addr add {POD_GATEWAY_V6}/64 dev {host_veth} nodad");
@@ -92,6 +95,7 @@ pub fn endpoint_script(addrs: &[IpAddr]) -> String {
         let nodad = if ip.is_ipv6() { " nodad" } else { "" };
         let _ = writeln!(s, "addr add {ip}/{} dev eth0{nodad}", host_len(*ip));
     }
+    let _ = writeln!(s, "link set eth0 addrgenmode none");
     let _ = writeln!(s, "link set eth0 up");
     if let Some(v4) = addrs.iter().find(|a| a.is_ipv4()) {
         let _ = writeln!(s, "route add {POD_GATEWAY_V4}/32 dev eth0 scope link");

@@ -143,6 +143,9 @@ fn same_workload(e: &Endpoint, key: &str) -> bool {
 /// between pods except DNS lookups to kube-dns. Returns the problems found.
 pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<String> {
     use std::collections::BTreeSet;
+    // One connection, one 5-tuple: a drop and the sender's unanswered wait are the same flow.
+    let merged = merge_flows(flows.to_vec());
+    let flows = merged.as_slice();
     let mut problems = Vec::new();
     let mut used = vec![false; flows.len()];
     for (i, c) in scenario.traffic.connections.iter().enumerate() {
@@ -152,7 +155,12 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             .into_iter()
             .filter(|p| c.replica.is_none_or(|r| r == p.replica))
             .collect();
-        let client_ips: BTreeSet<IpAddr> = clients.iter().flat_map(|p| p.ips.clone()).collect();
+        let v6 = c.ip_family == Some(super::scenario::IpFamily::IPv6);
+        let client_ips: BTreeSet<IpAddr> = clients
+            .iter()
+            .flat_map(|p| p.ips.clone())
+            .filter(|ip| ip.is_ipv6() == v6)
+            .collect();
         let count = u64::from(c.count.unwrap_or(1));
         // Allowed destinations (ip, port) and the workload that must be named there.
         let mut dsts: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
@@ -194,7 +202,11 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             }
             expected = clients.len() as u64 * count;
         }
+        dsts.retain(|(ip, _)| ip.is_ipv6() == v6);
         let mut recorded = 0u64;
+        // A connection is its client socket: a SYN retransmitted after a drop may be DNATed to
+        // another endpoint (the unconfirmed conntrack entry is gone), but it is one connection.
+        let mut sockets: BTreeSet<(IpAddr, u16)> = BTreeSet::new();
         for (fi, f) in flows.iter().enumerate() {
             if used[fi]
                 || f.protocol.to_string() != proto
@@ -203,8 +215,16 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             {
                 continue;
             }
+            let socket = (f.src.ip, f.src.port);
+            if !sockets.contains(&socket) {
+                // Connections with the same ends share flows: each takes as many as it made.
+                if recorded == expected {
+                    continue;
+                }
+                sockets.insert(socket);
+                recorded += 1;
+            }
             used[fi] = true;
-            recorded += 1;
             let blocked = plan.enforced && c.expect == Some(super::scenario::Expect::Blocked);
             if blocked && f.verdict == Verdict::Forwarded {
                 problems.push(format!(
@@ -323,8 +343,13 @@ pub fn merge_flows(records: Vec<FlowRecord>) -> Vec<FlowRecord> {
                 m.reply_bytes += r.reply_bytes;
                 m.first_seen = m.first_seen.min(r.first_seen);
                 m.last_seen = m.last_seen.max(r.last_seen);
-                // A later verdict (a drop, or the end of a wait for an answer) wins.
-                if r.verdict != Verdict::Forwarded {
+                // A drop says most, then an unanswered wait, then forwarded.
+                let rank = |v: Verdict| match v {
+                    Verdict::Dropped => 2,
+                    Verdict::Unanswered => 1,
+                    Verdict::Forwarded => 0,
+                };
+                if rank(r.verdict) > rank(m.verdict) {
                     m.verdict = r.verdict;
                     m.drop_reason = r.drop_reason.clone();
                 }
@@ -388,8 +413,10 @@ mod tests {
     }
 
     fn flow(src: IpAddr, dst: IpAddr, port: u16, named: bool, plan: &Plan) -> FlowRecord {
+        static NEXT_PORT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(40000);
+        let sport = NEXT_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let mut f: FlowRecord = serde_json::from_str(&format!(
-            r#"{{"src":{{"ip":"{src}","port":40000}},"dst":{{"ip":"{dst}","port":{port}}},"protocol":"TCP","packets":3,"bytes":180,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:01Z","verdict":"forwarded","drop_reason":null}}"#
+            r#"{{"src":{{"ip":"{src}","port":{sport}}},"dst":{{"ip":"{dst}","port":{port}}},"protocol":"TCP","packets":3,"bytes":180,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:01Z","verdict":"forwarded","drop_reason":null}}"#
         ))
         .unwrap();
         if named {

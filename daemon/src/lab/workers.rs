@@ -62,13 +62,31 @@ fn touch(path: &Path) -> Result<(), WorkerError> {
     std::fs::write(path, b"ready\n").map_err(io(format!("ready file {}", path.display())))
 }
 
+/// Reads the request to its end (the lab's clients and probes half-close after writing), then
+/// answers. Reading everything first matters: closing a socket with unread data makes the kernel
+/// drop it (and a capture would report that as a drop). A peer that sent nothing (a tcpSocket
+/// probe) gets no answer, as most servers give none.
 fn answer_tcp(mut stream: TcpStream, name: &str, port: u16) {
     let _ = stream.set_read_timeout(Some(IO_TIMEOUT));
     let _ = stream.set_write_timeout(Some(IO_TIMEOUT));
+    let mut request = Vec::new();
     let mut buf = [0u8; 4096];
-    let n = stream.read(&mut buf).unwrap_or(0);
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                request.extend_from_slice(&buf[..n]);
+                if request.len() > 64 * 1024 {
+                    break;
+                }
+            }
+        }
+    }
+    if request.is_empty() {
+        return;
+    }
     let body = format!("flowpol-lab {name} port {port}\n");
-    let reply = if buf[..n].starts_with(b"GET ") || buf[..n].starts_with(b"HEAD ") {
+    let reply = if request.starts_with(b"GET ") || request.starts_with(b"HEAD ") {
         format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
@@ -77,7 +95,7 @@ fn answer_tcp(mut stream: TcpStream, name: &str, port: u16) {
         body
     };
     let _ = stream.write_all(reply.as_bytes());
-    let _ = stream.shutdown(std::net::Shutdown::Both);
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }
 
 /// Listens on every port and answers each connection/datagram with one line; never returns
@@ -462,9 +480,16 @@ fn probe_once(p: &ProbeJob) -> Result<(), String> {
                 Err(format!("HTTP status {status:?}"))
             }
         }
-        None => TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-            .map(|_| ())
-            .map_err(|e| e.to_string()),
+        // Connect, then close politely (half-close, wait for the server's close), so no
+        // segment arrives at an already closed socket.
+        None => {
+            let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(|e| e.to_string())?;
+            let _ = s.set_read_timeout(Some(IO_TIMEOUT));
+            let _ = s.shutdown(std::net::Shutdown::Write);
+            let mut sink = Vec::new();
+            let _ = s.read_to_end(&mut sink);
+            Ok(())
+        }
     }
 }
 
