@@ -134,11 +134,17 @@ pub struct EnrichingSink<S> {
 impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<S> {
     fn write<'a>(
         &'a mut self,
-        records: &'a [flowpol_recommender::flow::FlowRecord],
+        batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let mut enriched = records.to_vec();
-            self.enricher.enrich(&mut enriched);
+            // Enrichment resolves each record as of its own time, so a batch retried
+            // after a failed write resolves the same way.
+            let mut enriched = crate::agent::DrainBatch {
+                records: batch.records.clone(),
+                losses: batch.losses.clone(),
+                recorded_at: batch.recorded_at,
+            };
+            self.enricher.enrich(&mut enriched.records);
             self.inner.write(&enriched).await
         })
     }
