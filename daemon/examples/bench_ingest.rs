@@ -193,8 +193,10 @@ async fn main() -> anyhow::Result<()> {
         store.close().await;
         return Ok(());
     }
+    // Queries as `flowpol flows` makes them: through a read-only store.
+    let reader = Store::open_read_only(&path).await?;
     let t = Instant::now();
-    let merged = store.query_flows_merged(&FlowQuery::default()).await?;
+    let merged = reader.query_flows_merged(&FlowQuery::default()).await?;
     println!(
         "merged query: {} flows from {} rows in {:.2} s",
         merged.len(),
@@ -202,10 +204,10 @@ async fn main() -> anyhow::Result<()> {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let page = store
+    let page = reader
         .query_flow_page(&FlowQuery {
             namespace: Some("team-3".into()),
-            since: Some(Utc::now() - Duration::seconds(2)),
+            since: Some(Utc::now() - Duration::minutes(30)),
             limit: Some(1000),
             ..Default::default()
         })
@@ -215,6 +217,7 @@ async fn main() -> anyhow::Result<()> {
         page.flows.len(),
         t.elapsed().as_secs_f64() * 1e3
     );
+    reader.close().await;
     let t = Instant::now();
     let report = store
         .prune(

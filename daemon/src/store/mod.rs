@@ -273,6 +273,9 @@ impl Store {
             .read_only(true)
             .immutable(immutable)
             .create_if_missing(false)
+            // Merged listings sort every matching row: a larger cache keeps
+            // more of that sort in memory (this is the CLI, not the agent).
+            .pragma("cache_size", "-65536")
             .busy_timeout(StoreOptions::default().busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
