@@ -2,11 +2,15 @@
 //! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
 //! and the CLI commands on top.
 pub mod cli;
+#[cfg(target_os = "linux")]
+pub mod lab;
 pub mod store;
-
 
 // --- capture (kernel side and agent loop) ---
 #[cfg(feature = "agent")]
 pub mod agent;
 #[cfg(feature = "agent")]
 pub mod capture;
+
+// --- identity ---
+pub mod enrich;
