@@ -134,11 +134,17 @@ pub struct EnrichingSink<S> {
 impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<S> {
     fn write<'a>(
         &'a mut self,
-        records: &'a [flowpol_recommender::flow::FlowRecord],
+        batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            let mut enriched = records.to_vec();
-            self.enricher.enrich(&mut enriched);
+            // Enriching is idempotent, so a batch the store retries resolves the same.
+            let mut records = batch.records.clone();
+            self.enricher.enrich(&mut records);
+            let enriched = crate::agent::DrainBatch {
+                records,
+                losses: batch.losses.clone(),
+                recorded_at: batch.recorded_at,
+            };
             self.inner.write(&enriched).await
         })
     }
