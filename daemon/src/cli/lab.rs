@@ -392,7 +392,8 @@ mod linux {
             return Err("the agent has neither a working --db nor --json-out".into());
         }
         let mut cmd = std::process::Command::new(bin);
-        cmd.arg("agent");
+        // Info level: its "capture attached" line tells us when to start the traffic.
+        cmd.args(["--log", "info", "agent"]);
         if with_db {
             cmd.arg("--db").arg(db);
         }

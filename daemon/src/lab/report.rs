@@ -309,6 +309,27 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
         if service_views.contains(&(f.src.ip, f.dst.ip, f.dst.port, f.protocol.to_string())) {
             continue;
         }
+        // The reply direction of a recorded connection, with src and dst swapped.
+        let reversed = flows.iter().enumerate().any(|(gi, g)| {
+            used[gi]
+                && g.src.ip == f.dst.ip
+                && g.src.port == f.dst.port
+                && g.dst.ip == f.src.ip
+                && g.protocol == f.protocol
+        });
+        if reversed {
+            problems.push(format!(
+                "flow recorded reversed (the reply side of a recorded connection): {} ({}:{}) → {} ({}):{}/{}",
+                endpoint_name(plan, &f.src),
+                f.src.ip,
+                f.src.port,
+                endpoint_name(plan, &f.dst),
+                f.dst.ip,
+                f.dst.port,
+                f.protocol
+            ));
+            continue;
+        }
         problems.push(format!(
             "unexpected flow between pods: {} ({}) → {} ({}):{}/{}",
             endpoint_name(plan, &f.src),
