@@ -7,7 +7,7 @@ log() { printf '[setup] %s\n' "$*" >&2; }
 need_root() { [ "$(id -u)" = 0 ]; }
 
 # --- Debian packages -------------------------------------------------------
-APT_PKGS=(nftables iproute2 iperf3 procps)
+APT_PKGS=(nftables iproute2 iperf3 procps iputils-ping)
 missing=()
 for p in "${APT_PKGS[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

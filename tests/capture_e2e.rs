@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use support::netns::{Agent, Lab, NftTable, flow_sum, net_counter, require_root};
+use support::netns::{Agent, CgroupDir, Lab, NftTable, flow_sum, net_counter, require_root};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -422,4 +422,57 @@ fn privileged_e2e_sigterm_during_traffic_loses_nothing_sent_before_it() {
         "recorded {} IP bytes but the receiver had {tcp_before} payload bytes before SIGTERM",
         t.bytes
     );
+}
+
+#[test]
+fn privileged_e2e_tc_mode_records_forwarded_traffic_no_socket_saw() {
+    require_root();
+    let lab = Lab::new(2);
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    // Socket hooks on an empty cgroup: only tc on the bridge ports sees the traffic,
+    // as on a node forwarding traffic for which it has no socket.
+    let empty = CgroupDir::new();
+    let mut agent = Agent::start_in(
+        Some(&lab.hub),
+        &[
+            "--interval",
+            "1s",
+            "--cgroup",
+            empty.path.to_str().unwrap(),
+            "--tc-interfaces",
+            "p*",
+        ],
+    );
+    const N: usize = 4;
+    let (ucp, usp) = udp_exchange(&a.ns, &b.ns, b.v4, N, 100, 50);
+    let (tcp_c, tcp_s) = tcp_exchange(&a.ns, &b.ns, b.v4, N, 1000, 10);
+    std::thread::sleep(Duration::from_millis(300));
+    let records = agent.stop();
+
+    let u = flow_sum(&records, "UDP", (a.v4, Some(ucp)), (b.v4, Some(usp)));
+    assert_eq!(
+        (u.packets, u.bytes, u.reply_packets, u.reply_bytes),
+        (N as u64, N as u64 * 128, N as u64, N as u64 * 78),
+        "{u:?}"
+    );
+    let t = flow_sum(&records, "TCP", (a.v4, Some(tcp_c)), (b.v4, Some(tcp_s)));
+    assert!(t.packets > N as u64 && t.reply_packets > N as u64, "{t:?}");
+    assert_eq!(
+        t.bytes,
+        60 + (t.packets - 1) * 52 + N as u64 * 1000,
+        "{t:?}"
+    );
+    assert_eq!(
+        t.reply_bytes,
+        60 + (t.reply_packets - 1) * 52 + N as u64 * 10,
+        "{t:?}"
+    );
+    for r in &records {
+        if r["src"]["ip"] == a.v4.to_string() {
+            assert!(
+                r.get("cgroup_id").is_none_or(|c| c.is_null()),
+                "tc flows have no socket: {r}"
+            );
+        }
+    }
 }

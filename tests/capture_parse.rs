@@ -296,3 +296,29 @@ fn privileged_parse_drop_program_filters_reasons_and_counts_unreadable_skbs() {
         "NOT_SPECIFIED"
     );
 }
+
+#[test]
+fn privileged_parse_full_flow_map_spills_to_the_ring_buffer_and_is_counted() {
+    require_root();
+    let mut cap = Capture::load(CaptureOptions {
+        flow_map_entries: 64,
+        ..CaptureOptions::default()
+    })
+    .expect("loading the eBPF programs");
+    let (a, b) = ([192, 0, 2, 1], [192, 0, 2, 2]);
+    for port in 0..100u16 {
+        let f = eth(ETH_IPV4, &ipv4(17, a, b, &udp(20000 + port, 53, 10)));
+        send(&mut cap, true, &f);
+    }
+    let c = counters(&cap);
+    assert_eq!(c["flow_map_full"], 36, "64 flows fit, 36 do not");
+    assert_eq!(c["ringbuf_full"], 0);
+    // Nothing is lost: the 36 spilled packets come back through the ring buffer.
+    let records = cap.drain(true).unwrap();
+    assert_eq!(records.len(), 100);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.packets == 1 && r.bytes == 20 + 8 + 10)
+    );
+}

@@ -2,6 +2,7 @@
 //! write per interval), and on SIGINT/SIGTERM drain once more, detach and return.
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use flowpol_recommender::flow::FlowRecord;
 use futures::future::BoxFuture;
 use tokio::signal::unix::{SignalKind, signal};
@@ -18,10 +19,20 @@ pub enum AgentError {
     Sink { count: usize, source: anyhow::Error },
 }
 
-/// Where drained records go. One call per drain interval; implementations write
-/// the batch atomically (the SQLite store: one transaction).
+/// One drain interval: its flows and how much capture lost in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DrainBatch {
+    pub records: Vec<FlowRecord>,
+    /// Loss counters that moved in this interval: (name, increase).
+    pub losses: Vec<(&'static str, u64)>,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Where drained batches go. One call per batch; implementations write it
+/// atomically (the SQLite store: one transaction) so a failed batch can be
+/// retried whole.
 pub trait FlowSink {
-    fn write<'a>(&'a mut self, records: &'a [FlowRecord]) -> BoxFuture<'a, anyhow::Result<()>>;
+    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>>;
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +59,8 @@ const LOSS_COUNTERS: [&str; 6] = [
     "ipv6_ext_limit",
 ];
 
+/// Runs until SIGINT/SIGTERM. Write failures are retried at the next interval;
+/// only a failure of the final write is an error.
 pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSummary, AgentError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| AgentError::Signal("SIGTERM", e))?;
@@ -59,23 +72,41 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
     tracing::info!(%attached, interval = ?config.interval, "capture attached");
 
     let mut summary = RunSummary::default();
-    let mut last_losses: Vec<(&'static str, u64)> = Vec::new();
+    let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
+    let mut backlog: Vec<DrainBatch> = Vec::new();
     let mut ticker = tokio::time::interval(config.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.tick().await; // the first tick fires at once
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                drain_once(&mut capture, sink, false, &mut summary).await?;
-                last_losses = report_losses(&capture, last_losses)?;
+                let batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                backlog.push(batch);
+                flush(sink, &mut backlog).await;
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final drain"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
         }
     }
-    drain_once(&mut capture, sink, true, &mut summary).await?;
+    let batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+    backlog.push(batch);
     summary.counters = capture.counters()?;
+    for p in capture.program_stats() {
+        if let Some(mean) = p.mean_ns() {
+            tracing::info!(
+                program = p.name,
+                run_count = p.run_count,
+                run_time_ns = p.run_time_ns,
+                mean_ns = format!("{mean:.1}"),
+                "program stats"
+            );
+        }
+    }
     drop(capture); // detaches every program
+    if let Some(err) = flush(sink, &mut backlog).await {
+        let count = backlog.iter().map(|b| b.records.len()).sum();
+        return Err(AgentError::Sink { count, source: err });
+    }
     let counters = summary
         .counters
         .iter()
@@ -91,38 +122,60 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
     Ok(summary)
 }
 
-async fn drain_once(
+/// Batches kept for retry while the sink fails (then the oldest are dropped).
+const MAX_BACKLOG: usize = 120;
+
+/// Writes the backlog in order; stops at the first failure and keeps the rest
+/// for the next interval. Returns that failure.
+async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option<anyhow::Error> {
+    while let Some(batch) = backlog.first() {
+        if batch.records.is_empty() && batch.losses.is_empty() {
+            backlog.remove(0);
+            continue;
+        }
+        match sink.write(batch).await {
+            Ok(()) => {
+                backlog.remove(0);
+            }
+            Err(err) => {
+                tracing::error!(
+                    error = format!("{err:#}"),
+                    pending_batches = backlog.len(),
+                    "writing flows failed; retrying next interval"
+                );
+                if backlog.len() > MAX_BACKLOG {
+                    let lost = backlog.remove(0);
+                    tracing::error!(
+                        records = lost.records.len(),
+                        "write backlog full: oldest batch dropped"
+                    );
+                }
+                return Some(err);
+            }
+        }
+    }
+    None
+}
+
+fn drain_once(
     capture: &mut Capture,
-    sink: &mut dyn FlowSink,
     final_drain: bool,
+    loss_totals: &mut Vec<(&'static str, u64)>,
     summary: &mut RunSummary,
-) -> Result<(), AgentError> {
+) -> Result<DrainBatch, AgentError> {
     let records = capture.drain(final_drain)?;
+    let recorded_at = Utc::now();
     summary.drains += 1;
     summary.records += records.len() as u64;
     tracing::debug!(records = records.len(), final_drain, "drained");
-    if !records.is_empty() {
-        sink.write(&records)
-            .await
-            .map_err(|source| AgentError::Sink {
-                count: records.len(),
-                source,
-            })?;
-    }
-    Ok(())
-}
-
-fn report_losses(
-    capture: &Capture,
-    before: Vec<(&'static str, u64)>,
-) -> Result<Vec<(&'static str, u64)>, AgentError> {
     let now: Vec<(&'static str, u64)> = capture
         .counters()?
         .into_iter()
         .filter(|(n, _)| LOSS_COUNTERS.contains(n))
         .collect();
+    let mut losses = Vec::new();
     for (name, value) in &now {
-        let old = before
+        let old = loss_totals
             .iter()
             .find(|(n, _)| n == name)
             .map_or(0, |(_, v)| *v);
@@ -133,9 +186,15 @@ fn report_losses(
                 new = value - old,
                 "capture loss"
             );
+            losses.push((*name, value - old));
         }
     }
-    Ok(now)
+    *loss_totals = now;
+    Ok(DrainBatch {
+        records,
+        losses,
+        recorded_at,
+    })
 }
 
 /// Writes each record as one JSON line (the `flowpol flows -o json` form).
@@ -150,15 +209,70 @@ impl<W: std::io::Write + Send> JsonLinesSink<W> {
 }
 
 impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
-    fn write<'a>(&'a mut self, records: &'a [FlowRecord]) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let mut buf = Vec::new();
-            for r in records {
+            for r in &batch.records {
                 serde_json::to_writer(&mut buf, r)?;
                 buf.push(b'\n');
             }
             self.out.write_all(&buf)?;
             self.out.flush()?;
+            Ok(())
+        })
+    }
+}
+
+/// The SQLite store: each batch in one transaction (`Store::write_drain`), with
+/// retention applied at most once a minute after a write.
+pub struct StoreSink {
+    store: crate::store::Store,
+    retention: crate::store::Retention,
+    last_prune: Option<std::time::Instant>,
+}
+
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+impl StoreSink {
+    pub fn new(store: crate::store::Store, retention: crate::store::Retention) -> Self {
+        Self {
+            store,
+            retention,
+            last_prune: None,
+        }
+    }
+}
+
+impl FlowSink for StoreSink {
+    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let losses: Vec<crate::store::CaptureLoss> = batch
+                .losses
+                .iter()
+                .map(|(name, delta)| crate::store::CaptureLoss {
+                    counter: name.to_string(),
+                    delta: *delta,
+                })
+                .collect();
+            self.store
+                .write_drain(&batch.records, &losses, batch.recorded_at, None)
+                .await?;
+            if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.last_prune = Some(std::time::Instant::now());
+                // A failed prune must not fail (and re-send) a batch already stored.
+                match self.store.prune(&self.retention, Utc::now()).await {
+                    Ok(r) if r.rows_deleted_by_age + r.rows_deleted_by_size > 0 => {
+                        tracing::info!(
+                            by_age = r.rows_deleted_by_age,
+                            by_size = r.rows_deleted_by_size,
+                            used_bytes = r.used_bytes,
+                            "retention pruned flows"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "retention failed; retrying later"),
+                }
+            }
             Ok(())
         })
     }

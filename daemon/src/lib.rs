@@ -11,3 +11,6 @@ pub mod store;
 pub mod agent;
 #[cfg(feature = "agent")]
 pub mod capture;
+
+// --- identity ---
+pub mod enrich;

@@ -56,7 +56,7 @@ impl PortSet {
     }
 
     pub fn add_range(&mut self, lo: u16, hi: u16) {
-        let (lo, hi) = (lo.max(MIN_PORT), hi.min(MAX_PORT));
+        let lo = lo.max(MIN_PORT);
         if lo > hi {
             return;
         }
@@ -237,7 +237,9 @@ impl ConnSet {
 }
 
 #[derive(Debug, Error)]
-#[error("not a connection set: `{0}` (expected `All Connections` or e.g. `TCP 80,8080-8090,UDP 53`)")]
+#[error(
+    "not a connection set: `{0}` (expected `All Connections` or e.g. `TCP 80,8080-8090,UDP 53`)"
+)]
 pub struct ConnSetParseError(String);
 
 impl fmt::Display for ConnSet {

@@ -148,8 +148,8 @@ fn is_manifest_name(path: &Path) -> bool {
 
 /// Parses one file's text (YAML or JSON) into typed objects.
 pub fn parse_str(path: &Path, text: &str) -> Result<Vec<LoadedObject>, ManifestError> {
-    let is_json = path.extension().is_some_and(|e| e == "json")
-        || text.trim_start().starts_with(['{', '[']);
+    let is_json =
+        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
     let documents: Vec<Value> = if is_json {
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
@@ -159,9 +159,22 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Vec<LoadedObject>, ManifestE
                 source,
             })?
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|err| ManifestError::Yaml {
-            path: path.to_path_buf(),
-            message: err.to_string(),
+        // The default budget (1 024 documents, 250 000 nodes) is below a real cluster dump;
+        // alias limits stay at their defaults, which are what guard against YAML bombs.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 10_000_000,
+                max_nodes: 1_000_000_000,
+                max_events: 1_000_000_000,
+                max_total_scalar_bytes: 4 << 30,
+                max_reader_input_bytes: Some(4 << 30),
+            },
+        };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|err| {
+            ManifestError::Yaml {
+                path: path.to_path_buf(),
+                message: err.to_string(),
+            }
         })?
     };
     let mut out = Vec::new();
@@ -277,13 +290,20 @@ fn object_name(value: &Value) -> String {
         .and_then(|m| m.get("name"))
         .and_then(Value::as_str)
         .unwrap_or("<unnamed>");
-    match meta.and_then(|m| m.get("namespace")).and_then(Value::as_str) {
+    match meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str)
+    {
         Some(ns) => format!("{ns}/{name}"),
         None => name.to_string(),
     }
 }
 
-fn typed<T: DeserializeOwned>(path: &Path, kind: &str, value: Value) -> Result<Box<T>, ManifestError> {
+fn typed<T: DeserializeOwned>(
+    path: &Path,
+    kind: &str,
+    value: Value,
+) -> Result<Box<T>, ManifestError> {
     let object = format!("{kind} {}", object_name(&value));
     serde_path_to_error::deserialize(value)
         .map(Box::new)
@@ -346,7 +366,9 @@ spec:
   - ports:
     - port: [1, 2]
 "#;
-        let err = parse_str(Path::new("bad.yaml"), text).unwrap_err().to_string();
+        let err = parse_str(Path::new("bad.yaml"), text)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("bad.yaml"), "{err}");
         assert!(err.contains("NetworkPolicy a/np"), "{err}");
         assert!(err.contains("spec.ingress[0].ports[0].port"), "{err}");
@@ -354,7 +376,8 @@ spec:
 
     #[test]
     fn calico_policy_is_skipped_not_misread() {
-        let text = "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: c}\n";
+        let text =
+            "apiVersion: crd.projectcalico.org/v1\nkind: NetworkPolicy\nmetadata: {name: c}\n";
         assert!(parse_str(Path::new("c.yaml"), text).unwrap().is_empty());
     }
 }

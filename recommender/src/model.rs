@@ -29,12 +29,11 @@ pub enum ModelError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("{path}: {kind} {namespace}/{name}: field `{field}`: {message}")]
+    #[error("{path}: {object}: field `{field}`: {message}")]
     Field {
         path: PathBuf,
-        kind: String,
-        namespace: String,
-        name: String,
+        /// `Kind namespace/name`.
+        object: String,
         field: String,
         message: String,
     },
@@ -237,9 +236,22 @@ impl Cluster {
                 let mut defined = None;
                 // Bounded walk: owner cycles in hand-written manifests must not hang us.
                 for _ in 0..8 {
-                    let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone()))
-                    else {
-                        break;
+                    let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone())) else {
+                        // `kubectl get deploy,pods` dumps hold the Deployment (CronJob) but not
+                        // the ReplicaSet (Job) between it and its pods; the names tell the link.
+                        match implied_owner(&kind, &name) {
+                            Some((k, n))
+                                if by_key.contains_key(&(
+                                    ns.to_string(),
+                                    k.to_string(),
+                                    n.to_string(),
+                                )) =>
+                            {
+                                (kind, name) = (k.to_string(), n.to_string());
+                                continue;
+                            }
+                            _ => break,
+                        }
                     };
                     defined = Some(i);
                     match &controllers[i].owner {
@@ -254,8 +266,7 @@ impl Cluster {
         let mut workload_index: HashMap<(String, String, String), usize> = HashMap::new();
         let mut template_of: HashMap<usize, PodTemplateSpec> = HashMap::new();
         for c in &controllers {
-            let (kind, name, defined) =
-                top_owner(&c.namespace, c.kind.to_string(), c.name.clone());
+            let (kind, name, defined) = top_owner(&c.namespace, c.kind.to_string(), c.name.clone());
             let key = (c.namespace.clone(), kind.clone(), name.clone());
             if workload_index.contains_key(&key) {
                 continue;
@@ -366,7 +377,10 @@ impl Cluster {
         if endpoints_of.iter().any(|has| !has) {
             let mut remap = Vec::with_capacity(cluster.workloads.len());
             let mut kept = Vec::new();
-            for (i, w) in std::mem::take(&mut cluster.workloads).into_iter().enumerate() {
+            for (i, w) in std::mem::take(&mut cluster.workloads)
+                .into_iter()
+                .enumerate()
+            {
                 if endpoints_of[i] {
                     remap.push(kept.len());
                     kept.push(w);
@@ -390,11 +404,13 @@ impl Cluster {
         used.extend(cluster.policies.iter().map(|p| p.namespace.clone()));
         used.extend(cluster.services.iter().map(|s| s.namespace.clone()));
         for ns in used {
-            namespaces.entry(ns.clone()).or_insert_with(|| NamespaceInfo {
-                labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
-                name: ns,
-                defined: false,
-            });
+            namespaces
+                .entry(ns.clone())
+                .or_insert_with(|| NamespaceInfo {
+                    labels: [(NAMESPACE_NAME_LABEL.to_string(), ns.clone())].into(),
+                    name: ns,
+                    defined: false,
+                });
         }
         cluster.namespaces = namespaces.into_values().collect();
         Ok(cluster)
@@ -430,13 +446,51 @@ impl Cluster {
                     .endpoints
                     .iter()
                     .filter(|e| {
-                        e.pods.iter().any(|p| p == name) && self.workloads[e.workload].namespace == ns
+                        e.pods.iter().any(|p| p == name)
+                            && self.workloads[e.workload].namespace == ns
                     })
                     .map(|e| e.workload)
                     .collect();
-                by_pod.first().copied().ok_or_else(|| {
-                    format!("no workload or pod `{name}` in namespace `{ns}` in the manifests")
-                })
+                if let Some(&w) = by_pod.first() {
+                    return Ok(w);
+                }
+                // `frontend` finds `frontend-99684f7f8[ReplicaSet]`, the usual name of a
+                // Deployment's pods' owner in `kubectl get pods` dumps.
+                let prefix = format!("{name}-");
+                let by_prefix: Vec<usize> = self
+                    .workloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.namespace == ns && w.name.starts_with(&prefix))
+                    .map(|(i, _)| i)
+                    .collect();
+                match by_prefix.as_slice() {
+                    [one] => Ok(*one),
+                    [] => {
+                        let known: Vec<String> = self
+                            .workloads
+                            .iter()
+                            .filter(|w| w.namespace == ns)
+                            .take(10)
+                            .map(|w| w.peer_name())
+                            .collect();
+                        Err(format!(
+                            "no workload or pod `{name}` in namespace `{ns}` in the manifests{}",
+                            if known.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (there: {})", known.join(", "))
+                            }
+                        ))
+                    }
+                    many => Err(format!(
+                        "`{text}` is ambiguous: {}",
+                        many.iter()
+                            .map(|&i| self.workloads[i].peer_name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
             }
             many => Err(format!(
                 "`{text}` is ambiguous: {}; add the kind, e.g. `{ns}/{name}[{}]`",
@@ -452,6 +506,27 @@ impl Cluster {
     /// The endpoint that owns a pod IP, if any.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<usize> {
         self.endpoints.iter().position(|e| e.ips.contains(&ip))
+    }
+}
+
+/// The owner a controller's name implies: ReplicaSet `web-5d4f8c` of Deployment `web`
+/// (pod-template-hash suffix), Job `report-29001234` of CronJob `report` (schedule suffix).
+fn implied_owner<'n>(kind: &str, name: &'n str) -> Option<(&'static str, &'n str)> {
+    let (prefix, suffix) = name.rsplit_once('-')?;
+    if prefix.is_empty() || suffix.is_empty() {
+        return None;
+    }
+    match kind {
+        "ReplicaSet"
+            if suffix.len() <= 10
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Some(("Deployment", prefix))
+        }
+        "Job" if suffix.bytes().all(|b| b.is_ascii_digit()) => Some(("CronJob", prefix)),
+        _ => None,
     }
 }
 
@@ -506,7 +581,14 @@ fn template_labels_ports(
         .and_then(|m| m.labels.clone())
         .unwrap_or_default();
     let containers = t.spec.as_ref().map(|s| &s.containers[..]).unwrap_or(&[]);
-    let ports = pod_ports(containers, source, kind, namespace, name, "spec.template.spec")?;
+    let ports = pod_ports(
+        containers,
+        source,
+        kind,
+        namespace,
+        name,
+        "spec.template.spec",
+    )?;
     Ok((labels, ports))
 }
 
@@ -524,9 +606,7 @@ fn pod_ports(
             let field = format!("{prefix}.containers[{ci}].ports[{pi}]");
             let err = |field: String, message: String| ModelError::Field {
                 path: source.to_path_buf(),
-                kind: kind.to_string(),
-                namespace: namespace.to_string(),
-                name: name.to_string(),
+                object: format!("{kind} {namespace}/{name}"),
                 field,
                 message,
             };
@@ -606,18 +686,19 @@ fn service_info(
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let err = |field: String, message: String| ModelError::Field {
             path: source.to_path_buf(),
-            kind: "Service".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
+            object: format!("Service {namespace}/{name}"),
             field,
             message,
         };
-        let port = u16::try_from(p.port).ok().filter(|&n| n > 0).ok_or_else(|| {
-            err(
-                format!("spec.ports[{i}].port"),
-                format!("port {} is out of range (1-65535)", p.port),
-            )
-        })?;
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                err(
+                    format!("spec.ports[{i}].port"),
+                    format!("port {} is out of range (1-65535)", p.port),
+                )
+            })?;
         let protocol = match &p.protocol {
             None => Protocol::Tcp,
             Some(text) => parse_protocol(text).ok_or_else(|| {

@@ -20,7 +20,7 @@ pub struct PolicyError {
     pub path: PathBuf,
     pub namespace: String,
     pub name: String,
-    pub problem: PolicyProblem,
+    pub problem: Box<PolicyProblem>,
 }
 
 #[derive(Debug, Error)]
@@ -39,9 +39,13 @@ pub enum PolicyProblem {
     PortOutOfRange { field: String, value: i64 },
     #[error("field `{field}`: endPort {end} is below port {start}")]
     EndPortBelowPort { field: String, start: i64, end: i64 },
+    #[error("field `{field}`: endPort needs `port` to be set")]
+    EndPortWithoutPort { field: String },
     #[error("field `{field}`: endPort needs a numeric port (got `{port}`)")]
     EndPortWithoutNumber { field: String, port: String },
-    #[error("field `{field}`: `{value}` is not a valid named port (1-15 lowercase letters, digits, '-', with a letter)")]
+    #[error(
+        "field `{field}`: `{value}` is not a valid named port (1-15 lowercase letters, digits, '-', with a letter)"
+    )]
     BadPortName { field: String, value: String },
     #[error("field `{field}`: unknown protocol `{value}` (expected TCP, UDP or SCTP)")]
     BadProtocol { field: String, value: String },
@@ -187,7 +191,7 @@ impl Policy {
             path: source.to_path_buf(),
             namespace: namespace.clone(),
             name: name.clone(),
-            problem,
+            problem: Box::new(problem),
         };
         if name.is_empty() {
             return Err(err(PolicyProblem::NoName));
@@ -200,25 +204,27 @@ impl Policy {
         let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
         let egress_rules = spec.egress.as_deref().unwrap_or_default();
         // Default policyTypes: Ingress always; Egress iff the policy has egress rules.
-        let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-            Some(types) => {
-                let mut seen = (false, false);
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        "Ingress" => seen.0 = true,
-                        "Egress" => seen.1 = true,
-                        other => {
-                            return Err(err(PolicyProblem::BadPolicyType {
-                                field: format!("spec.policyTypes[{i}]"),
-                                value: other.to_string(),
-                            }));
+        // An empty policyTypes list is unset (the API server defaults it like an absent one).
+        let (isolates_ingress, isolates_egress) =
+            match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
+                Some(types) => {
+                    let mut seen = (false, false);
+                    for (i, t) in types.iter().enumerate() {
+                        match t.as_str() {
+                            "Ingress" => seen.0 = true,
+                            "Egress" => seen.1 = true,
+                            other => {
+                                return Err(err(PolicyProblem::BadPolicyType {
+                                    field: format!("spec.policyTypes[{i}]"),
+                                    value: other.to_string(),
+                                }));
+                            }
                         }
                     }
+                    seen
                 }
-                seen
-            }
-            None => (true, !egress_rules.is_empty()),
-        };
+                None => (true, !egress_rules.is_empty()),
+            };
         let mut ingress = Vec::new();
         for (i, rule) in ingress_rules.iter().enumerate() {
             let field = format!("spec.ingress[{i}]");
@@ -358,6 +364,11 @@ fn compile_port(port: &NetworkPolicyPort, field: &str) -> Result<PortRule, Polic
         }
     };
     let port_match = match &port.port {
+        None if port.end_port.is_some() => {
+            return Err(PolicyProblem::EndPortWithoutPort {
+                field: format!("{field}.endPort"),
+            });
+        }
         None => PortMatch::All,
         Some(IntOrString::Int(n)) => {
             let start = check(i64::from(*n), format!("{field}.port"))?;
@@ -427,31 +438,77 @@ mod tests {
     fn default_policy_types() {
         let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}}}")).unwrap();
         assert!(p.ingress.is_some() && p.egress.is_none());
-        let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}")).unwrap();
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, egress: [{{}}]}}"
+        ))
+        .unwrap();
         assert!(p.ingress.is_some() && p.egress.is_some());
         // An empty egress list is "no egress rules": not egress-isolating by default.
         let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
         assert!(p.egress.is_none());
-        let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress]}}")).unwrap();
+        // An empty policyTypes list is defaulted like an absent one.
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [], egress: [{{}}]}}"
+        ))
+        .unwrap();
+        assert!(p.ingress.is_some() && p.egress.is_some());
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress]}}"
+        ))
+        .unwrap();
         assert!(p.ingress.is_none() && p.egress.as_deref() == Some(&[][..]));
     }
 
     #[test]
     fn bad_inputs_name_the_field() {
         let cases = [
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]", "spec.ingress[0].from[0].ipBlock.cidr"),
-            ("ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]", "invalid CIDR `nonsense`"),
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]", "except[0]"),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/33}}]}]",
+                "spec.ingress[0].from[0].ipBlock.cidr",
+            ),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: nonsense}}]}]",
+                "invalid CIDR `nonsense`",
+            ),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8, except: [11.0.0.0/16]}}]}]",
+                "except[0]",
+            ),
             ("ingress: [{ports: [{port: 0}]}]", "port 0 is out of range"),
-            ("ingress: [{ports: [{port: 70000}]}]", "port 70000 is out of range"),
-            ("ingress: [{ports: [{port: 80, endPort: 79}]}]", "endPort 79 is below port 80"),
-            ("ingress: [{ports: [{port: 80, protocol: ICMP}]}]", "unknown protocol `ICMP`"),
-            ("ingress: [{ports: [{port: 80, protocol: tcp}]}]", "spec.ingress[0].ports[0].protocol"),
-            ("egress: [{to: [{podSelector: {matchExpressions: [{key: a, operator: Equal, values: [b]}]}}]}]",
-             "spec.egress[0].to[0].podSelector.matchExpressions[0].operator"),
+            (
+                "ingress: [{ports: [{port: 70000}]}]",
+                "port 70000 is out of range",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, endPort: 79}]}]",
+                "endPort 79 is below port 80",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, protocol: ICMP}]}]",
+                "unknown protocol `ICMP`",
+            ),
+            (
+                "ingress: [{ports: [{port: 80, protocol: tcp}]}]",
+                "spec.ingress[0].ports[0].protocol",
+            ),
+            (
+                "egress: [{to: [{podSelector: {matchExpressions: [{key: a, operator: Equal, values: [b]}]}}]}]",
+                "spec.egress[0].to[0].podSelector.matchExpressions[0].operator",
+            ),
             ("ingress: [{from: [{}]}]", "must set podSelector"),
-            ("ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]", "cannot be combined"),
+            (
+                "ingress: [{from: [{ipBlock: {cidr: 10.0.0.0/8}, podSelector: {}}]}]",
+                "cannot be combined",
+            ),
             ("policyTypes: [Ingres]", "spec.policyTypes[0]"),
+            (
+                "ingress: [{ports: [{endPort: 90}]}]",
+                "endPort needs `port` to be set",
+            ),
+            (
+                "ingress: [{ports: [{port: http, endPort: 90}]}]",
+                "endPort needs a numeric port",
+            ),
         ];
         for (spec, expected) in cases {
             let err = compile(&format!("{HEAD}spec:\n  podSelector: {{}}\n  {spec}\n"))

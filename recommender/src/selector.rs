@@ -156,7 +156,8 @@ mod tests {
             match_expressions: Some(vec![LabelSelectorRequirement {
                 key: key.into(),
                 operator: op.into(),
-                values: (!values.is_empty()).then(|| values.iter().map(|v| v.to_string()).collect()),
+                values: (!values.is_empty())
+                    .then(|| values.iter().map(|v| v.to_string()).collect()),
             }]),
             ..Default::default()
         }
@@ -170,7 +171,10 @@ mod tests {
         assert!(s("app", "In", &["web", "db"]).matches(&l));
         assert!(!s("app", "In", &["db"]).matches(&l));
         assert!(s("app", "NotIn", &["db"]).matches(&l));
-        assert!(s("app", "NotIn", &["db"]).matches(&none), "NotIn matches a missing key");
+        assert!(
+            s("app", "NotIn", &["db"]).matches(&none),
+            "NotIn matches a missing key"
+        );
         assert!(!s("app", "NotIn", &["web"]).matches(&l));
         assert!(s("tier", "Exists", &[]).matches(&l));
         assert!(!s("tier", "Exists", &[]).matches(&none));
@@ -181,7 +185,8 @@ mod tests {
 
     #[test]
     fn bad_operator_names_the_field() {
-        let err = Selector::compile(&expr("app", "Equals", &["x"]), "spec.podSelector").unwrap_err();
+        let err =
+            Selector::compile(&expr("app", "Equals", &["x"]), "spec.podSelector").unwrap_err();
         assert_eq!(
             err.to_string(),
             "field `spec.podSelector.matchExpressions[0].operator`: unknown operator `Equals` (expected In, NotIn, Exists or DoesNotExist)"

@@ -34,10 +34,16 @@ fn parse_lines(text: &str, what: &str) -> Result<Lines, String> {
             .ok_or_else(|| format!("{what} line {}: no ` => ` in `{line}`", i + 1))?;
         let conns = ConnSet::parse(conns).map_err(|e| format!("{what} line {}: {e}", i + 1))?;
         if out
-            .insert((src.trim().to_string(), dst.trim().to_string()), conns.to_string())
+            .insert(
+                (src.trim().to_string(), dst.trim().to_string()),
+                conns.to_string(),
+            )
             .is_some()
         {
-            return Err(format!("{what} line {}: pair listed twice: `{line}`", i + 1));
+            return Err(format!(
+                "{what} line {}: pair listed twice: `{line}`",
+                i + 1
+            ));
         }
     }
     Ok(out)
@@ -77,9 +83,9 @@ fn run_case(dir: &Path) -> Result<usize, String> {
         match (e, a) {
             (Some(e), None) => diff.push_str(&format!("  - {src} => {dst} : {e}   (missing)\n")),
             (None, Some(a)) => diff.push_str(&format!("  + {src} => {dst} : {a}   (extra)\n")),
-            (Some(e), Some(a)) => diff.push_str(&format!(
-                "  ~ {src} => {dst} : expected `{e}`, got `{a}`\n"
-            )),
+            (Some(e), Some(a)) => {
+                diff.push_str(&format!("  ~ {src} => {dst} : expected `{e}`, got `{a}`\n"))
+            }
             (None, None) => unreachable!("key comes from one of the maps"),
         }
     }

@@ -204,30 +204,55 @@ impl Drop for NftTable {
     }
 }
 
-/// A running `flowpol agent`, killed on drop if a test did not stop it.
+/// A running `flowpol agent` writing to its own database, killed on drop if a
+/// test did not stop it.
 pub struct Agent {
     child: Option<Child>,
-    pub json_out: PathBuf,
+    pub db: PathBuf,
     stderr_lines: mpsc::Receiver<String>,
     pub log: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Agent {
-    /// Starts the agent writing JSON lines and waits until its programs are attached.
+    /// Starts the agent with a fresh database and waits until its programs are attached.
     pub fn start(extra: &[&str]) -> Self {
+        Self::start_in(None, extra)
+    }
+
+    /// Like [`Agent::start`], with the agent inside network namespace `netns`
+    /// (entered with setns only: its mounts, /proc/mounts and the cgroup v2
+    /// root stay the host's, unlike with `ip netns exec`).
+    pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Self {
+        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
-        let json_out = dir.path().join("flows.jsonl");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        let db = dir.path().join("flows.db");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpol"));
+        // Kept open until the child has been spawned.
+        let ns_file = netns.map(|ns| File::open(format!("/var/run/netns/{}", ns.name)).unwrap());
+        if let Some(file) = &ns_file {
+            let fd = file.as_raw_fd();
+            // SAFETY: setns is async-signal-safe and `fd` is open during spawn.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if setns(fd, CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("agent")
-            .arg("--json-out")
-            .arg(&json_out)
+            .arg("--db")
+            .arg(&db)
             .args(extra)
             .env("FLOWPOL_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting flowpol agent");
+        drop(ns_file);
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -239,7 +264,7 @@ impl Agent {
         });
         let mut agent = Self {
             child: Some(child),
-            json_out,
+            db,
             stderr_lines: rx,
             log: Vec::new(),
             _dir: dir,
@@ -272,7 +297,8 @@ impl Agent {
         self.child.as_ref().unwrap().id() as i32
     }
 
-    /// Sends SIGTERM, waits for a clean exit (status 0) and returns the records.
+    /// Sends SIGTERM, waits for a clean exit (status 0) and returns the stored
+    /// flows as `flowpol flows --db ... -o json` prints them.
     pub fn stop(&mut self) -> Vec<serde_json::Value> {
         let mut child = self.child.take().expect("agent already stopped");
         run("kill", &["-TERM", &child.id().to_string()]);
@@ -285,7 +311,7 @@ impl Agent {
             "agent exited with {status}; log:\n{}",
             self.log.join("\n")
         );
-        read_records(&self.json_out)
+        stored_flows(&self.db)
     }
 }
 
@@ -298,8 +324,19 @@ impl Drop for Agent {
     }
 }
 
-pub fn read_records(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+/// `flowpol flows --db PATH -o json`, parsed.
+pub fn stored_flows(db: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["flows", "-o", "json", "--db"])
+        .arg(db)
+        .output()
+        .expect("running flowpol flows");
+    assert!(
+        out.status.success(),
+        "flowpol flows failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
     text.lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
         .collect()
@@ -382,4 +419,33 @@ pub fn net_counter(file: &str, group: &str, name: &str) -> u64 {
         .position(|n| *n == name)
         .unwrap_or_else(|| panic!("{group} {name} not in {file}"));
     values[i].parse().unwrap()
+}
+
+/// An empty cgroup v2 directory (under the cgroup2 mount found in /proc/mounts),
+/// removed on drop. Attaching the agent there keeps every socket outside it unseen.
+pub struct CgroupDir {
+    pub path: PathBuf,
+}
+
+impl CgroupDir {
+    pub fn new() -> Self {
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_string())
+            })
+            .expect("cgroup2 is not mounted");
+        let (name, _) = unique("fpc");
+        let path = Path::new(&root).join(name);
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+        Self { path }
+    }
+}
+
+impl Drop for CgroupDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
 }

@@ -163,6 +163,20 @@ impl Agg {
         self.first_dir != DIR_INGRESS
     }
 
+    /// What this interval's SYN says about the opener, if it saw one.
+    fn syn_orientation(&self, protocol: u8) -> Option<bool> {
+        if protocol != 6 {
+            return None;
+        }
+        if self.tx_flags & TCP_SYN != 0 {
+            Some(true)
+        } else if self.rx_flags & TCP_SYN != 0 {
+            Some(false)
+        } else {
+            None
+        }
+    }
+
     /// The opener sent a SYN and got neither SYN-ACK nor RST back (yet).
     fn syn_unanswered(&self, protocol: u8) -> bool {
         protocol == 6
@@ -205,14 +219,22 @@ struct PairChoice {
 /// Upper bound on flows held back waiting for a SYN-ACK (SYN floods).
 const MAX_PENDING: usize = 100_000;
 
+/// Flows whose orientation is remembered; past this, only recently seen ones are kept.
+const MAX_REMEMBERED: usize = 1_000_000;
+
 /// Keeps what must survive between drains: which side of each local-local pair
-/// is counted, and TCP flows still waiting for an answer.
+/// is counted, which end opened each flow (a later interval may hold no SYN and
+/// start with a reply), and TCP flows still waiting for an answer.
 #[derive(Debug)]
 pub struct Assembler {
     syn_timeout_ns: u64,
     pair_ttl_ns: u64,
     pairs: HashMap<FlowKey, PairChoice>,
     pending: HashMap<FlowKey, Agg>,
+    /// Socket flow key → (local socket opened it, last seen).
+    opened_locally: HashMap<FlowKey, (bool, u64)>,
+    /// tc flow, canonical key → (key in the opener's direction, last seen).
+    tc_forward: HashMap<FlowKey, (FlowKey, u64)>,
 }
 
 impl Assembler {
@@ -222,7 +244,54 @@ impl Assembler {
             pair_ttl_ns: 300 * 1_000_000_000,
             pairs: HashMap::new(),
             pending: HashMap::new(),
+            opened_locally: HashMap::new(),
+            tc_forward: HashMap::new(),
         }
+    }
+
+    /// Which end opened a socket flow: this interval's SYN if any, else what an
+    /// earlier interval established, else the direction of the first packet.
+    fn orient_socket(&mut self, key: &FlowKey, agg: &Agg, now: u64) -> bool {
+        let local = agg
+            .syn_orientation(key.protocol)
+            .or_else(|| self.opened_locally.get(key).map(|(v, _)| *v))
+            .unwrap_or(agg.first_dir != DIR_INGRESS);
+        self.opened_locally.insert(*key, (local, now));
+        local
+    }
+
+    /// The opener's direction of a tc flow seen as `key` and maybe its mirror.
+    fn orient_tc(&mut self, key: &FlowKey, a: &Agg, reply: Option<&Agg>, now: u64) -> FlowKey {
+        let back = mirror(key);
+        let canonical = (*key).min(back);
+        let syn_here = a.tx_flags & TCP_SYN != 0;
+        let syn_there = reply.is_some_and(|r| r.tx_flags & TCP_SYN != 0);
+        let forward = if key.protocol == 6 && syn_here != syn_there {
+            if syn_here { *key } else { back }
+        } else if let Some((f, _)) = self.tc_forward.get(&canonical) {
+            *f
+        } else if reply.is_some_and(|r| r.first_ns < a.first_ns) {
+            back
+        } else {
+            *key
+        };
+        self.tc_forward.insert(canonical, (forward, now));
+        forward
+    }
+
+    fn forget_idle(&mut self, now: u64) {
+        let ttl = self.pair_ttl_ns;
+        self.pairs
+            .retain(|_, c| now.saturating_sub(c.last_seen_mono) < ttl);
+        let keep = if self.opened_locally.len() + self.tc_forward.len() > MAX_REMEMBERED {
+            60 * 1_000_000_000
+        } else {
+            ttl
+        };
+        self.opened_locally
+            .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
+        self.tc_forward
+            .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
     }
 
     /// Number of TCP flows held back waiting for a SYN-ACK.
@@ -287,10 +356,6 @@ impl Assembler {
                 kept.push((chosen, *a));
             }
         }
-        let ttl = self.pair_ttl_ns;
-        self.pairs
-            .retain(|_, c| clock.mono_now_ns.saturating_sub(c.last_seen_mono) < ttl);
-
         // 3. Unanswered SYNs: hold back until the timeout, then say so.
         for (key, agg) in kept {
             let mut verdict = Verdict::Forwarded;
@@ -303,7 +368,8 @@ impl Assembler {
                     continue;
                 }
             }
-            out.push(socket_record(&key, &agg, verdict, &clock));
+            let local_is_src = self.orient_socket(&key, &agg, clock.mono_now_ns);
+            out.push(socket_record(&key, &agg, local_is_src, verdict, &clock));
         }
 
         // 4. Drops.
@@ -333,21 +399,28 @@ impl Assembler {
                 merge_into(&mut tc, *key, a);
             }
         }
-        let seen_by_socket = |k: &FlowKey| {
+        let seen_by_socket = |k: &FlowKey, pending: &HashMap<FlowKey, Agg>| {
             socket_keys.contains(k)
                 || socket_keys.contains(&mirror(k))
-                || self.pending.contains_key(k)
-                || self.pending.contains_key(&mirror(k))
+                || pending.contains_key(k)
+                || pending.contains_key(&mirror(k))
         };
         let mut tc_done: HashSet<FlowKey> = HashSet::new();
         for (key, agg) in &tc {
-            if seen_by_socket(key) || !tc_done.insert((*key).min(mirror(key))) {
+            if seen_by_socket(key, &self.pending) || !tc_done.insert((*key).min(mirror(key))) {
                 continue;
             }
             let reply_key = mirror(key);
             let reply = tc.get(&reply_key).filter(|_| reply_key != *key);
-            out.push(tc_record(key, agg, reply, &clock, self.syn_timeout_ns));
+            let forward = self.orient_tc(key, agg, reply, clock.mono_now_ns);
+            let (fwd, back) = if forward == *key {
+                (Some(agg), reply)
+            } else {
+                (reply, Some(agg))
+            };
+            out.push(tc_record(&forward, fwd, back, &clock, self.syn_timeout_ns));
         }
+        self.forget_idle(clock.mono_now_ns);
         out
     }
 }
@@ -402,8 +475,13 @@ fn endpoints(key: &FlowKey, local_is_src: bool) -> (Endpoint, Endpoint) {
     }
 }
 
-fn socket_record(key: &FlowKey, a: &Agg, verdict: Verdict, clock: &Clock) -> FlowRecord {
-    let local_is_src = a.opened_locally(key.protocol);
+fn socket_record(
+    key: &FlowKey,
+    a: &Agg,
+    local_is_src: bool,
+    verdict: Verdict,
+    clock: &Clock,
+) -> FlowRecord {
     let (src, dst) = endpoints(key, local_is_src);
     let (packets, bytes, reply_packets, reply_bytes) = if local_is_src {
         (a.tx_packets, a.tx_bytes, a.rx_packets, a.rx_bytes)
@@ -449,36 +527,23 @@ fn drop_record(k: &DropKey, d: &DropStats, reasons: &DropReasons, clock: &Clock)
 }
 
 fn tc_record(
-    key: &FlowKey,
-    a: &Agg,
-    reply: Option<&Agg>,
+    fwd_key: &FlowKey,
+    fwd: Option<&Agg>,
+    back: Option<&Agg>,
     clock: &Clock,
     syn_timeout_ns: u64,
 ) -> FlowRecord {
-    // Orient by SYN when there is one, else by the first packet.
-    let swap = match reply {
-        Some(r) => {
-            let syn_here = a.tx_flags & TCP_SYN != 0;
-            let syn_there = r.tx_flags & TCP_SYN != 0;
-            if syn_here != syn_there {
-                syn_there
-            } else {
-                r.first_ns < a.first_ns
-            }
-        }
-        None => false,
-    };
-    let (fwd_key, fwd, back) = match (swap, reply) {
-        (true, Some(r)) => (mirror(key), r, Some(a)),
-        _ => (*key, a, reply),
-    };
-    let (src, dst) = endpoints(&fwd_key, true);
+    let (src, dst) = endpoints(fwd_key, true);
+    let fwd_flags = fwd.map_or(0, |f| f.tx_flags);
     let back_flags = back.map_or(0, |b| b.tx_flags);
+    let both = [fwd, back];
+    let first_ns = both.iter().flatten().map(|a| a.first_ns).min().unwrap_or(0);
+    let last_ns = both.iter().flatten().map(|a| a.last_ns).max().unwrap_or(0);
     let mut verdict = Verdict::Forwarded;
     if fwd_key.protocol == 6
-        && fwd.tx_flags & TCP_SYN != 0
+        && fwd_flags & TCP_SYN != 0
         && back_flags & (TCP_SYN_ACK | TCP_RST) == 0
-        && clock.mono_now_ns.saturating_sub(fwd.first_ns) >= syn_timeout_ns
+        && clock.mono_now_ns.saturating_sub(first_ns) >= syn_timeout_ns
     {
         verdict = Verdict::Unanswered;
     }
@@ -486,15 +551,15 @@ fn tc_record(
         src,
         dst,
         protocol: Protocol::from_number(fwd_key.protocol),
-        packets: fwd.tx_packets,
-        bytes: fwd.tx_bytes,
+        packets: fwd.map_or(0, |f| f.tx_packets),
+        bytes: fwd.map_or(0, |f| f.tx_bytes),
         reply_packets: back.map_or(0, |b| b.tx_packets),
         reply_bytes: back.map_or(0, |b| b.tx_bytes),
-        first_seen: clock.wall(back.map_or(fwd.first_ns, |b| b.first_ns.min(fwd.first_ns))),
-        last_seen: clock.wall(back.map_or(fwd.last_ns, |b| b.last_ns.max(fwd.last_ns))),
+        first_seen: clock.wall(first_ns),
+        last_seen: clock.wall(last_ns),
         verdict,
         drop_reason: None,
-        tcp_flags: TcpFlags(fwd.tx_flags | back_flags),
+        tcp_flags: TcpFlags(fwd_flags | back_flags),
         cgroup_id: None,
         node: None,
     }
@@ -613,6 +678,74 @@ mod tests {
         };
         let out = asm.assemble(raw, clock(3 * SEC), &DropReasons::default(), false);
         assert!(out.is_empty(), "{out:?}");
+    }
+
+    #[test]
+    fn a_later_interval_without_syn_keeps_the_opener_as_src() {
+        let client = key(A, 46978, B, 5201, 6);
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let first = RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(
+                    100,
+                    (3, 180),
+                    (2, 120),
+                    TCP_SYN,
+                    TCP_SYN_ACK,
+                    DIR_EGRESS,
+                    1,
+                )],
+            )],
+            ..RawDrain::default()
+        };
+        asm.assemble(first, clock(SEC), &DropReasons::default(), false);
+        // Next interval begins with an ACK coming in: still the client's flow.
+        let later = RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(
+                    2 * SEC,
+                    (500, 700_000),
+                    (90, 4680),
+                    0,
+                    0,
+                    DIR_INGRESS,
+                    1,
+                )],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(later, clock(3 * SEC), &DropReasons::default(), false);
+        assert_eq!(out[0].src.port, 46978);
+        assert_eq!((out[0].packets, out[0].reply_packets), (500, 90));
+
+        // The same for tc: the reply direction alone in a later interval.
+        let fwd = key(A, 40000, B, 80, 6);
+        let tc1 = RawDrain {
+            tc: vec![
+                (
+                    fwd,
+                    vec![slot(100, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 0)],
+                ),
+                (
+                    mirror(&fwd),
+                    vec![slot(120, (1, 60), (0, 0), TCP_SYN_ACK, 0, DIR_EGRESS, 0)],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        asm.assemble(tc1, clock(4 * SEC), &DropReasons::default(), false);
+        let tc2 = RawDrain {
+            tc: vec![(
+                mirror(&fwd),
+                vec![slot(5 * SEC, (7, 420), (0, 0), 0, 0, DIR_EGRESS, 0)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(tc2, clock(6 * SEC), &DropReasons::default(), false);
+        assert_eq!((out[0].src.port, out[0].dst.port), (40000, 80));
+        assert_eq!((out[0].packets, out[0].reply_packets), (0, 7));
     }
 
     #[test]

@@ -31,6 +31,11 @@ pub struct AgentArgs {
     /// this file (`-` for stdout).
     #[arg(long, value_name = "PATH")]
     pub json_out: Option<PathBuf>,
+    #[command(flatten)]
+    pub retention: crate::store::RetentionArgs,
+    // --- identity: --kube / --manifests ---
+    #[command(flatten)]
+    pub identity: crate::enrich::agent::IdentityArgs,
 }
 
 #[cfg(feature = "agent")]
@@ -52,6 +57,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         interval: args.interval,
     };
+    let retention = args.retention.retention();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -59,7 +65,9 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(async move {
         let mut sinks: Vec<Box<dyn FlowSink + Send>> = Vec::new();
         if let Some(db) = &args.db {
-            sinks.push(open_db_sink(db).await?);
+            // Open (and validate) the database before loading anything into the kernel.
+            let store = crate::store::Store::open(db).await?;
+            sinks.push(Box::new(crate::agent::StoreSink::new(store, retention)));
         }
         match args.json_out.as_deref() {
             Some(p) if p.as_os_str() == "-" => {
@@ -75,8 +83,28 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             None => {}
         }
-        let mut fanout = Fanout(sinks);
-        crate::agent::run(config, &mut fanout).await?;
+        let fanout = Fanout(sinks);
+        // --- identity: resolve both ends of every record before it is written ---
+        let identity_pool = match &args.db {
+            Some(db) => Some(crate::store::Store::open(db).await?.pool().clone()),
+            None => None,
+        };
+        let identity =
+            crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
+        match identity {
+            Some(identity) => {
+                let mut sink = crate::enrich::agent::EnrichingSink {
+                    enricher: identity.enricher.clone(),
+                    inner: fanout,
+                };
+                crate::agent::run(config, &mut sink).await?;
+                identity.shutdown().await?;
+            }
+            None => {
+                let mut fanout = fanout;
+                crate::agent::run(config, &mut fanout).await?;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -89,25 +117,24 @@ struct Fanout(Vec<Box<dyn crate::agent::FlowSink + Send>>);
 impl crate::agent::FlowSink for Fanout {
     fn write<'a>(
         &'a mut self,
-        records: &'a [flowpol_recommender::flow::FlowRecord],
+        batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            for sink in &mut self.0 {
-                sink.write(records).await?;
+            // The first sink (the database when there is one) decides whether the
+            // batch is retried; the JSON copy is best effort, so a retry never
+            // writes the same rows to the database twice.
+            let mut sinks = self.0.iter_mut();
+            if let Some(first) = sinks.next() {
+                first.write(batch).await?;
+            }
+            for sink in sinks {
+                if let Err(e) = sink.write(batch).await {
+                    tracing::warn!(error = format!("{e:#}"), "--json-out write failed");
+                }
             }
             Ok(())
         })
     }
-}
-
-#[cfg(feature = "agent")]
-async fn open_db_sink(
-    db: &std::path::Path,
-) -> anyhow::Result<Box<dyn crate::agent::FlowSink + Send>> {
-    anyhow::bail!(
-        "--db {}: the SQLite store is not merged into this build yet; use --json-out",
-        db.display()
-    )
 }
 
 #[cfg(not(feature = "agent"))]

@@ -13,7 +13,9 @@
 
 use aya_ebpf::{
     bindings::{BPF_NOEXIST, TC_ACT_UNSPEC},
-    helpers::{bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_cgroup_id},
+    helpers::{
+        bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_skb_cgroup_id,
+    },
     macros::{cgroup_skb, classifier, map, raw_tracepoint},
     maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, SkBuffContext, TcContext, sk_buff::SkBuff},
@@ -93,6 +95,19 @@ fn active_copy() -> u32 {
     }
 }
 
+/// Reads `N` bytes at `off`: straight from the linear packet data when it is
+/// there (no helper call), else through bpf_skb_load_bytes (paged data).
+#[inline(always)]
+fn read<const N: usize>(skb: &SkBuff, off: usize) -> Option<[u8; N]> {
+    let data = unsafe { (*skb.skb).data } as usize;
+    let end = unsafe { (*skb.skb).data_end } as usize;
+    if off < 4096 && data + off + N <= end {
+        // SAFETY: bounds checked against data_end just above.
+        return Some(unsafe { core::ptr::read_unaligned((data + off) as *const [u8; N]) });
+    }
+    skb.load::<[u8; N]>(off).ok()
+}
+
 /// A parsed packet: tuple in packet order (source in `local_*`).
 struct Parsed {
     key: FlowKey,
@@ -123,30 +138,30 @@ fn tcp_flag_bits(raw: u8) -> u8 {
 #[inline(always)]
 fn parse_l4(skb: &SkBuff, l4: usize, key: &mut FlowKey, flags: &mut u8) -> bool {
     match key.protocol {
-        IPPROTO_TCP => match skb.load::<[u8; 14]>(l4) {
-            Ok(h) => {
+        IPPROTO_TCP => match read::<14>(skb, l4) {
+            Some(h) => {
                 key.local_port = u16::from_be_bytes([h[0], h[1]]);
                 key.remote_port = u16::from_be_bytes([h[2], h[3]]);
                 *flags = tcp_flag_bits(h[13]);
                 true
             }
-            Err(_) => false,
+            None => false,
         },
-        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match skb.load::<[u8; 4]>(l4) {
-            Ok(h) => {
+        IPPROTO_UDP | IPPROTO_SCTP | IPPROTO_UDPLITE => match read::<4>(skb, l4) {
+            Some(h) => {
                 key.local_port = u16::from_be_bytes([h[0], h[1]]);
                 key.remote_port = u16::from_be_bytes([h[2], h[3]]);
                 true
             }
-            Err(_) => false,
+            None => false,
         },
-        IPPROTO_ICMP | IPPROTO_ICMPV6 => match skb.load::<[u8; 2]>(l4) {
-            Ok(h) => {
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => match read::<2>(skb, l4) {
+            Some(h) => {
                 key.local_port = h[0] as u16;
                 key.remote_port = h[1] as u16;
                 true
             }
-            Err(_) => false,
+            None => false,
         },
         _ => true,
     }
@@ -161,7 +176,7 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
     let l4;
     let mut has_l4 = true;
     if ethertype == ETH_P_IP {
-        let h = skb.load::<[u8; 20]>(l3).ok()?;
+        let h = read::<20>(skb, l3)?;
         if h[0] >> 4 != 4 {
             return None;
         }
@@ -178,7 +193,7 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
         has_l4 = frag_off == 0;
         l4 = l3 + ihl;
     } else if ethertype == ETH_P_IPV6 {
-        let h = skb.load::<[u8; 40]>(l3).ok()?;
+        let h = read::<40>(skb, l3)?;
         if h[0] >> 4 != 6 {
             return None;
         }
@@ -192,13 +207,13 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
             match next {
                 // hop-by-hop, routing, destination options
                 0 | 43 | 60 => {
-                    let e = skb.load::<[u8; 2]>(off).ok()?;
+                    let e = read::<2>(skb, off)?;
                     next = e[0];
                     off += (e[1] as usize + 1) * 8;
                 }
                 // fragment
                 44 => {
-                    let e = skb.load::<[u8; 4]>(off).ok()?;
+                    let e = read::<4>(skb, off)?;
                     next = e[0];
                     if u16::from_be_bytes([e[2], e[3]]) & 0xfff8 != 0 {
                         has_l4 = false;
@@ -207,7 +222,7 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
                 }
                 // authentication header
                 51 => {
-                    let e = skb.load::<[u8; 2]>(off).ok()?;
+                    let e = read::<2>(skb, off)?;
                     next = e[0];
                     off += (e[1] as usize + 2) * 4;
                 }
@@ -233,23 +248,24 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
 }
 
 #[inline(always)]
-fn add_packet(
+fn add_packet<C: Fn() -> u64>(
     map: &PerCpuHashMap<FlowKey, FlowStats>,
     key: &FlowKey,
     dir: u8,
     flags: u8,
     packets: u64,
     bytes: u64,
-    cgroup_id: u64,
+    cgroup_id: C,
 ) {
-    let now = unsafe { bpf_ktime_get_ns() };
+    // Coarse clock (tick resolution): a plain load instead of a clock read per packet.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if let Some(v) = map.get_ptr_mut(key) {
         let v = unsafe { &mut *v };
         if v.first_ns == 0 {
             // Slot of another CPU than the one that inserted the key: start it.
             v.first_ns = now;
             v.first_dir = dir;
-            v.cgroup_id = cgroup_id;
+            v.cgroup_id = cgroup_id();
         }
         v.last_ns = now;
         if dir == DIR_EGRESS {
@@ -263,6 +279,8 @@ fn add_packet(
         }
         return;
     }
+    // Looked up once per flow and CPU, not per packet.
+    let cgroup_id = cgroup_id();
     let mut v = FlowStats {
         first_ns: now,
         last_ns: now,
@@ -279,7 +297,7 @@ fn add_packet(
         v.rx_bytes = bytes;
         v.rx_flags = flags;
     }
-    match map.insert(key, &v, BPF_NOEXIST as u64) {
+    match map.insert(key, v, BPF_NOEXIST as u64) {
         Ok(()) => {}
         Err(_) => {
             // Lost a race with another CPU inserting the same key: update that entry.
@@ -340,7 +358,7 @@ fn socket_packet(ctx: &SkBuffContext, dir: u8) {
     let segs = unsafe { (*skb.skb).gso_segs };
     let packets = if segs > 1 { segs as u64 } else { 1 };
     let bytes = skb.len() as u64;
-    let cgroup_id = unsafe { bpf_skb_cgroup_id(skb.skb) };
+    let cgroup_id = || unsafe { bpf_skb_cgroup_id(skb.skb) };
     if active_copy() == 0 {
         add_packet(&FLOWS_0, &key, dir, p.flags, packets, bytes, cgroup_id);
     } else {
@@ -367,17 +385,17 @@ pub fn flow_tc(ctx: TcContext) -> i32 {
     count(CNT_PACKETS);
     let skb = &ctx.skb;
     let mut l3 = 14usize;
-    let Ok(mut ethertype) = skb.load::<[u8; 2]>(12).map(u16::from_be_bytes) else {
+    let Some(mut ethertype) = read::<2>(skb, 12).map(u16::from_be_bytes) else {
         count(CNT_UNPARSABLE);
         return TC_ACT_UNSPEC;
     };
     if ethertype == ETH_P_8021Q || ethertype == ETH_P_8021AD {
-        match skb.load::<[u8; 2]>(16).map(u16::from_be_bytes) {
-            Ok(t) => {
+        match read::<2>(skb, 16).map(u16::from_be_bytes) {
+            Some(t) => {
                 ethertype = t;
                 l3 = 18;
             }
-            Err(_) => {
+            None => {
                 count(CNT_UNPARSABLE);
                 return TC_ACT_UNSPEC;
             }
@@ -391,9 +409,25 @@ pub fn flow_tc(ctx: TcContext) -> i32 {
     let packets = if segs > 1 { segs as u64 } else { 1 };
     let bytes = (skb.len() as u64).saturating_sub(l3 as u64);
     if active_copy() == 0 {
-        add_packet(&TC_FLOWS_0, &p.key, DIR_EGRESS, p.flags, packets, bytes, 0);
+        add_packet(
+            &TC_FLOWS_0,
+            &p.key,
+            DIR_EGRESS,
+            p.flags,
+            packets,
+            bytes,
+            || 0,
+        );
     } else {
-        add_packet(&TC_FLOWS_1, &p.key, DIR_EGRESS, p.flags, packets, bytes, 0);
+        add_packet(
+            &TC_FLOWS_1,
+            &p.key,
+            DIR_EGRESS,
+            p.flags,
+            packets,
+            bytes,
+            || 0,
+        );
     }
     // TCX_NEXT: let the other programs on this hook run.
     TC_ACT_UNSPEC
@@ -476,6 +510,7 @@ fn drop_tuple(skb: u64) -> Option<(FlowKey, u8, u64)> {
 
 #[inline(always)]
 fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, bytes: u64) {
+    // Tracing programs may not use the coarse clock (seqlock); this one is rare.
     let now = unsafe { bpf_ktime_get_ns() };
     if let Some(v) = map.get_ptr_mut(key) {
         let v = unsafe { &mut *v };
@@ -496,7 +531,7 @@ fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, b
         tcp_flags: flags,
         _pad: [0; 7],
     };
-    if map.insert(key, &v, BPF_NOEXIST as u64).is_err() {
+    if map.insert(key, v, BPF_NOEXIST as u64).is_err() {
         match map.get_ptr_mut(key) {
             Some(p) => {
                 let p = unsafe { &mut *p };

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Capture benchmarks (figures in BENCHMARKS.md):
+#  1. mean eBPF program cost per packet: kernel.bpf_stats_enabled=1, run_time_ns / run_cnt
+#     of each program, as logged by the agent when it stops;
+#  2. TCP throughput between two network namespaces without and with the agent
+#     attached, alternating in one run (iperf3), as a ratio.
+# Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+BIN=${FLOWPOL_BIN:-target/release/flowpol}
+ROUNDS=${ROUNDS:-3}
+DUR=${SECONDS_PER_RUN:-5}
+[ "$(id -u)" = 0 ] || { echo "bench-capture: needs root" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "bench-capture: $BIN missing: run 'make build'" >&2; exit 1; }
+command -v iperf3 >/dev/null || { echo "bench-capture: iperf3 missing: run 'make setup'" >&2; exit 1; }
+
+ID="fpcb$$"; HUB="${ID}h"; A="${ID}a"; B="${ID}b"
+WORK=$(mktemp -d /tmp/flowpol-bench.XXXXXX)
+STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
+AGENT_PID=""; SERVER_PID=""
+cleanup() {
+  set +e
+  [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
+  [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
+  for ns in "$A" "$B" "$HUB"; do ip netns del "$ns" 2>/dev/null; done
+  sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+ip netns add "$HUB"; ip netns add "$A"; ip netns add "$B"
+ip -n "$HUB" link add br0 type bridge && ip -n "$HUB" link set br0 up
+i=1
+for ns in "$A" "$B"; do
+  ip -n "$HUB" link add "p$i" type veth peer name eth0 netns "$ns"
+  ip -n "$HUB" link set "p$i" master br0 up
+  ip -n "$ns" addr add "10.214.9.$i/24" dev eth0
+  ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
+  i=$((i + 1))
+done
+ip netns exec "$B" iperf3 -s -B 10.214.9.2 -p 5201 >/dev/null 2>&1 &
+SERVER_PID=$!
+sleep 0.5
+
+gbps() {
+  ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -t "$DUR" -J |
+    jq '.end.sum_received.bits_per_second / 1e9'
+}
+
+start_agent() {
+  "$BIN" agent --json-out /dev/null --interval 5s 2> "$WORK/agent.log" &
+  AGENT_PID=$!
+  for _ in $(seq 100); do grep -q "capture attached" "$WORK/agent.log" && return; sleep 0.1; done
+  cat "$WORK/agent.log" >&2; exit 1
+}
+stop_agent() {
+  kill -TERM "$AGENT_PID"; wait "$AGENT_PID"; AGENT_PID=""
+  sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent.log" >> "$WORK/agent-all.log"
+}
+
+sysctl -qw kernel.bpf_stats_enabled=1
+base=(); with=()
+for r in $(seq "$ROUNDS"); do
+  b=$(gbps); base+=("$b")
+  start_agent; w=$(gbps); stop_agent; with+=("$w")
+  printf 'round %d: without agent %.2f Gbit/s, with agent %.2f Gbit/s\n' "$r" "$b" "$w"
+done
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
+mb=$(mean "${base[@]}"); mw=$(mean "${with[@]}")
+echo
+echo "TCP throughput, $ROUNDS x ${DUR}s each, alternating:"
+echo "  without agent: $mb Gbit/s"
+echo "  with agent:    $mw Gbit/s"
+awk -v a="$mw" -v b="$mb" 'BEGIN {printf "  ratio:         %.3f (target >= 0.97)\n", a/b}'
+echo
+echo "eBPF program cost while the agent ran (bpf_stats, all rounds):"
+grep "program stats" "$WORK/agent-all.log" |
+  sed -E 's/.*program="?([a-z_]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
+  awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) printf "  %-16s %12d runs  %7.1f ns/run\n", p, c[p], t[p]/c[p]}'
