@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Lab benchmark: `flowpol lab up`/`down` time for 10 and 100 pods, and the connection rate the
 # lab sustains (one client pod, TCP through kube-dns + Service DNAT, and straight to pod IPs).
-# Needs root. Usage: scripts/lab-bench.sh [path/to/flowpol]
+# Needs root. Usage: scripts/bench-lab.sh [path/to/flowpol]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-target/release/flowpol}
