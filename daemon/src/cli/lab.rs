@@ -352,68 +352,24 @@ mod linux {
     struct Agent {
         child: std::process::Child,
         log: PathBuf,
-        /// JSON lines of drained flows, when the agent supports `--json-out`.
-        json_out: Option<PathBuf>,
     }
 
-    /// Starts `flowpol agent` with the flags this build's agent has (`--manifests` comes with
-    /// identity, `--json-out` with capture) and waits for it to attach.
-    /// Starts the agent writing to the database and JSON lines; if it refuses the database
-    /// (a build whose agent has no store yet), with the JSON lines alone.
+    /// Starts `flowpol agent` on the lab: flows into `db`, identities from the lab's
+    /// `cluster.yaml`, only the lab's own sockets; waits until it has attached.
     fn start_agent(bin: &Path, db: &Path, lab: &lab::Lab, log: &Path) -> Result<Agent, String> {
-        match start_agent_with(bin, db, lab, log, true) {
-            Ok(a) => Ok(a),
-            Err(e) if e.contains("--db") => {
-                eprintln!("note: {e}; running the agent with --json-out only");
-                start_agent_with(bin, db, lab, log, false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    fn start_agent_with(
-        bin: &Path,
-        db: &Path,
-        lab: &lab::Lab,
-        log: &Path,
-        with_db: bool,
-    ) -> Result<Agent, String> {
-        let cluster = lab.cluster_file();
-        let help = std::process::Command::new(bin)
-            .args(["agent", "--help"])
-            .output()
-            .map_err(|e| format!("cannot run `flowpol agent --help`: {e}"))?;
-        let help = String::from_utf8_lossy(&help.stdout).into_owned();
         let logf = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let logf2 = logf.try_clone().map_err(|e| e.to_string())?;
-        let json_out = help
-            .contains("--json-out")
-            .then(|| db.with_extension("jsonl"));
-        if !with_db && json_out.is_none() {
-            return Err("the agent has neither a working --db nor --json-out".into());
-        }
+        let cg2 = lab::sys::cgroup2_mount().map_err(|e| e.to_string())?;
         let mut cmd = std::process::Command::new(bin);
         // Info level: its "capture attached" line tells us when to start the traffic.
-        cmd.args(["--log", "info", "agent"]);
-        if with_db {
-            cmd.arg("--db").arg(db);
-        }
-        if help.contains("--manifests") {
-            cmd.arg("--manifests").arg(&cluster);
-        }
-        // Only this lab's sockets: other labs (same addresses, other netns) and the host's own
-        // traffic stay out of the report.
-        if help.contains("--cgroup")
-            && let Ok(cg2) = lab::sys::cgroup2_mount()
-        {
-            cmd.arg("--cgroup").arg(cg2.join(&lab.plan.cgroup_root));
-        }
-        if help.contains("--interval") {
-            cmd.args(["--interval", "1s"]);
-        }
-        if let Some(j) = &json_out {
-            cmd.arg("--json-out").arg(j);
-        }
+        cmd.args(["--log", "info", "agent", "--interval", "1s", "--db"])
+            .arg(db)
+            .arg("--manifests")
+            .arg(lab.cluster_file())
+            // Only this lab's sockets: other labs (same addresses, other netns) and the
+            // host's own traffic stay out of the report.
+            .arg("--cgroup")
+            .arg(cg2.join(&lab.plan.cgroup_root));
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(logf)
@@ -450,7 +406,6 @@ mod linux {
         Ok(Agent {
             child,
             log: log.to_path_buf(),
-            json_out,
         })
     }
 
@@ -500,27 +455,22 @@ mod linux {
     fn read_flows(
         bin: &Path,
         db: &Path,
-        agent: &Agent,
     ) -> Result<Vec<flowpol_recommender::flow::FlowRecord>, String> {
-        // The database merges each flow across drain intervals; the JSON lines do not.
+        // `flowpol flows` merges each flow across drain intervals.
         let out = std::process::Command::new(bin)
             .args(["flows", "--db"])
             .arg(db)
             .args(["-o", "json"])
             .output()
             .map_err(|e| format!("running `flowpol flows`: {e}"))?;
-        if out.status.success() {
-            return report::parse_flows(&String::from_utf8_lossy(&out.stdout))
-                .map_err(|e| format!("parsing `flowpol flows -o json`: {e}"));
+        if !out.status.success() {
+            return Err(format!(
+                "`flowpol flows` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
         }
-        let flows_err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-        if let Some(j) = &agent.json_out {
-            let text = std::fs::read_to_string(j).map_err(|e| format!("{}: {e}", j.display()))?;
-            return report::parse_flows(&text)
-                .map(report::merge_flows)
-                .map_err(|e| format!("{}: {e}", j.display()));
-        }
-        Err(format!("`flowpol flows` failed: {flows_err}"))
+        report::parse_flows(&String::from_utf8_lossy(&out.stdout))
+            .map_err(|e| format!("parsing `flowpol flows -o json`: {e}"))
     }
 
     fn run_inside(
@@ -563,7 +513,7 @@ mod linux {
         print!("{text}");
         let mut problems = Vec::new();
         if let Some(a) = &agent {
-            match read_flows(bin, &db, a) {
+            match read_flows(bin, &db) {
                 Ok(flows) => {
                     println!(
                         "\nobserved by the agent ({} flows, database {}):",
