@@ -301,6 +301,15 @@ async fn retention_by_age_removes_exactly_the_old_rows() {
         .collect();
     store.write_flows(&old).await.unwrap();
     store.write_flows(&recent).await.unwrap();
+    // One interval holding both old and recent rows loses only the old ones.
+    let mixed_recent = bare("10.0.0.5", 5, "10.0.0.6", 80, now - Duration::minutes(5));
+    let mixed_old = bare("10.0.0.5", 6, "10.0.0.6", 80, now - Duration::hours(2));
+    store
+        .write_flows(&[mixed_old, mixed_recent.clone()])
+        .await
+        .unwrap();
+    let mut recent = recent;
+    recent.push(mixed_recent);
     store
         .write_drain(
             &[],
@@ -324,7 +333,7 @@ async fn retention_by_age_removes_exactly_the_old_rows() {
         )
         .await
         .unwrap();
-    assert_eq!(report.rows_deleted_by_age, 12_000);
+    assert_eq!(report.rows_deleted_by_age, 12_001);
     assert_eq!(report.rows_deleted_by_size, 0);
     assert_eq!(
         store.query_flows(&FlowQuery::default()).await.unwrap(),

@@ -2,6 +2,8 @@
 //! capture (kernel → records) → enrich (identity) → store (SQLite) → serve (HTTP),
 //! and the CLI commands on top.
 pub mod cli;
+#[cfg(target_os = "linux")]
+pub mod lab;
 pub mod store;
 
 // --- capture (kernel side and agent loop) ---
@@ -9,3 +11,6 @@ pub mod store;
 pub mod agent;
 #[cfg(feature = "agent")]
 pub mod capture;
+
+// --- identity ---
+pub mod enrich;

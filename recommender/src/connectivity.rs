@@ -5,7 +5,7 @@
 //! ipBlock is IPv6. A range is one peer because every rule treats all of its addresses alike.
 //! Sources are cut by the ingress rules' ipBlocks, destinations by the egress rules' ones
 //! (only those can tell addresses apart in that role), as the conformance corpus does.
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt::{self, Write as _};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
@@ -125,98 +125,149 @@ pub enum PeerName {
     External(IpRange),
 }
 
-#[derive(Debug, Clone)]
+/// One allowed ordered pair. Indices point into [`Connectivity::peers`] and
+/// [`Connectivity::conns`] (connection sets are shared: most lines say the same thing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Line {
-    pub src: PeerName,
-    pub dst: PeerName,
-    pub conns: ConnSet,
+    pub src: u32,
+    pub dst: u32,
+    pub conn: u32,
 }
 
-/// The allowed connections between every ordered pair of distinct peers (absent = denied).
-pub struct Connectivity<'e> {
-    engine: &'e Engine<'e>,
+/// The allowed connections between every ordered pair of distinct peers (absent = denied),
+/// sorted by source name, then destination name.
+pub struct Connectivity {
+    pub peers: Vec<PeerName>,
+    pub names: Vec<String>,
+    pub conns: Vec<ConnSet>,
+    conn_text: Vec<String>,
     pub lines: Vec<Line>,
 }
 
-impl<'e> Connectivity<'e> {
-    pub fn analyze(engine: &'e Engine<'e>) -> Self {
+impl Connectivity {
+    pub fn analyze(engine: &Engine<'_>) -> Self {
         let cluster = engine.cluster();
-        let mut lines = Vec::new();
         let workloads = &cluster.workloads;
-        for (a, wa) in workloads.iter().enumerate() {
-            for (b, wb) in workloads.iter().enumerate() {
-                if a == b {
-                    continue;
-                }
-                let mut conns = ConnSet::none();
-                for &ea in &wa.endpoints {
-                    for &eb in &wb.endpoints {
-                        conns.union_with(
-                            &engine.allowed_conns(PeerRef::Endpoint(ea), PeerRef::Endpoint(eb)),
-                        );
-                    }
-                }
-                if !conns.is_empty() {
-                    lines.push(Line {
-                        src: PeerName::Workload(a),
-                        dst: PeerName::Workload(b),
-                        conns,
-                    });
-                }
-            }
-        }
-        for range in external_ranges(&cluster.policies, Direction::Ingress) {
-            let ip = PeerRef::Ip(range.start);
-            for (w, workload) in workloads.iter().enumerate() {
-                let mut conns = ConnSet::none();
-                for &e in &workload.endpoints {
-                    conns.union_with(&engine.allowed_conns(ip, PeerRef::Endpoint(e)));
-                }
-                if !conns.is_empty() {
-                    lines.push(Line {
-                        src: PeerName::External(range),
-                        dst: PeerName::Workload(w),
-                        conns,
-                    });
-                }
-            }
-        }
-        for range in external_ranges(&cluster.policies, Direction::Egress) {
-            let ip = PeerRef::Ip(range.start);
-            for (w, workload) in workloads.iter().enumerate() {
-                let mut conns = ConnSet::none();
-                for &e in &workload.endpoints {
-                    conns.union_with(&engine.allowed_conns(PeerRef::Endpoint(e), ip));
-                }
-                if !conns.is_empty() {
-                    lines.push(Line {
-                        src: PeerName::Workload(w),
-                        dst: PeerName::External(range),
-                        conns,
-                    });
-                }
-            }
-        }
-        let mut this = Connectivity { engine, lines };
-        this.sort();
-        this
-    }
-
-    fn sort(&mut self) {
-        let mut keyed: Vec<(String, String, Line)> = std::mem::take(&mut self.lines)
-            .into_iter()
-            .map(|l| (self.name(&l.src), self.name(&l.dst), l))
+        // Peers: workloads, and the external ranges of each role, sorted by name once so the
+        // lines come out sorted without sorting them.
+        let mut peers: Vec<PeerName> = (0..workloads.len()).map(PeerName::Workload).collect();
+        let ingress_ranges = external_ranges(&cluster.policies, Direction::Ingress);
+        let egress_ranges = external_ranges(&cluster.policies, Direction::Egress);
+        let mut all_ranges: Vec<IpRange> = ingress_ranges
+            .iter()
+            .chain(&egress_ranges)
+            .copied()
             .collect();
-        keyed.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
-        self.lines = keyed.into_iter().map(|(_, _, l)| l).collect();
+        all_ranges.sort();
+        all_ranges.dedup();
+        peers.extend(all_ranges.iter().copied().map(PeerName::External));
+        let names: Vec<String> = peers
+            .iter()
+            .map(|p| match p {
+                PeerName::Workload(w) => workloads[*w].peer_name(),
+                PeerName::External(range) => format!("{range}[External]"),
+            })
+            .collect();
+        let mut order: Vec<usize> = (0..peers.len()).collect();
+        order.sort_by(|&a, &b| names[a].cmp(&names[b]));
+        let sources: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| match &peers[i] {
+                PeerName::Workload(_) => true,
+                PeerName::External(r) => ingress_ranges.binary_search(r).is_ok(),
+            })
+            .collect();
+        let destinations: Vec<usize> = order
+            .iter()
+            .copied()
+            .filter(|&i| match &peers[i] {
+                PeerName::Workload(_) => true,
+                PeerName::External(r) => egress_ranges.binary_search(r).is_ok(),
+            })
+            .collect();
+        // Workloads that no policy isolates in a direction: every pair through them is open.
+        let open = |w: usize, direction: Direction| {
+            workloads[w]
+                .endpoints
+                .iter()
+                .all(|&e| engine.isolating(e, direction).is_empty())
+        };
+        let egress_open: Vec<bool> = (0..workloads.len())
+            .map(|w| open(w, Direction::Egress))
+            .collect();
+        let ingress_open: Vec<bool> = (0..workloads.len())
+            .map(|w| open(w, Direction::Ingress))
+            .collect();
+
+        let mut conns = vec![ConnSet::all()];
+        let mut conn_ids: HashMap<ConnSet, u32> = HashMap::from([(ConnSet::all(), 0)]);
+        let mut lines = Vec::new();
+        for &s in &sources {
+            for &d in &destinations {
+                let conn = match (&peers[s], &peers[d]) {
+                    (PeerName::External(_), PeerName::External(_)) => continue,
+                    (PeerName::Workload(a), PeerName::Workload(b)) if a == b => continue,
+                    (PeerName::Workload(a), PeerName::Workload(b))
+                        if egress_open[*a] && ingress_open[*b] =>
+                    {
+                        0
+                    }
+                    (PeerName::External(_), PeerName::Workload(b)) if ingress_open[*b] => 0,
+                    (PeerName::Workload(a), PeerName::External(_)) if egress_open[*a] => 0,
+                    (src, dst) => {
+                        let ends = |p: &PeerName| -> Vec<PeerRef> {
+                            match p {
+                                PeerName::Workload(w) => workloads[*w]
+                                    .endpoints
+                                    .iter()
+                                    .map(|&e| PeerRef::Endpoint(e))
+                                    .collect(),
+                                // Every address of a range is treated alike: its first stands for all.
+                                PeerName::External(r) => vec![PeerRef::Ip(r.start)],
+                            }
+                        };
+                        let mut set = ConnSet::none();
+                        for a in ends(src) {
+                            for b in ends(dst) {
+                                set.union_with(&engine.allowed_conns(a, b));
+                            }
+                        }
+                        if set.is_empty() {
+                            continue;
+                        }
+                        let next = conns.len() as u32;
+                        *conn_ids.entry(set).or_insert_with_key(|set| {
+                            conns.push(set.clone());
+                            next
+                        })
+                    }
+                };
+                lines.push(Line {
+                    src: s as u32,
+                    dst: d as u32,
+                    conn,
+                });
+            }
+        }
+        let conn_text = conns.iter().map(ToString::to_string).collect();
+        Connectivity {
+            peers,
+            names,
+            conns,
+            conn_text,
+            lines,
+        }
     }
 
     /// `ns/name[Kind]` or `a.b.c.d-e.f.g.h[External]`.
-    pub fn name(&self, peer: &PeerName) -> String {
-        match peer {
-            PeerName::Workload(w) => self.engine.cluster().workloads[*w].peer_name(),
-            PeerName::External(range) => format!("{range}[External]"),
-        }
+    pub fn name(&self, peer: u32) -> &str {
+        &self.names[peer as usize]
+    }
+
+    /// The connection set of a line.
+    pub fn conn(&self, line: &Line) -> &ConnSet {
+        &self.conns[line.conn as usize]
     }
 
     pub fn render(&self, format: OutputFormat) -> String {
@@ -227,9 +278,9 @@ impl<'e> Connectivity<'e> {
                     let _ = writeln!(
                         out,
                         "{} => {} : {}",
-                        self.name(&l.src),
-                        self.name(&l.dst),
-                        l.conns
+                        self.name(l.src),
+                        self.name(l.dst),
+                        self.conn_text[l.conn as usize]
                     );
                 }
             }
@@ -244,9 +295,9 @@ impl<'e> Connectivity<'e> {
                     .lines
                     .iter()
                     .map(|l| JsonLine {
-                        src: self.name(&l.src),
-                        dst: self.name(&l.dst),
-                        conn: l.conns.to_string(),
+                        src: self.name(l.src).to_string(),
+                        dst: self.name(l.dst).to_string(),
+                        conn: self.conn_text[l.conn as usize].clone(),
                     })
                     .collect();
                 out = serde_json::to_string_pretty(&lines).expect("plain strings serialize");
@@ -258,9 +309,9 @@ impl<'e> Connectivity<'e> {
                     let _ = writeln!(
                         out,
                         "| {} | {} | {} |",
-                        self.name(&l.src),
-                        self.name(&l.dst),
-                        l.conns
+                        self.name(l.src),
+                        self.name(l.dst),
+                        self.conn_text[l.conn as usize]
                     );
                 }
             }
@@ -270,9 +321,9 @@ impl<'e> Connectivity<'e> {
                     let _ = writeln!(
                         out,
                         "{},{},{}",
-                        csv_field(&self.name(&l.src)),
-                        csv_field(&self.name(&l.dst)),
-                        csv_field(&l.conns.to_string())
+                        csv_field(self.name(l.src)),
+                        csv_field(self.name(l.dst)),
+                        csv_field(&self.conn_text[l.conn as usize])
                     );
                 }
             }
@@ -280,8 +331,8 @@ impl<'e> Connectivity<'e> {
                 out.push_str("digraph connectivity {\n");
                 let mut nodes = BTreeSet::new();
                 for l in &self.lines {
-                    nodes.insert(self.name(&l.src));
-                    nodes.insert(self.name(&l.dst));
+                    nodes.insert(self.name(l.src).to_string());
+                    nodes.insert(self.name(l.dst).to_string());
                 }
                 for n in &nodes {
                     let shape = if n.ends_with("[External]") {
@@ -295,9 +346,9 @@ impl<'e> Connectivity<'e> {
                     let _ = writeln!(
                         out,
                         "  {} -> {} [label={}];",
-                        dot_quote(&self.name(&l.src)),
-                        dot_quote(&self.name(&l.dst)),
-                        dot_quote(&l.conns.to_string())
+                        dot_quote(self.name(l.src)),
+                        dot_quote(self.name(l.dst)),
+                        dot_quote(&self.conn_text[l.conn as usize])
                     );
                 }
                 out.push_str("}\n");

@@ -56,7 +56,7 @@ impl PortSet {
     }
 
     pub fn add_range(&mut self, lo: u16, hi: u16) {
-        let (lo, hi) = (lo.max(MIN_PORT), hi.min(MAX_PORT));
+        let lo = lo.max(MIN_PORT);
         if lo > hi {
             return;
         }

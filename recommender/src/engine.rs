@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::connset::{ConnSet, PortSet};
 use crate::flow::Protocol;
 use crate::model::Cluster;
-use crate::policy::{Direction, Peer, PortMatch, Rule};
+use crate::policy::{Direction, IpBlock, Peer, PortMatch, PortRule};
 
 /// Engine settings.
 #[derive(Debug, Clone, Copy)]
@@ -105,8 +105,81 @@ impl BitSet {
     }
 }
 
-/// Endpoints selected by each peer of each rule of one direction of one policy.
-type RulePeerSets = Vec<Vec<BitSet>>;
+const NO_NAME: u32 = u32::MAX;
+
+/// A rule port, with a named port interned to a number.
+#[derive(Debug, Clone)]
+struct CompiledPort {
+    protocol: Protocol,
+    lo: u16,
+    hi: u16,
+    /// Interned port name, or [`NO_NAME`] for a numeric (or absent) port.
+    name: u32,
+}
+
+#[derive(Debug, Clone)]
+enum CompiledPeer {
+    /// Index into [`Engine::sets`].
+    Pods(u32),
+    /// Index into [`Engine::ip_blocks`], and the set of pods whose IP it holds.
+    IpBlock { block: u32, pods: u32 },
+}
+
+/// A slice of an arena: `start..end`.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    start: u32,
+    end: u32,
+}
+
+impl Span {
+    fn is_empty(self) -> bool {
+        self.start == self.end
+    }
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
+
+/// Per endpoint lists, flattened (one allocation, one indirection).
+#[derive(Debug, Clone, Default)]
+struct Csr {
+    offsets: Vec<u32>,
+    data: Vec<u32>,
+}
+
+impl Csr {
+    fn from_lists(lists: Vec<Vec<u32>>) -> Self {
+        let mut csr = Csr {
+            offsets: Vec::with_capacity(lists.len() + 1),
+            data: Vec::new(),
+        };
+        csr.offsets.push(0);
+        for list in lists {
+            csr.data.extend(list);
+            csr.offsets.push(csr.data.len() as u32);
+        }
+        csr
+    }
+    #[inline]
+    fn get(&self, i: usize) -> &[u32] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+}
+
+/// A rule in the form the verdict loop reads: no strings, no nested lookups.
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    policy: u32,
+    direction: Direction,
+    rule: u32,
+    /// Into `peer_arena`; empty: every peer.
+    peers: Span,
+    /// Into `port_arena`; empty: every port.
+    ports: Span,
+    /// The rule's ports as written, for connection sets.
+    port_rules: Vec<PortRule>,
+}
 
 pub struct Engine<'c> {
     cluster: &'c Cluster,
@@ -114,10 +187,22 @@ pub struct Engine<'c> {
     /// Per endpoint, the policies that isolate it for ingress / egress.
     ingress_of: Vec<Vec<u32>>,
     egress_of: Vec<Vec<u32>>,
-    /// Per policy, per direction: [rule][peer] → selected endpoints.
-    peer_sets: Vec<[RulePeerSets; 2]>,
+    /// Per direction, per endpoint: the rules of its isolating policies, in policy order.
+    endpoint_rules: [Csr; 2],
+    rules: Vec<CompiledRule>,
+    peer_arena: Vec<CompiledPeer>,
+    port_arena: Vec<CompiledPort>,
+    ip_blocks: Vec<IpBlock>,
+    /// Per policy, per direction: its rules' indices into `rules`.
+    policy_rules: Vec<[Vec<u32>; 2]>,
+    /// Endpoint sets selected by rule peers (deduplicated).
+    sets: Vec<BitSet>,
+    /// Per endpoint, its named container ports: (interned name, protocol, number).
+    named_ports: Vec<Vec<(u32, Protocol, u16)>>,
     /// Per policy, the endpoints its podSelector selects.
     selected: Vec<Vec<usize>>,
+    /// Pod IP → endpoint, for flows that carry addresses.
+    by_ip: HashMap<IpAddr, usize>,
 }
 
 fn dir_index(direction: Direction) -> usize {
@@ -144,12 +229,38 @@ impl<'c> Engine<'c> {
                 ns_endpoints[i].push(e);
             }
         }
+        let mut names: HashMap<&str, u32> = HashMap::new();
+        let mut intern = |name: &'c str| -> u32 {
+            let next = names.len() as u32;
+            *names.entry(name).or_insert(next)
+        };
+        let named_ports: Vec<Vec<(u32, Protocol, u16)>> = cluster
+            .endpoints
+            .iter()
+            .map(|ep| {
+                ep.ports
+                    .iter()
+                    .filter_map(|p| {
+                        p.name
+                            .as_deref()
+                            .map(|name| (intern(name), p.protocol, p.port))
+                    })
+                    .collect()
+            })
+            .collect();
+
         let mut ingress_of = vec![Vec::new(); n];
         let mut egress_of = vec![Vec::new(); n];
-        let mut peer_sets = Vec::with_capacity(cluster.policies.len());
+        let mut endpoint_rules: [Vec<Vec<u32>>; 2] = [vec![Vec::new(); n], vec![Vec::new(); n]];
+        let mut rules = Vec::new();
+        let mut peer_arena = Vec::new();
+        let mut port_arena: Vec<CompiledPort> = Vec::new();
+        let mut ip_blocks = Vec::new();
+        let mut policy_rules = Vec::with_capacity(cluster.policies.len());
+        let mut sets: Vec<BitSet> = Vec::new();
         let mut selected_all = Vec::with_capacity(cluster.policies.len());
-        // Identical peers (same selectors, same namespace) share one computation.
-        let mut cache: HashMap<(&Peer, &str), BitSet> = HashMap::new();
+        // Identical peers (same selectors, same policy namespace) share one set.
+        let mut set_index: HashMap<(&Peer, &str), u32> = HashMap::new();
         for (pi, policy) in cluster.policies.iter().enumerate() {
             let own_ns = ns_index.get(policy.namespace.as_str()).copied();
             let selected: Vec<usize> = own_ns
@@ -161,41 +272,112 @@ impl<'c> Engine<'c> {
                         .collect()
                 })
                 .unwrap_or_default();
+            let mut own_rules: [Vec<u32>; 2] = [Vec::new(), Vec::new()];
+            for direction in [Direction::Ingress, Direction::Egress] {
+                for (ri, rule) in policy
+                    .rules(direction)
+                    .unwrap_or_default()
+                    .iter()
+                    .enumerate()
+                {
+                    let peers_start = peer_arena.len() as u32;
+                    for peer in &rule.peers {
+                        let set = *set_index
+                            .entry((peer, policy.namespace.as_str()))
+                            .or_insert_with(|| {
+                                sets.push(peer_endpoints(
+                                    cluster,
+                                    settings,
+                                    peer,
+                                    own_ns,
+                                    &ns_endpoints,
+                                ));
+                                (sets.len() - 1) as u32
+                            });
+                        peer_arena.push(match peer {
+                            Peer::Pods { .. } => CompiledPeer::Pods(set),
+                            Peer::IpBlock(block) => {
+                                ip_blocks.push(block.clone());
+                                CompiledPeer::IpBlock {
+                                    block: (ip_blocks.len() - 1) as u32,
+                                    pods: set,
+                                }
+                            }
+                        });
+                    }
+                    let peers = Span {
+                        start: peers_start,
+                        end: peer_arena.len() as u32,
+                    };
+                    let ports_start = port_arena.len() as u32;
+                    port_arena.extend(rule.ports.iter().map(|p| match &p.port {
+                        PortMatch::All => CompiledPort {
+                            protocol: p.protocol,
+                            lo: 1,
+                            hi: u16::MAX,
+                            name: NO_NAME,
+                        },
+                        PortMatch::Range(lo, hi) => CompiledPort {
+                            protocol: p.protocol,
+                            lo: *lo,
+                            hi: *hi,
+                            name: NO_NAME,
+                        },
+                        PortMatch::Named(name) => CompiledPort {
+                            protocol: p.protocol,
+                            lo: 1,
+                            hi: 0,
+                            name: intern(name.as_str()),
+                        },
+                    }));
+                    let ports = Span {
+                        start: ports_start,
+                        end: port_arena.len() as u32,
+                    };
+                    own_rules[dir_index(direction)].push(rules.len() as u32);
+                    rules.push(CompiledRule {
+                        policy: pi as u32,
+                        direction,
+                        rule: ri as u32,
+                        peers,
+                        ports,
+                        port_rules: rule.ports.clone(),
+                    });
+                }
+            }
             for &e in &selected {
                 if policy.ingress.is_some() {
                     ingress_of[e].push(pi as u32);
+                    endpoint_rules[0][e].extend_from_slice(&own_rules[0]);
                 }
                 if policy.egress.is_some() {
                     egress_of[e].push(pi as u32);
+                    endpoint_rules[1][e].extend_from_slice(&own_rules[1]);
                 }
             }
+            policy_rules.push(own_rules);
             selected_all.push(selected);
-            let mut sets: [RulePeerSets; 2] = [Vec::new(), Vec::new()];
-            for direction in [Direction::Ingress, Direction::Egress] {
-                for rule in policy.rules(direction).unwrap_or_default() {
-                    let mut rule_sets = Vec::with_capacity(rule.peers.len());
-                    for peer in &rule.peers {
-                        let key = (peer, policy.namespace.as_str());
-                        let set = cache
-                            .entry(key)
-                            .or_insert_with(|| {
-                                peer_endpoints(cluster, settings, peer, own_ns, &ns_endpoints)
-                            })
-                            .clone();
-                        rule_sets.push(set);
-                    }
-                    sets[dir_index(direction)].push(rule_sets);
-                }
-            }
-            peer_sets.push(sets);
         }
         Engine {
             cluster,
             settings,
             ingress_of,
             egress_of,
-            peer_sets,
+            endpoint_rules: endpoint_rules.map(Csr::from_lists),
+            rules,
+            peer_arena,
+            port_arena,
+            ip_blocks,
+            policy_rules,
+            sets,
+            named_ports,
             selected: selected_all,
+            by_ip: cluster
+                .endpoints
+                .iter()
+                .enumerate()
+                .flat_map(|(e, ep)| ep.ips.iter().map(move |ip| (*ip, e)))
+                .collect(),
         }
     }
 
@@ -222,50 +404,44 @@ impl<'c> Engine<'c> {
 
     /// The endpoint a pod IP belongs to, else the address as an external peer.
     pub fn peer_for_ip(&self, ip: IpAddr) -> PeerRef {
-        match self.cluster.endpoint_by_ip(ip) {
-            Some(e) => PeerRef::Endpoint(e),
+        match self.by_ip.get(&ip) {
+            Some(&e) => PeerRef::Endpoint(e),
             None => PeerRef::Ip(ip),
         }
     }
 
-    /// Whether peer `peer_index` of rule `rule` selects `other`.
-    #[inline]
-    fn peer_matches(
+    /// Whether rule `rule` of `direction` of policy `policy` selects `other` as its peer.
+    pub fn rule_selects(
         &self,
         policy: usize,
         direction: Direction,
         rule: usize,
-        peer_index: usize,
-        peer: &Peer,
         other: PeerRef,
     ) -> bool {
-        match (peer, other) {
-            (Peer::Pods { .. }, PeerRef::Ip(_)) => false,
-            (Peer::IpBlock(block), PeerRef::Ip(ip)) => block.contains(ip),
-            (_, PeerRef::Endpoint(e)) => {
-                self.peer_sets[policy][dir_index(direction)][rule][peer_index].contains(e)
-            }
-        }
+        self.policy_rules[policy][dir_index(direction)]
+            .get(rule)
+            .is_some_and(|&ri| self.rule_peer(&self.rules[ri as usize], other).is_some())
     }
 
     /// The first peer of `rule` that selects `other`: `Some(None)` when the rule has no peers.
     #[inline]
-    fn rule_peer(
-        &self,
-        policy: usize,
-        direction: Direction,
-        rule_index: usize,
-        rule: &Rule,
-        other: PeerRef,
-    ) -> Option<Option<usize>> {
+    fn rule_peer(&self, rule: &CompiledRule, other: PeerRef) -> Option<Option<usize>> {
         if rule.peers.is_empty() {
             return Some(None);
         }
-        rule.peers
+        self.peer_arena[rule.peers.range()]
             .iter()
-            .enumerate()
-            .find(|(i, p)| self.peer_matches(policy, direction, rule_index, *i, p, other))
-            .map(|(i, _)| Some(i))
+            .position(|peer| match (peer, other) {
+                (CompiledPeer::Pods(_), PeerRef::Ip(_)) => false,
+                (CompiledPeer::IpBlock { block, .. }, PeerRef::Ip(ip)) => {
+                    self.ip_blocks[*block as usize].contains(ip)
+                }
+                (
+                    CompiledPeer::Pods(set) | CompiledPeer::IpBlock { pods: set, .. },
+                    PeerRef::Endpoint(e),
+                ) => self.sets[*set as usize].contains(e),
+            })
+            .map(Some)
     }
 
     /// The first port of `rule` that admits `protocol`/`port` on `dst`: `Some(None)` when the
@@ -273,27 +449,47 @@ impl<'c> Engine<'c> {
     /// named port that resolves nowhere admits nothing.
     #[inline]
     fn rule_port(
-        rule: &Rule,
+        &self,
+        rule: &CompiledRule,
         protocol: Protocol,
         port: u16,
-        dst: Option<&crate::model::Endpoint>,
+        dst: PeerRef,
     ) -> Option<Option<usize>> {
         if rule.ports.is_empty() {
             return Some(None);
         }
-        rule.ports
+        self.port_arena[rule.ports.range()]
             .iter()
             .position(|p| {
                 p.protocol == protocol
-                    && match &p.port {
-                        PortMatch::All => true,
-                        PortMatch::Range(lo, hi) => *lo <= port && port <= *hi,
-                        PortMatch::Named(name) => {
-                            dst.and_then(|d| d.named_port(name, protocol)) == Some(port)
-                        }
+                    && if p.name == NO_NAME {
+                        p.lo <= port && port <= p.hi
+                    } else {
+                        self.resolve_named(p.name, protocol, dst) == Some(port)
                     }
             })
             .map(Some)
+    }
+
+    #[inline]
+    fn resolve_named(&self, name: u32, protocol: Protocol, dst: PeerRef) -> Option<u16> {
+        match dst {
+            PeerRef::Endpoint(e) => self.named_ports[e]
+                .iter()
+                .find(|(n, p, _)| *n == name && *p == protocol)
+                .map(|(_, _, port)| *port),
+            PeerRef::Ip(_) => None,
+        }
+    }
+
+    fn rule_ref(rule: &CompiledRule, peer: Option<usize>, port: Option<usize>) -> RuleRef {
+        RuleRef {
+            policy: rule.policy as usize,
+            direction: rule.direction,
+            rule: rule.rule as usize,
+            peer,
+            port,
+        }
     }
 
     fn side(
@@ -309,33 +505,16 @@ impl<'c> Engine<'c> {
         if isolated_by.is_empty() {
             return Side::NotIsolated;
         }
-        let dst_endpoint = match dst {
-            PeerRef::Endpoint(e) => Some(&self.cluster.endpoints[e]),
-            PeerRef::Ip(_) => None,
-        };
-        for &pi in isolated_by {
-            let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy
-                .rules(direction)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-            {
-                let Some(port_index) = Self::rule_port(rule, protocol, port, dst_endpoint) else {
-                    continue;
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
+            let rule = &self.rules[ri as usize];
+            let Some(port_index) = self.rule_port(rule, protocol, port, dst) else {
+                continue;
+            };
+            if let Some(peer) = self.rule_peer(rule, other) {
+                return Side::Allowed {
+                    isolated_by,
+                    rule: Self::rule_ref(rule, peer, port_index),
                 };
-                if let Some(peer) = self.rule_peer(pi as usize, direction, ri, rule, other) {
-                    return Side::Allowed {
-                        isolated_by,
-                        rule: RuleRef {
-                            policy: pi as usize,
-                            direction,
-                            rule: ri,
-                            peer,
-                            port: port_index,
-                        },
-                    };
-                }
             }
         }
         Side::Denied { isolated_by }
@@ -375,31 +554,14 @@ impl<'c> Engine<'c> {
         protocol: Protocol,
         port: u16,
     ) -> Vec<RuleRef> {
-        let dst_endpoint = match dst {
-            PeerRef::Endpoint(e) => Some(&self.cluster.endpoints[e]),
-            PeerRef::Ip(_) => None,
-        };
         let mut out = Vec::new();
-        for &pi in self.isolating(subject, direction) {
-            let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy
-                .rules(direction)
-                .unwrap_or_default()
-                .iter()
-                .enumerate()
-            {
-                let Some(port_index) = Self::rule_port(rule, protocol, port, dst_endpoint) else {
-                    continue;
-                };
-                if let Some(peer) = self.rule_peer(pi as usize, direction, ri, rule, other) {
-                    out.push(RuleRef {
-                        policy: pi as usize,
-                        direction,
-                        rule: ri,
-                        peer,
-                        port: port_index,
-                    });
-                }
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
+            let rule = &self.rules[ri as usize];
+            let Some(port_index) = self.rule_port(rule, protocol, port, dst) else {
+                continue;
+            };
+            if let Some(peer) = self.rule_peer(rule, other) {
+                out.push(Self::rule_ref(rule, peer, port_index));
             }
         }
         out
@@ -414,45 +576,31 @@ impl<'c> Engine<'c> {
         other: PeerRef,
         dst: PeerRef,
     ) -> ConnSet {
-        let isolated_by = self.isolating(subject, direction);
-        if isolated_by.is_empty() {
+        if self.isolating(subject, direction).is_empty() {
             return ConnSet::all();
         }
-        let dst_endpoint = match dst {
-            PeerRef::Endpoint(e) => Some(&self.cluster.endpoints[e]),
-            PeerRef::Ip(_) => None,
-        };
         let mut out = ConnSet::none();
-        for &pi in isolated_by {
-            let policy = &self.cluster.policies[pi as usize];
-            for (ri, rule) in policy
-                .rules(direction)
-                .unwrap_or_default()
+        for &ri in self.endpoint_rules[dir_index(direction)].get(subject) {
+            let rule = &self.rules[ri as usize];
+            if self.rule_peer(rule, other).is_none() {
+                continue;
+            }
+            if rule.ports.is_empty() {
+                return ConnSet::all();
+            }
+            for (p, written) in self.port_arena[rule.ports.range()]
                 .iter()
-                .enumerate()
+                .zip(&rule.port_rules)
             {
-                if self
-                    .rule_peer(pi as usize, direction, ri, rule, other)
-                    .is_none()
-                {
-                    continue;
-                }
-                if rule.ports.is_empty() {
-                    return ConnSet::all();
-                }
-                for p in &rule.ports {
-                    let ports = match &p.port {
-                        PortMatch::All => PortSet::all(),
-                        PortMatch::Range(lo, hi) => PortSet::range(*lo, *hi),
-                        PortMatch::Named(name) => {
-                            match dst_endpoint.and_then(|d| d.named_port(name, p.protocol)) {
-                                Some(n) => PortSet::range(n, n),
-                                None => continue,
-                            }
-                        }
-                    };
-                    out.add(p.protocol, &ports);
-                }
+                let ports = match &written.port {
+                    PortMatch::All => PortSet::all(),
+                    PortMatch::Range(lo, hi) => PortSet::range(*lo, *hi),
+                    PortMatch::Named(_) => match self.resolve_named(p.name, p.protocol, dst) {
+                        Some(n) => PortSet::range(n, n),
+                        None => continue,
+                    },
+                };
+                out.add(p.protocol, &ports);
             }
         }
         out

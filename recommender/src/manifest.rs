@@ -159,9 +159,22 @@ pub fn parse_str(path: &Path, text: &str) -> Result<Vec<LoadedObject>, ManifestE
                 source,
             })?
     } else {
-        serde_saphyr::from_multiple::<Value>(text).map_err(|err| ManifestError::Yaml {
-            path: path.to_path_buf(),
-            message: err.to_string(),
+        // The default budget (1 024 documents, 250 000 nodes) is below a real cluster dump;
+        // alias limits stay at their defaults, which are what guard against YAML bombs.
+        let options = serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_documents: 10_000_000,
+                max_nodes: 1_000_000_000,
+                max_events: 1_000_000_000,
+                max_total_scalar_bytes: 4 << 30,
+                max_reader_input_bytes: Some(4 << 30),
+            },
+        };
+        serde_saphyr::from_multiple_with_options::<Value>(text, options).map_err(|err| {
+            ManifestError::Yaml {
+                path: path.to_path_buf(),
+                message: err.to_string(),
+            }
         })?
     };
     let mut out = Vec::new();

@@ -29,12 +29,11 @@ pub enum ModelError {
     Manifest(#[from] ManifestError),
     #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("{path}: {kind} {namespace}/{name}: field `{field}`: {message}")]
+    #[error("{path}: {object}: field `{field}`: {message}")]
     Field {
         path: PathBuf,
-        kind: String,
-        namespace: String,
-        name: String,
+        /// `Kind namespace/name`.
+        object: String,
         field: String,
         message: String,
     },
@@ -238,7 +237,21 @@ impl Cluster {
                 // Bounded walk: owner cycles in hand-written manifests must not hang us.
                 for _ in 0..8 {
                     let Some(&i) = by_key.get(&(ns.to_string(), kind.clone(), name.clone())) else {
-                        break;
+                        // `kubectl get deploy,pods` dumps hold the Deployment (CronJob) but not
+                        // the ReplicaSet (Job) between it and its pods; the names tell the link.
+                        match implied_owner(&kind, &name) {
+                            Some((k, n))
+                                if by_key.contains_key(&(
+                                    ns.to_string(),
+                                    k.to_string(),
+                                    n.to_string(),
+                                )) =>
+                            {
+                                (kind, name) = (k.to_string(), n.to_string());
+                                continue;
+                            }
+                            _ => break,
+                        }
                     };
                     defined = Some(i);
                     match &controllers[i].owner {
@@ -438,9 +451,46 @@ impl Cluster {
                     })
                     .map(|e| e.workload)
                     .collect();
-                by_pod.first().copied().ok_or_else(|| {
-                    format!("no workload or pod `{name}` in namespace `{ns}` in the manifests")
-                })
+                if let Some(&w) = by_pod.first() {
+                    return Ok(w);
+                }
+                // `frontend` finds `frontend-99684f7f8[ReplicaSet]`, the usual name of a
+                // Deployment's pods' owner in `kubectl get pods` dumps.
+                let prefix = format!("{name}-");
+                let by_prefix: Vec<usize> = self
+                    .workloads
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, w)| w.namespace == ns && w.name.starts_with(&prefix))
+                    .map(|(i, _)| i)
+                    .collect();
+                match by_prefix.as_slice() {
+                    [one] => Ok(*one),
+                    [] => {
+                        let known: Vec<String> = self
+                            .workloads
+                            .iter()
+                            .filter(|w| w.namespace == ns)
+                            .take(10)
+                            .map(|w| w.peer_name())
+                            .collect();
+                        Err(format!(
+                            "no workload or pod `{name}` in namespace `{ns}` in the manifests{}",
+                            if known.is_empty() {
+                                String::new()
+                            } else {
+                                format!(" (there: {})", known.join(", "))
+                            }
+                        ))
+                    }
+                    many => Err(format!(
+                        "`{text}` is ambiguous: {}",
+                        many.iter()
+                            .map(|&i| self.workloads[i].peer_name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                }
             }
             many => Err(format!(
                 "`{text}` is ambiguous: {}; add the kind, e.g. `{ns}/{name}[{}]`",
@@ -456,6 +506,27 @@ impl Cluster {
     /// The endpoint that owns a pod IP, if any.
     pub fn endpoint_by_ip(&self, ip: IpAddr) -> Option<usize> {
         self.endpoints.iter().position(|e| e.ips.contains(&ip))
+    }
+}
+
+/// The owner a controller's name implies: ReplicaSet `web-5d4f8c` of Deployment `web`
+/// (pod-template-hash suffix), Job `report-29001234` of CronJob `report` (schedule suffix).
+fn implied_owner<'n>(kind: &str, name: &'n str) -> Option<(&'static str, &'n str)> {
+    let (prefix, suffix) = name.rsplit_once('-')?;
+    if prefix.is_empty() || suffix.is_empty() {
+        return None;
+    }
+    match kind {
+        "ReplicaSet"
+            if suffix.len() <= 10
+                && suffix
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) =>
+        {
+            Some(("Deployment", prefix))
+        }
+        "Job" if suffix.bytes().all(|b| b.is_ascii_digit()) => Some(("CronJob", prefix)),
+        _ => None,
     }
 }
 
@@ -535,9 +606,7 @@ fn pod_ports(
             let field = format!("{prefix}.containers[{ci}].ports[{pi}]");
             let err = |field: String, message: String| ModelError::Field {
                 path: source.to_path_buf(),
-                kind: kind.to_string(),
-                namespace: namespace.to_string(),
-                name: name.to_string(),
+                object: format!("{kind} {namespace}/{name}"),
                 field,
                 message,
             };
@@ -617,9 +686,7 @@ fn service_info(
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let err = |field: String, message: String| ModelError::Field {
             path: source.to_path_buf(),
-            kind: "Service".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
+            object: format!("Service {namespace}/{name}"),
             field,
             message,
         };

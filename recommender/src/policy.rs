@@ -20,7 +20,7 @@ pub struct PolicyError {
     pub path: PathBuf,
     pub namespace: String,
     pub name: String,
-    pub problem: PolicyProblem,
+    pub problem: Box<PolicyProblem>,
 }
 
 #[derive(Debug, Error)]
@@ -39,6 +39,8 @@ pub enum PolicyProblem {
     PortOutOfRange { field: String, value: i64 },
     #[error("field `{field}`: endPort {end} is below port {start}")]
     EndPortBelowPort { field: String, start: i64, end: i64 },
+    #[error("field `{field}`: endPort needs `port` to be set")]
+    EndPortWithoutPort { field: String },
     #[error("field `{field}`: endPort needs a numeric port (got `{port}`)")]
     EndPortWithoutNumber { field: String, port: String },
     #[error(
@@ -189,7 +191,7 @@ impl Policy {
             path: source.to_path_buf(),
             namespace: namespace.clone(),
             name: name.clone(),
-            problem,
+            problem: Box::new(problem),
         };
         if name.is_empty() {
             return Err(err(PolicyProblem::NoName));
@@ -202,25 +204,27 @@ impl Policy {
         let ingress_rules = spec.ingress.as_deref().unwrap_or_default();
         let egress_rules = spec.egress.as_deref().unwrap_or_default();
         // Default policyTypes: Ingress always; Egress iff the policy has egress rules.
-        let (isolates_ingress, isolates_egress) = match &spec.policy_types {
-            Some(types) => {
-                let mut seen = (false, false);
-                for (i, t) in types.iter().enumerate() {
-                    match t.as_str() {
-                        "Ingress" => seen.0 = true,
-                        "Egress" => seen.1 = true,
-                        other => {
-                            return Err(err(PolicyProblem::BadPolicyType {
-                                field: format!("spec.policyTypes[{i}]"),
-                                value: other.to_string(),
-                            }));
+        // An empty policyTypes list is unset (the API server defaults it like an absent one).
+        let (isolates_ingress, isolates_egress) =
+            match spec.policy_types.as_ref().filter(|t| !t.is_empty()) {
+                Some(types) => {
+                    let mut seen = (false, false);
+                    for (i, t) in types.iter().enumerate() {
+                        match t.as_str() {
+                            "Ingress" => seen.0 = true,
+                            "Egress" => seen.1 = true,
+                            other => {
+                                return Err(err(PolicyProblem::BadPolicyType {
+                                    field: format!("spec.policyTypes[{i}]"),
+                                    value: other.to_string(),
+                                }));
+                            }
                         }
                     }
+                    seen
                 }
-                seen
-            }
-            None => (true, !egress_rules.is_empty()),
-        };
+                None => (true, !egress_rules.is_empty()),
+            };
         let mut ingress = Vec::new();
         for (i, rule) in ingress_rules.iter().enumerate() {
             let field = format!("spec.ingress[{i}]");
@@ -360,6 +364,11 @@ fn compile_port(port: &NetworkPolicyPort, field: &str) -> Result<PortRule, Polic
         }
     };
     let port_match = match &port.port {
+        None if port.end_port.is_some() => {
+            return Err(PolicyProblem::EndPortWithoutPort {
+                field: format!("{field}.endPort"),
+            });
+        }
         None => PortMatch::All,
         Some(IntOrString::Int(n)) => {
             let start = check(i64::from(*n), format!("{field}.port"))?;
@@ -437,6 +446,12 @@ mod tests {
         // An empty egress list is "no egress rules": not egress-isolating by default.
         let p = compile(&format!("{HEAD}spec: {{podSelector: {{}}, egress: []}}")).unwrap();
         assert!(p.egress.is_none());
+        // An empty policyTypes list is defaulted like an absent one.
+        let p = compile(&format!(
+            "{HEAD}spec: {{podSelector: {{}}, policyTypes: [], egress: [{{}}]}}"
+        ))
+        .unwrap();
+        assert!(p.ingress.is_some() && p.egress.is_some());
         let p = compile(&format!(
             "{HEAD}spec: {{podSelector: {{}}, policyTypes: [Egress]}}"
         ))
@@ -486,6 +501,14 @@ mod tests {
                 "cannot be combined",
             ),
             ("policyTypes: [Ingres]", "spec.policyTypes[0]"),
+            (
+                "ingress: [{ports: [{endPort: 90}]}]",
+                "endPort needs `port` to be set",
+            ),
+            (
+                "ingress: [{ports: [{port: http, endPort: 90}]}]",
+                "endPort needs a numeric port",
+            ),
         ];
         for (spec, expected) in cases {
             let err = compile(&format!("{HEAD}spec:\n  podSelector: {{}}\n  {spec}\n"))

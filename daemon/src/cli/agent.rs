@@ -33,6 +33,9 @@ pub struct AgentArgs {
     pub json_out: Option<PathBuf>,
     #[command(flatten)]
     pub retention: crate::store::RetentionArgs,
+    // --- identity: --kube / --manifests ---
+    #[command(flatten)]
+    pub identity: crate::enrich::agent::IdentityArgs,
 }
 
 #[cfg(feature = "agent")]
@@ -80,8 +83,28 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             None => {}
         }
-        let mut fanout = Fanout(sinks);
-        crate::agent::run(config, &mut fanout).await?;
+        let fanout = Fanout(sinks);
+        // --- identity: resolve both ends of every record before it is written ---
+        let identity_pool = match &args.db {
+            Some(db) => Some(crate::store::Store::open(db).await?.pool().clone()),
+            None => None,
+        };
+        let identity =
+            crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
+        match identity {
+            Some(identity) => {
+                let mut sink = crate::enrich::agent::EnrichingSink {
+                    enricher: identity.enricher.clone(),
+                    inner: fanout,
+                };
+                crate::agent::run(config, &mut sink).await?;
+                identity.shutdown().await?;
+            }
+            None => {
+                let mut fanout = fanout;
+                crate::agent::run(config, &mut fanout).await?;
+            }
+        }
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)

@@ -30,6 +30,7 @@ pub mod agent;
 pub mod connectivity;
 pub mod explain;
 pub mod flows;
+pub mod lab;
 pub mod lint;
 
 #[derive(Debug, Subcommand)]
@@ -44,6 +45,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Find common NetworkPolicy mistakes.
     Lint(lint::LintArgs),
+    /// A mini-cluster of network namespaces built from a scenario folder (Linux, root).
+    Lab(lab::LabArgs),
 }
 
 pub fn init_tracing(global: &GlobalArgs) {
@@ -66,5 +69,6 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Connectivity(args) => connectivity::run(args),
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
+        Command::Lab(args) => lab::run(args),
     }
 }

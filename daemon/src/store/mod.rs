@@ -10,7 +10,6 @@
 //!   deltas; [`Store::query_flows_merged`] sums them per flow.
 //! - [`Store::prune`] applies retention by age and by size in small batches.
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -24,6 +23,7 @@ use sqlx::sqlite::{
 pub mod codec;
 pub mod guard;
 pub mod query;
+mod raw;
 pub mod retention;
 
 pub use guard::FileState;
@@ -36,10 +36,6 @@ pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
 /// `PRAGMA application_id` of every flowpol database ("FPOL"), set first at
 /// creation: it tells our files from other applications' SQLite files.
 pub const APPLICATION_ID: i32 = 0x4650_4F4C;
-
-/// Rows per multi-row INSERT (a power of two): 32 columns each, well under
-/// SQLite's limit of 32 766 bound parameters per statement.
-const ROWS_PER_INSERT: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -120,6 +116,13 @@ pub enum StoreError {
         op: &'static str,
         #[source]
         source: sqlx::Error,
+    },
+    #[error("database {}: {op}: {source}", path.display())]
+    Engine {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: raw::RawError,
     },
     #[error("database {}: applying schema migrations: {source}", path.display())]
     Migrate {
@@ -301,6 +304,14 @@ impl Store {
 
     /// Closes every connection; the last one checkpoints and removes the WAL.
     pub async fn close(self) {
+        if !self.read_only {
+            // Fold the WAL into the database file now, so the file is complete
+            // when this returns whatever order the connections close in.
+            // Failure only means the next open replays the WAL.
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(&self.pool)
+                .await;
+        }
         self.pool.close().await;
         // sqlx closes connections that were on their way back to the pool on
         // a background task: wait for them, so that when this returns SQLite
@@ -334,20 +345,45 @@ impl Store {
             .begin()
             .await
             .map_err(|e| write_error(path, "starting a transaction", e))?;
-        let mut rest = flows;
-        for size in chunk_sizes(flows.len()) {
-            let (chunk, tail) = rest.split_at(size);
-            rest = tail;
-            let sql = insert_sql(size);
-            let mut q = sqlx::query(sql);
-            for f in chunk {
-                q = bind_flow(q, f);
-            }
-            q.execute(&mut *tx)
+        let (first_id, last_id) = {
+            let mut handle = tx
+                .lock_handle()
                 .await
-                .map_err(|e| write_error(path, "inserting flows", e))?;
-        }
+                .map_err(|e| write_error(path, "locking the connection", e))?;
+            let db = handle.as_raw_handle().cast();
+            // SAFETY: the locked handle keeps sqlx's worker thread off this
+            // connection until it is dropped, after `insert` is.
+            let mut insert = unsafe { raw::FlowInsert::prepare(db) }
+                .map_err(|e| raw_error(path, "preparing the flow insert", e))?;
+            let mut first = None;
+            let mut last = None;
+            for f in flows {
+                let id = insert
+                    .insert(f)
+                    .map_err(|e| raw_error(path, "inserting flows", e))?;
+                first.get_or_insert(id);
+                last = Some(id);
+            }
+            (first, last)
+        };
         let recorded_ns = codec::time_to_ns(&recorded_at);
+        if !flows.is_empty() || !losses.is_empty() {
+            let last_seen = flows.iter().map(|f| codec::time_to_ns(&f.last_seen));
+            sqlx::query(
+                "INSERT INTO drains (recorded_ns, node, first_flow_id, last_flow_id, flow_count, \
+                 min_last_seen_ns, max_last_seen_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(recorded_ns)
+            .bind(node)
+            .bind(first_id)
+            .bind(last_id)
+            .bind(flows.len() as i64)
+            .bind(last_seen.clone().min())
+            .bind(last_seen.max())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| write_error(path, "recording the drain", e))?;
+        }
         for loss in losses.iter().filter(|l| l.delta > 0) {
             sqlx::query(
                 "INSERT INTO capture_losses (recorded_ns, node, counter, delta) VALUES (?, ?, ?, ?)",
@@ -393,6 +429,29 @@ fn latest_schema_version() -> i64 {
     MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
 }
 
+/// Maps an error of the C-API fast path like [`write_error`].
+fn raw_error(path: &Path, op: &'static str, err: raw::RawError) -> StoreError {
+    match err.primary() {
+        SQLITE_FULL => StoreError::DiskFull {
+            path: path.to_path_buf(),
+            op,
+        },
+        SQLITE_READONLY => StoreError::ReadOnly {
+            path: path.to_path_buf(),
+            detail: format!("{op}: {err}"),
+        },
+        11 | 26 => StoreError::Corrupt {
+            path: path.to_path_buf(),
+            detail: format!("{op}: {err}"),
+        },
+        _ => StoreError::Engine {
+            path: path.to_path_buf(),
+            op,
+            source: err,
+        },
+    }
+}
+
 /// Maps an sqlx error met while using a database we own.
 pub(crate) fn write_error(path: &Path, op: &'static str, err: sqlx::Error) -> StoreError {
     match guard::sqlite_code(&err) {
@@ -414,89 +473,6 @@ pub(crate) fn write_error(path: &Path, op: &'static str, err: sqlx::Error) -> St
             source: err,
         },
     }
-}
-
-/// Splits a batch into statement sizes: full statements, then powers of two,
-/// so only log2(ROWS_PER_INSERT) + 1 distinct statements are ever prepared.
-fn chunk_sizes(mut rows: usize) -> impl Iterator<Item = usize> {
-    std::iter::from_fn(move || {
-        if rows == 0 {
-            return None;
-        }
-        let size = if rows >= ROWS_PER_INSERT {
-            ROWS_PER_INSERT
-        } else {
-            1 << rows.ilog2()
-        };
-        rows -= size;
-        Some(size)
-    })
-}
-
-/// The multi-row INSERT for `rows` rows (a power of two up to ROWS_PER_INSERT).
-fn insert_sql(rows: usize) -> &'static str {
-    static BY_LOG2: OnceLock<Vec<String>> = OnceLock::new();
-    let table = BY_LOG2.get_or_init(|| {
-        (0..=ROWS_PER_INSERT.ilog2())
-            .map(|k| build_insert_sql(1 << k))
-            .collect()
-    });
-    debug_assert!(rows.is_power_of_two() && rows <= ROWS_PER_INSERT);
-    &table[rows.ilog2() as usize]
-}
-
-fn build_insert_sql(rows: usize) -> String {
-    let row = format!("({})", vec!["?"; query::INSERT_COLUMNS.len()].join(","));
-    let mut sql = format!(
-        "INSERT INTO flows ({}) VALUES ",
-        query::INSERT_COLUMNS.join(", ")
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push(',');
-        }
-        sql.push_str(&row);
-    }
-    sql
-}
-
-type SqliteQuery<'q> = sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// Binds one record in the order of [`query::INSERT_COLUMNS`].
-fn bind_flow<'q>(q: SqliteQuery<'q>, f: &'q FlowRecord) -> SqliteQuery<'q> {
-    let q = q
-        .bind(codec::time_to_ns(&f.first_seen))
-        .bind(codec::time_to_ns(&f.last_seen))
-        .bind(i64::from(f.protocol.number()))
-        .bind(codec::ip_to_db(&f.src.ip))
-        .bind(i64::from(f.src.port))
-        .bind(codec::ip_to_db(&f.dst.ip))
-        .bind(i64::from(f.dst.port))
-        .bind(codec::counter_to_db(f.packets))
-        .bind(codec::counter_to_db(f.bytes))
-        .bind(codec::counter_to_db(f.reply_packets))
-        .bind(codec::counter_to_db(f.reply_bytes))
-        .bind(codec::verdict_to_db(f.verdict))
-        .bind(f.drop_reason.as_deref())
-        .bind(i64::from(f.tcp_flags.0))
-        .bind(f.cgroup_id.map(codec::id_to_db))
-        .bind(f.node.as_deref());
-    let q = bind_endpoint(q, &f.src);
-    bind_endpoint(q, &f.dst)
-}
-
-fn bind_endpoint<'q>(
-    q: SqliteQuery<'q>,
-    e: &'q flowpol_recommender::flow::Endpoint,
-) -> SqliteQuery<'q> {
-    q.bind(e.kind.map(codec::kind_to_db))
-        .bind(e.namespace.as_deref())
-        .bind(e.pod.as_deref())
-        .bind(e.workload.as_ref().map(|w| w.kind.as_str()))
-        .bind(e.workload.as_ref().map(|w| w.name.as_str()))
-        .bind(codec::labels_to_db(&e.labels))
-        .bind(e.service.as_deref())
-        .bind(e.service_port.map(i64::from))
 }
 
 /// File-system questions behind a seam, so tests can fake a read-only disk.
@@ -610,25 +586,6 @@ mod tests {
         let err = check_writable(path, &FileState::Missing, &RealFs).unwrap_err();
         assert!(matches!(err, StoreError::MissingFolder { .. }));
         assert!(err.to_string().contains("/nonexistent-flowpol-dir/sub"));
-    }
-
-    #[test]
-    fn insert_sql_has_one_placeholder_per_column_and_row() {
-        let sql = build_insert_sql(3);
-        assert_eq!(sql.matches('?').count(), 3 * query::INSERT_COLUMNS.len());
-        assert!(ROWS_PER_INSERT * query::INSERT_COLUMNS.len() < 32_766);
-        assert_eq!(insert_sql(4), build_insert_sql(4));
-        assert_eq!(
-            insert_sql(ROWS_PER_INSERT),
-            build_insert_sql(ROWS_PER_INSERT)
-        );
-    }
-
-    #[test]
-    fn batches_split_into_few_statement_sizes() {
-        let sizes: Vec<usize> = chunk_sizes(2 * ROWS_PER_INSERT + 13).collect();
-        assert_eq!(sizes, vec![ROWS_PER_INSERT, ROWS_PER_INSERT, 8, 4, 1]);
-        assert_eq!(chunk_sizes(0).count(), 0);
     }
 
     #[test]

@@ -136,8 +136,16 @@ const MERGED_COLUMNS: &str = "MIN(id), MIN(first_seen_ns), MAX(last_seen_ns), pr
 fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: bool) {
     qb.push(" WHERE 1 = 1");
     if let Some(since) = &q.since {
-        qb.push(" AND last_seen_ns >= ")
-            .push_bind(codec::time_to_ns(since));
+        let since_ns = codec::time_to_ns(since);
+        // Candidate rows are those of drains that saw a flow at or after
+        // `since`: an id range the primary key serves, no time index needed.
+        qb.push(
+            " AND id >= (SELECT COALESCE(MIN(first_flow_id), 9223372036854775807) \
+             FROM drains WHERE max_last_seen_ns >= ",
+        )
+        .push_bind(since_ns)
+        .push(") AND last_seen_ns >= ")
+        .push_bind(since_ns);
     }
     if let Some(until) = &q.until {
         qb.push(" AND first_seen_ns < ")

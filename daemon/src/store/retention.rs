@@ -96,6 +96,9 @@ pub fn parse_size(s: &str) -> Result<SizeLimit, String> {
     Ok(SizeLimit(Some(bytes as u64)))
 }
 
+/// A drain's id, first and last flow id, and latest `last_seen`.
+type DrainSpan = (i64, Option<i64>, Option<i64>, Option<i64>);
+
 /// What one [`Store::prune`] run removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PruneReport {
@@ -132,20 +135,7 @@ impl Store {
                 .and_then(|age| now.checked_sub_signed(age));
             if let Some(cutoff) = cutoff {
                 let cutoff_ns = codec::time_to_ns(&cutoff);
-                loop {
-                    let n = self
-                        .delete_batch(
-                            "DELETE FROM flows WHERE id IN \
-                             (SELECT id FROM flows WHERE last_seen_ns < ? LIMIT ?)",
-                            Some(cutoff_ns),
-                            BATCH_ROWS,
-                        )
-                        .await?;
-                    report.rows_deleted_by_age += n;
-                    if n == 0 {
-                        break;
-                    }
-                }
+                report.rows_deleted_by_age = self.prune_by_age(cutoff_ns).await?;
                 sqlx::query("DELETE FROM capture_losses WHERE recorded_ns < ?")
                     .bind(cutoff_ns)
                     .execute(self.pool())
@@ -160,19 +150,20 @@ impl Store {
                     break;
                 }
                 let batch = self.size_batch(used - max, used).await?;
-                let n = self
-                    .delete_batch(
-                        "DELETE FROM flows WHERE id IN \
-                         (SELECT id FROM flows ORDER BY id LIMIT ?)",
-                        None,
-                        batch,
-                    )
-                    .await?;
+                let n = self.delete_oldest(batch).await?;
                 report.rows_deleted_by_size += n;
                 if n == 0 {
                     break;
                 }
             }
+            // Drains whose rows are all gone.
+            sqlx::query(
+                "DELETE FROM drains WHERE last_flow_id < \
+                 (SELECT COALESCE(MIN(id), 9223372036854775807) FROM flows)",
+            )
+            .execute(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "pruning drains", e))?;
         }
         if report.rows_deleted_by_age + report.rows_deleted_by_size > 0 {
             // Hand freed pages back to the file system, then let a passive
@@ -190,21 +181,63 @@ impl Store {
         Ok(report)
     }
 
-    async fn delete_batch(
-        &self,
-        sql: &'static str,
-        cutoff_ns: Option<i64>,
-        limit: i64,
-    ) -> Result<u64, StoreError> {
-        let mut q = sqlx::query(sql);
-        if let Some(c) = cutoff_ns {
-            q = q.bind(c);
+    /// Deletes flow rows last seen before `cutoff_ns`, drain by drain: a
+    /// drain entirely older goes as a whole id range, one that straddles the
+    /// cutoff loses only its older rows.
+    async fn prune_by_age(&self, cutoff_ns: i64) -> Result<u64, StoreError> {
+        let drains: Vec<DrainSpan> = sqlx::query_as(
+            "SELECT id, first_flow_id, last_flow_id, max_last_seen_ns FROM drains \
+             WHERE min_last_seen_ns < ? OR (flow_count = 0 AND recorded_ns < ?) ORDER BY id",
+        )
+        .bind(cutoff_ns)
+        .bind(cutoff_ns)
+        .fetch_all(self.pool())
+        .await
+        .map_err(|e| write_error(self.path(), "finding old drains", e))?;
+        let mut deleted = 0;
+        for (drain, first, last, max_last_seen) in drains {
+            let whole = max_last_seen.is_none_or(|m| m < cutoff_ns);
+            if let (Some(first), Some(last)) = (first, last) {
+                let mut lo = first;
+                while lo <= last {
+                    let hi = (lo + BATCH_ROWS - 1).min(last);
+                    let done = sqlx::query(
+                        "DELETE FROM flows WHERE id BETWEEN ? AND ? AND last_seen_ns < ?",
+                    )
+                    .bind(lo)
+                    .bind(hi)
+                    .bind(cutoff_ns)
+                    .execute(self.pool())
+                    .await
+                    .map_err(|e| write_error(self.path(), "deleting old flows", e))?;
+                    deleted += done.rows_affected();
+                    lo = hi + 1;
+                }
+            }
+            let sql = if whole {
+                "DELETE FROM drains WHERE id = ?"
+            } else {
+                // Rows at or after the cutoff remain: narrow the drain's span.
+                "UPDATE drains SET min_last_seen_ns = (SELECT MIN(last_seen_ns) FROM flows \
+                 WHERE id BETWEEN drains.first_flow_id AND drains.last_flow_id) WHERE id = ?"
+            };
+            sqlx::query(sql)
+                .bind(drain)
+                .execute(self.pool())
+                .await
+                .map_err(|e| write_error(self.path(), "updating drains", e))?;
         }
-        let done = q
-            .bind(limit)
-            .execute(self.pool())
-            .await
-            .map_err(|e| write_error(self.path(), "deleting old flows", e))?;
+        Ok(deleted)
+    }
+
+    /// Deletes the `limit` oldest flow rows (by id, i.e. by write order).
+    async fn delete_oldest(&self, limit: i64) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM flows WHERE id IN (SELECT id FROM flows ORDER BY id LIMIT ?)")
+                .bind(limit)
+                .execute(self.pool())
+                .await
+                .map_err(|e| write_error(self.path(), "deleting the oldest flows", e))?;
         Ok(done.rows_affected())
     }
 
