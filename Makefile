@@ -21,7 +21,7 @@ fmt:
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --workspace --exclude flowpol-ebpf --all-targets -- -D warnings
 	$(CARGO) clippy -p flowpol --no-default-features --all-targets -- -D warnings
 
 ## The whole suite. Privileged tests (eBPF, network namespaces) need root; they
