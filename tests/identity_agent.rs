@@ -351,6 +351,7 @@ fn privileged_identity_agent_with_kube_follows_ip_reuse_over_the_watch() {
     let api_port = one_connection(&a.ns, &b.ns, b.v4);
     std::thread::sleep(Duration::from_millis(1500));
     let records = agent.stop();
+    let db = agent.db.clone();
 
     let before = find(&records, &b.v4.to_string(), web_port);
     let after = find(&records, &b.v4.to_string(), api_port);
@@ -363,5 +364,37 @@ fn privileged_identity_agent_with_kube_follows_ip_reuse_over_the_watch() {
         assert_eq!(r["dst"]["pod"], "api-7c6b5a4d3-fghij", "{r:#}");
         assert_eq!(r["dst"]["workload"], "Deployment/api", "{r:#}");
     }
+    // The store has the enriched flows and the time line: web's interval on B's address is
+    // closed, api's is open.
+    rt.block_on(async {
+        let store = flowpol::store::Store::open_read_only(&db).await.unwrap();
+        let stored = store
+            .query_flows(&flowpol::store::query::FlowQuery {
+                workload: Some("Deployment/api".parse().unwrap()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            stored.iter().any(|f| f.dst.port == api_port),
+            "stored flows name Deployment/api: {stored:#?}"
+        );
+        let rows: Vec<(Option<i64>, String)> = sqlx::query_as(
+            "SELECT valid_to, holder FROM identity_intervals WHERE key = ? ORDER BY valid_from",
+        )
+        .bind(format!("ip:{}", b.v4))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert!(
+            rows[0].0.is_some(),
+            "the web pod's interval is closed: {rows:?}"
+        );
+        assert_eq!(
+            rows[1],
+            (None, "Pod/0c0c0c0c-0000-4000-8000-00000000000c".into())
+        );
+    });
     drop(rt);
 }

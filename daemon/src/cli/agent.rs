@@ -64,9 +64,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let mut sinks: Vec<Box<dyn FlowSink + Send>> = Vec::new();
+        let mut identity_pool = None;
         if let Some(db) = &args.db {
             // Open (and validate) the database before loading anything into the kernel.
             let store = crate::store::Store::open(db).await?;
+            // identity: the ownership time line lives in the same database.
+            identity_pool = Some(store.pool().clone());
             sinks.push(Box::new(crate::agent::StoreSink::new(store, retention)));
         }
         match args.json_out.as_deref() {
@@ -85,10 +88,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         }
         let fanout = Fanout(sinks);
         // --- identity: resolve both ends of every record before it is written ---
-        let identity_pool = match &args.db {
-            Some(db) => Some(crate::store::Store::open(db).await?.pool().clone()),
-            None => None,
-        };
         let identity =
             crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
         match identity {

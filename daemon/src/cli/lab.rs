@@ -360,12 +360,12 @@ mod linux {
     /// identity, `--json-out` with capture) and waits for it to attach.
     /// Starts the agent writing to the database and JSON lines; if it refuses the database
     /// (a build whose agent has no store yet), with the JSON lines alone.
-    fn start_agent(bin: &Path, db: &Path, cluster: &Path, log: &Path) -> Result<Agent, String> {
-        match start_agent_with(bin, db, cluster, log, true) {
+    fn start_agent(bin: &Path, db: &Path, lab: &lab::Lab, log: &Path) -> Result<Agent, String> {
+        match start_agent_with(bin, db, lab, log, true) {
             Ok(a) => Ok(a),
             Err(e) if e.contains("--db") => {
                 eprintln!("note: {e}; running the agent with --json-out only");
-                start_agent_with(bin, db, cluster, log, false)
+                start_agent_with(bin, db, lab, log, false)
             }
             Err(e) => Err(e),
         }
@@ -374,10 +374,11 @@ mod linux {
     fn start_agent_with(
         bin: &Path,
         db: &Path,
-        cluster: &Path,
+        lab: &lab::Lab,
         log: &Path,
         with_db: bool,
     ) -> Result<Agent, String> {
+        let cluster = lab.cluster_file();
         let help = std::process::Command::new(bin)
             .args(["agent", "--help"])
             .output()
@@ -392,12 +393,20 @@ mod linux {
             return Err("the agent has neither a working --db nor --json-out".into());
         }
         let mut cmd = std::process::Command::new(bin);
-        cmd.arg("agent");
+        // Info level: its "capture attached" line tells us when to start the traffic.
+        cmd.args(["--log", "info", "agent"]);
         if with_db {
             cmd.arg("--db").arg(db);
         }
         if help.contains("--manifests") {
-            cmd.arg("--manifests").arg(cluster);
+            cmd.arg("--manifests").arg(&cluster);
+        }
+        // Only this lab's sockets: other labs (same addresses, other netns) and the host's own
+        // traffic stay out of the report.
+        if help.contains("--cgroup")
+            && let Ok(cg2) = lab::sys::cgroup2_mount()
+        {
+            cmd.arg("--cgroup").arg(cg2.join(&lab.plan.cgroup_root));
         }
         if help.contains("--interval") {
             cmd.args(["--interval", "1s"]);
@@ -528,7 +537,7 @@ mod linux {
             "flowpol-lab-{lab_id}-{}-agent.log",
             std::process::id()
         ));
-        let mut agent = match start_agent(bin, &db, &up.cluster_file(), &agent_log) {
+        let mut agent = match start_agent(bin, &db, up, &agent_log) {
             Ok(a) => Some(a),
             Err(e) => {
                 println!("agent: not available, so only the clients' view is shown: {e}");

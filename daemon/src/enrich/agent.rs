@@ -137,14 +137,14 @@ impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<
         batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            // Enrichment resolves each record as of its own time, so a batch retried
-            // after a failed write resolves the same way.
-            let mut enriched = crate::agent::DrainBatch {
-                records: batch.records.clone(),
+            // Enriching is idempotent, so a batch the store retries resolves the same.
+            let mut records = batch.records.clone();
+            self.enricher.enrich(&mut records);
+            let enriched = crate::agent::DrainBatch {
+                records,
                 losses: batch.losses.clone(),
                 recorded_at: batch.recorded_at,
             };
-            self.enricher.enrich(&mut enriched.records);
             self.inner.write(&enriched).await
         })
     }

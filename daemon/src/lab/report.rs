@@ -135,7 +135,12 @@ fn same_workload(e: &Endpoint, key: &str) -> bool {
     let Some((ns, name)) = key.split_once('/') else {
         return false;
     };
-    e.namespace.as_deref() == Some(ns) && e.workload.as_ref().is_some_and(|w| w.name == name)
+    // A bare Pod is its own workload.
+    e.namespace.as_deref() == Some(ns)
+        && match &e.workload {
+            Some(w) => w.name == name,
+            None => e.pod.as_deref() == Some(name),
+        }
 }
 
 /// Checks recorded flows against `traffic.yaml`: each connection recorded once per attempt,
@@ -291,10 +296,17 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             continue;
         };
         let proto = c.protocol.clone().unwrap_or_else(|| "TCP".into());
+        // Dialed at the Service port; identity may already show the resolved targetPort.
+        let mut ports: BTreeSet<u16> = BTreeSet::from([c.port]);
+        for p in svc.ports.iter().filter(|p| p.port == c.port) {
+            ports.extend(p.endpoints.iter().map(|e| e.port));
+        }
         for client in plan.pods_of(&c.from) {
             for src in &client.ips {
                 for cip in &svc.cluster_ips {
-                    service_views.insert((*src, *cip, c.port, proto.clone()));
+                    for port in &ports {
+                        service_views.insert((*src, *cip, *port, proto.clone()));
+                    }
                 }
             }
         }
@@ -307,6 +319,23 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
             continue;
         }
         if service_views.contains(&(f.src.ip, f.dst.ip, f.dst.port, f.protocol.to_string())) {
+            continue;
+        }
+        // The reply direction of a recorded connection, with src and dst swapped.
+        let reversed = flows.iter().enumerate().any(|(gi, g)| {
+            gi != fi && g.src.ip == f.dst.ip && g.src.port == f.dst.port && g.protocol == f.protocol
+        });
+        if reversed {
+            problems.push(format!(
+                "flow recorded reversed (the reply side of another recorded flow): {} ({}:{}) → {} ({}):{}/{}",
+                endpoint_name(plan, &f.src),
+                f.src.ip,
+                f.src.port,
+                endpoint_name(plan, &f.dst),
+                f.dst.ip,
+                f.dst.port,
+                f.protocol
+            ));
             continue;
         }
         problems.push(format!(

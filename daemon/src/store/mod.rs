@@ -183,6 +183,8 @@ pub struct LossTotal {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// Identity ids already in the database (shared by clones).
+    identities: std::sync::Arc<std::sync::Mutex<raw::IdentityCache>>,
     path: PathBuf,
     read_only: bool,
     schema_version: i64,
@@ -236,6 +238,7 @@ impl Store {
         })?;
         Ok(Store {
             pool,
+            identities: Default::default(),
             path: path.to_path_buf(),
             read_only: false,
             schema_version: latest_schema_version(),
@@ -270,6 +273,9 @@ impl Store {
             .read_only(true)
             .immutable(immutable)
             .create_if_missing(false)
+            // Merged listings sort every matching row: a larger cache keeps
+            // more of that sort in memory (this is the CLI, not the agent).
+            .pragma("cache_size", "-65536")
             .busy_timeout(StoreOptions::default().busy_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
@@ -278,6 +284,7 @@ impl Store {
             .map_err(|e| write_error(path, "opening read-only", e))?;
         Ok(Store {
             pool,
+            identities: Default::default(),
             path: path.to_path_buf(),
             read_only: true,
             schema_version,
@@ -345,26 +352,30 @@ impl Store {
             .begin()
             .await
             .map_err(|e| write_error(path, "starting a transaction", e))?;
-        let (first_id, last_id) = {
+        let (first_id, last_id, learned) = {
             let mut handle = tx
                 .lock_handle()
                 .await
                 .map_err(|e| write_error(path, "locking the connection", e))?;
             let db = handle.as_raw_handle().cast();
+            let known = self
+                .identities
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             // SAFETY: the locked handle keeps sqlx's worker thread off this
-            // connection until it is dropped, after `insert` is.
-            let mut insert = unsafe { raw::FlowInsert::prepare(db) }
+            // connection until it is dropped, after `writer` is.
+            let mut writer = unsafe { raw::FlowWriter::new(db, &known) }
                 .map_err(|e| raw_error(path, "preparing the flow insert", e))?;
             let mut first = None;
             let mut last = None;
             for f in flows {
-                let id = insert
+                let id = writer
                     .insert(f)
                     .map_err(|e| raw_error(path, "inserting flows", e))?;
                 first.get_or_insert(id);
                 last = Some(id);
             }
-            (first, last)
+            (first, last, std::mem::take(&mut writer.learned))
         };
         let recorded_ns = codec::time_to_ns(&recorded_at);
         if !flows.is_empty() || !losses.is_empty() {
@@ -398,7 +409,13 @@ impl Store {
         }
         tx.commit()
             .await
-            .map_err(|e| write_error(path, "committing", e))
+            .map_err(|e| write_error(path, "committing", e))?;
+        // Only now are the identities this write added sure to exist.
+        self.identities
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .absorb(learned);
+        Ok(())
     }
 
     /// Capture losses recorded at or after `since`, summed per counter.

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{Store, StoreError, codec, write_error};
 
 /// Columns written per flow, in bind order (`id` is assigned by SQLite).
-pub const INSERT_COLUMNS: [&str; 32] = [
+pub const INSERT_COLUMNS: [&str; 18] = [
     "first_seen_ns",
     "last_seen_ns",
     "protocol",
@@ -27,29 +27,21 @@ pub const INSERT_COLUMNS: [&str; 32] = [
     "tcp_flags",
     "cgroup_id",
     "node",
-    "src_kind",
-    "src_namespace",
-    "src_pod",
-    "src_workload_kind",
-    "src_workload_name",
-    "src_labels",
-    "src_service",
-    "src_service_port",
-    "dst_kind",
-    "dst_namespace",
-    "dst_pod",
-    "dst_workload_kind",
-    "dst_workload_name",
-    "dst_labels",
-    "dst_service",
-    "dst_service_port",
+    "src_identity",
+    "dst_identity",
 ];
 
 /// Columns that are the same in every interval of one flow: the merge key.
-const KEY_COLUMNS: &str = "protocol, src_ip, src_port, dst_ip, dst_port, verdict, drop_reason, \
-    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
-    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
-    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+const KEY_COLUMNS: &str = "f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.verdict, \
+    f.drop_reason, f.cgroup_id, f.node, f.src_identity, f.dst_identity";
+
+/// Both ends' identity columns, from the joins `s` (source) and `d`.
+const IDENTITY_COLUMNS: &str = "s.kind, s.namespace, s.pod, s.workload_kind, s.workload_name, \
+    s.labels, s.service, s.service_port, d.kind, d.namespace, d.pod, d.workload_kind, \
+    d.workload_name, d.labels, d.service, d.service_port";
+
+const IDENTITY_JOINS: &str = "LEFT JOIN identities s ON s.id = f.src_identity \
+    LEFT JOIN identities d ON d.id = f.dst_identity";
 
 /// Where a page of rows ended; the next page starts after it. Flow ids grow
 /// with every write and are never reused, so a cursor also serves to follow
@@ -117,21 +109,23 @@ pub struct FlowPage {
     pub next: Option<FlowCursor>,
 }
 
-const ROW_COLUMNS: &str = "id, first_seen_ns, last_seen_ns, protocol, src_ip, src_port, dst_ip, \
-    dst_port, packets, bytes, reply_packets, reply_bytes, verdict, drop_reason, tcp_flags, \
-    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
-    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
-    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+/// Flow columns in the order [`decode_row`] reads, before the identities.
+const ROW_COLUMNS: &str = "f.id, f.first_seen_ns, f.last_seen_ns, f.protocol, f.src_ip, \
+    f.src_port, f.dst_ip, f.dst_port, f.packets, f.bytes, f.reply_packets, f.reply_bytes, \
+    f.verdict, f.drop_reason, f.tcp_flags, f.cgroup_id, f.node";
 
-/// The same columns as [`ROW_COLUMNS`], aggregated over one flow's intervals.
-const MERGED_COLUMNS: &str = "MIN(id), MIN(first_seen_ns), MAX(last_seen_ns), protocol, src_ip, \
-    src_port, dst_ip, dst_port, SUM(packets), SUM(bytes), SUM(reply_packets), SUM(reply_bytes), \
-    verdict, drop_reason, \
-    (MAX(tcp_flags & 1) | MAX(tcp_flags & 2) | MAX(tcp_flags & 4) | MAX(tcp_flags & 8) | \
-     MAX(tcp_flags & 16) | MAX(tcp_flags & 32) | MAX(tcp_flags & 64) | MAX(tcp_flags & 128)), \
-    cgroup_id, node, src_kind, src_namespace, src_pod, src_workload_kind, src_workload_name, \
-    src_labels, src_service, src_service_port, dst_kind, dst_namespace, dst_pod, \
-    dst_workload_kind, dst_workload_name, dst_labels, dst_service, dst_service_port";
+/// The same columns, aggregated over one flow's intervals (grouped by
+/// [`KEY_COLUMNS`]), plus the identity ids to join afterwards.
+const MERGED_COLUMNS: &str = "MIN(f.id) AS id, MIN(f.first_seen_ns) AS first_seen_ns, \
+    MAX(f.last_seen_ns) AS last_seen_ns, f.protocol AS protocol, f.src_ip AS src_ip, \
+    f.src_port AS src_port, f.dst_ip AS dst_ip, f.dst_port AS dst_port, \
+    SUM(f.packets) AS packets, SUM(f.bytes) AS bytes, SUM(f.reply_packets) AS reply_packets, \
+    SUM(f.reply_bytes) AS reply_bytes, f.verdict AS verdict, f.drop_reason AS drop_reason, \
+    (MAX(f.tcp_flags & 1) | MAX(f.tcp_flags & 2) | MAX(f.tcp_flags & 4) | \
+     MAX(f.tcp_flags & 8) | MAX(f.tcp_flags & 16) | MAX(f.tcp_flags & 32) | \
+     MAX(f.tcp_flags & 64) | MAX(f.tcp_flags & 128)) AS tcp_flags, \
+    f.cgroup_id AS cgroup_id, f.node AS node, f.src_identity AS src_identity, \
+    f.dst_identity AS dst_identity";
 
 fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: bool) {
     qb.push(" WHERE 1 = 1");
@@ -140,56 +134,53 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: b
         // Candidate rows are those of drains that saw a flow at or after
         // `since`: an id range the primary key serves, no time index needed.
         qb.push(
-            " AND id >= (SELECT COALESCE(MIN(first_flow_id), 9223372036854775807) \
+            " AND f.id >= (SELECT COALESCE(MIN(first_flow_id), 9223372036854775807) \
              FROM drains WHERE max_last_seen_ns >= ",
         )
         .push_bind(since_ns)
-        .push(") AND last_seen_ns >= ")
+        .push(") AND f.last_seen_ns >= ")
         .push_bind(since_ns);
     }
     if let Some(until) = &q.until {
-        qb.push(" AND first_seen_ns < ")
+        qb.push(" AND f.first_seen_ns < ")
             .push_bind(codec::time_to_ns(until));
     }
     if let Some(v) = q.verdict {
-        qb.push(" AND verdict = ")
+        qb.push(" AND f.verdict = ")
             .push_bind(codec::verdict_to_db(v));
     }
     if let Some(p) = q.protocol {
-        qb.push(" AND protocol = ").push_bind(i64::from(p.number()));
+        qb.push(" AND f.protocol = ")
+            .push_bind(i64::from(p.number()));
     }
-    match (&q.namespace, &q.workload) {
-        (Some(ns), None) => {
-            qb.push(" AND (src_namespace = ")
-                .push_bind(ns.clone())
-                .push(" OR dst_namespace = ")
-                .push_bind(ns.clone())
-                .push(")");
-        }
-        (ns, Some(w)) => {
-            qb.push(" AND (");
-            for (i, end) in ["src", "dst"].into_iter().enumerate() {
-                if i > 0 {
-                    qb.push(" OR ");
-                }
-                qb.push(format!("({end}_workload_kind = "))
+    if q.namespace.is_some() || q.workload.is_some() {
+        // Either end's identity: ids from the small identities table, then
+        // the flows' identity indexes.
+        qb.push(" AND (");
+        for (i, end) in ["src", "dst"].into_iter().enumerate() {
+            if i > 0 {
+                qb.push(" OR ");
+            }
+            qb.push(format!(
+                "f.{end}_identity IN (SELECT id FROM identities WHERE 1 = 1"
+            ));
+            if let Some(ns) = &q.namespace {
+                qb.push(" AND namespace = ").push_bind(ns.clone());
+            }
+            if let Some(w) = &q.workload {
+                qb.push(" AND workload_kind = ")
                     .push_bind(w.kind.clone())
-                    .push(format!(" AND {end}_workload_name = "))
+                    .push(" AND workload_name = ")
                     .push_bind(w.name.clone());
-                if let Some(ns) = ns {
-                    qb.push(format!(" AND {end}_namespace = "))
-                        .push_bind(ns.clone());
-                }
-                qb.push(")");
             }
             qb.push(")");
         }
-        (None, None) => {}
+        qb.push(")");
     }
     if with_cursor && let Some(after) = q.after {
         match q.order {
-            FlowOrder::OldestFirst => qb.push(" AND id > ").push_bind(after.0),
-            FlowOrder::NewestFirst => qb.push(" AND id < ").push_bind(after.0),
+            FlowOrder::OldestFirst => qb.push(" AND f.id > ").push_bind(after.0),
+            FlowOrder::NewestFirst => qb.push(" AND f.id < ").push_bind(after.0),
         };
     }
 }
@@ -208,11 +199,13 @@ impl Store {
 
     /// Stored rows matching `q` with their ids, and the cursor of the next page.
     pub async fn query_flow_page(&self, q: &FlowQuery) -> Result<FlowPage, StoreError> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {ROW_COLUMNS} FROM flows"));
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {ROW_COLUMNS}, {IDENTITY_COLUMNS} FROM flows f {IDENTITY_JOINS}"
+        ));
         push_filters(&mut qb, q, true);
         qb.push(match q.order {
-            FlowOrder::OldestFirst => " ORDER BY id ASC",
-            FlowOrder::NewestFirst => " ORDER BY id DESC",
+            FlowOrder::OldestFirst => " ORDER BY f.id ASC",
+            FlowOrder::NewestFirst => " ORDER BY f.id DESC",
         });
         if let Some(limit) = q.limit {
             qb.push(" LIMIT ").push_bind(i64::from(limit));
@@ -240,7 +233,14 @@ impl Store {
     /// summed, earliest `first_seen`, latest `last_seen`, TCP flags OR-ed.
     /// Ordered by `first_seen` (oldest first, or newest first).
     pub async fn query_flows_merged(&self, q: &FlowQuery) -> Result<Vec<FlowRecord>, StoreError> {
-        let mut qb = QueryBuilder::<Sqlite>::new(format!("SELECT {MERGED_COLUMNS} FROM flows"));
+        // Group on the flows table alone (identity ids are integers), then
+        // join the identities of the far fewer merged rows.
+        let mut qb = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT f.id, f.first_seen_ns, f.last_seen_ns, f.protocol, f.src_ip, f.src_port, \
+             f.dst_ip, f.dst_port, f.packets, f.bytes, f.reply_packets, f.reply_bytes, \
+             f.verdict, f.drop_reason, f.tcp_flags, f.cgroup_id, f.node, {IDENTITY_COLUMNS} \
+             FROM (SELECT {MERGED_COLUMNS} FROM flows f"
+        ));
         push_filters(&mut qb, q, false);
         qb.push(" GROUP BY ").push(KEY_COLUMNS);
         qb.push(match q.order {
@@ -250,6 +250,11 @@ impl Store {
         if let Some(limit) = q.limit {
             qb.push(" LIMIT ").push_bind(i64::from(limit));
         }
+        qb.push(format!(") f {IDENTITY_JOINS}"));
+        qb.push(match q.order {
+            FlowOrder::OldestFirst => " ORDER BY f.first_seen_ns ASC, f.id ASC",
+            FlowOrder::NewestFirst => " ORDER BY f.last_seen_ns DESC, f.id DESC",
+        });
         let rows = qb
             .build()
             .fetch_all(self.pool())
@@ -397,11 +402,13 @@ mod tests {
             }
             n
         };
-        assert_eq!(count(ROW_COLUMNS), INSERT_COLUMNS.len() + 1);
-        assert_eq!(count(MERGED_COLUMNS), INSERT_COLUMNS.len() + 1);
-        for (i, col) in INSERT_COLUMNS.iter().enumerate() {
+        // id + 16 flow columns, then 8 identity columns per end.
+        assert_eq!(count(ROW_COLUMNS), 17);
+        assert_eq!(count(IDENTITY_COLUMNS), 16);
+        assert_eq!(count(MERGED_COLUMNS), 19);
+        for (i, col) in INSERT_COLUMNS.iter().take(16).enumerate() {
             let row_col = ROW_COLUMNS.split(',').nth(i + 1).unwrap().trim();
-            assert_eq!(row_col, *col);
+            assert_eq!(row_col, format!("f.{col}"));
         }
     }
 }

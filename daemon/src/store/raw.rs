@@ -1,17 +1,20 @@
-//! The ingest fast path: one prepared single-row INSERT stepped once per
-//! flow, through SQLite's C API on the connection sqlx lends us
-//! (`lock_handle`). Binding through sqlx allocates per value and crosses a
-//! thread per statement; this path does neither, which is what lets one
-//! drain interval of 10 000 flows commit in a few milliseconds.
+//! The ingest fast path: prepared statements stepped once per flow through
+//! SQLite's C API, on the connection sqlx lends us (`lock_handle`). Binding
+//! through sqlx allocates per value and crosses a thread per statement; this
+//! path does neither. Endpoint identities are stored once in `identities`
+//! and found through an in-memory cache, so the common row costs no string
+//! building at all.
 //!
 //! Safety rests on two facts: sqlx's `LockedSqliteHandle` guarantees no other
 //! thread uses the connection while we hold it, and every value bound with
-//! `SQLITE_STATIC` outlives the `sqlite3_step` that reads it (each row's
-//! owned temporaries live in [`RowValues`] until the step returns).
+//! `SQLITE_STATIC` outlives the `sqlite3_step` that reads it (bindings are
+//! cleared right after each step).
+use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_int};
+use std::hash::{Hash, Hasher};
 use std::ptr::NonNull;
 
-use flowpol_recommender::flow::{Endpoint, FlowRecord};
+use flowpol_recommender::flow::{Endpoint, EndpointKind, FlowRecord, WorkloadRef};
 use libsqlite3_sys as ffi;
 
 use super::codec;
@@ -32,12 +35,6 @@ impl RawError {
     }
 }
 
-/// A prepared INSERT of one flow row, finalized on drop.
-pub struct FlowInsert {
-    db: NonNull<ffi::sqlite3>,
-    stmt: NonNull<ffi::sqlite3_stmt>,
-}
-
 fn last_error(db: NonNull<ffi::sqlite3>) -> RawError {
     // SAFETY: db is a live connection handle; errmsg returns a NUL-terminated
     // string owned by SQLite, copied before any further call.
@@ -53,26 +50,17 @@ fn last_error(db: NonNull<ffi::sqlite3>) -> RawError {
     }
 }
 
-/// The owned values of one row, alive until its step is done.
-struct RowValues {
-    src_ip: Vec<u8>,
-    dst_ip: Vec<u8>,
-    src_labels: Option<String>,
-    dst_labels: Option<String>,
+/// One prepared statement, finalized on drop.
+struct Stmt {
+    db: NonNull<ffi::sqlite3>,
+    stmt: NonNull<ffi::sqlite3_stmt>,
 }
 
-impl FlowInsert {
-    /// Prepares the INSERT on `db`.
-    ///
+impl Stmt {
     /// # Safety
     /// `db` must be a live connection that no other thread uses until this
     /// value is dropped.
-    pub unsafe fn prepare(db: NonNull<ffi::sqlite3>) -> Result<Self, RawError> {
-        let sql = format!(
-            "INSERT INTO flows ({}) VALUES ({})",
-            INSERT_COLUMNS.join(", "),
-            vec!["?"; INSERT_COLUMNS.len()].join(", ")
-        );
+    unsafe fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Self, RawError> {
         let mut stmt = std::ptr::null_mut();
         // SAFETY: db is live (caller); sql is valid for the given length; the
         // out-pointer is a valid local.
@@ -112,11 +100,12 @@ impl FlowInsert {
         }
     }
 
-    /// Binds `v` without copying: it must stay alive until the next step.
+    /// Binds `v` without copying: it must stay alive until `finish`.
     fn text(&mut self, i: c_int, v: Option<&str>) -> Result<(), RawError> {
         match v {
-            // SAFETY: stmt is live; v outlives the step (see module docs);
-            // SQLITE_STATIC tells SQLite not to free or copy it.
+            // SAFETY: stmt is live; v outlives the step (callers bind and
+            // step within one borrow); SQLITE_STATIC: SQLite neither copies
+            // nor frees it.
             Some(v) => self.check(unsafe {
                 ffi::sqlite3_bind_text(
                     self.stmt.as_ptr(),
@@ -131,7 +120,7 @@ impl FlowInsert {
         }
     }
 
-    /// Binds `v` without copying: it must stay alive until the next step.
+    /// Binds `v` without copying: it must stay alive until `finish`.
     fn blob(&mut self, i: c_int, v: &[u8]) -> Result<(), RawError> {
         // SAFETY: as for `text`.
         self.check(unsafe {
@@ -145,74 +134,283 @@ impl FlowInsert {
         })
     }
 
-    fn endpoint<'a>(
-        &mut self,
-        first: c_int,
-        e: &'a Endpoint,
-        labels: Option<&'a str>,
-    ) -> Result<(), RawError> {
-        self.text(first, e.kind.map(codec::kind_to_db))?;
-        self.text(first + 1, e.namespace.as_deref())?;
-        self.text(first + 2, e.pod.as_deref())?;
-        self.text(first + 3, e.workload.as_ref().map(|w| w.kind.as_str()))?;
-        self.text(first + 4, e.workload.as_ref().map(|w| w.name.as_str()))?;
-        self.text(first + 5, labels)?;
-        self.text(first + 6, e.service.as_deref())?;
-        self.opt_int(first + 7, e.service_port.map(i64::from))
-    }
-
-    /// Inserts one flow; returns its id.
-    pub fn insert(&mut self, f: &FlowRecord) -> Result<i64, RawError> {
-        let owned = RowValues {
-            src_ip: codec::ip_to_db(&f.src.ip),
-            dst_ip: codec::ip_to_db(&f.dst.ip),
-            src_labels: codec::labels_to_db(&f.src.labels),
-            dst_labels: codec::labels_to_db(&f.dst.labels),
-        };
-        // Parameter numbers follow INSERT_COLUMNS (1-based).
-        self.int(1, codec::time_to_ns(&f.first_seen))?;
-        self.int(2, codec::time_to_ns(&f.last_seen))?;
-        self.int(3, i64::from(f.protocol.number()))?;
-        self.blob(4, &owned.src_ip)?;
-        self.int(5, i64::from(f.src.port))?;
-        self.blob(6, &owned.dst_ip)?;
-        self.int(7, i64::from(f.dst.port))?;
-        self.int(8, codec::counter_to_db(f.packets))?;
-        self.int(9, codec::counter_to_db(f.bytes))?;
-        self.int(10, codec::counter_to_db(f.reply_packets))?;
-        self.int(11, codec::counter_to_db(f.reply_bytes))?;
-        self.text(12, Some(codec::verdict_to_db(f.verdict)))?;
-        self.text(13, f.drop_reason.as_deref())?;
-        self.int(14, i64::from(f.tcp_flags.0))?;
-        self.opt_int(15, f.cgroup_id.map(codec::id_to_db))?;
-        self.text(16, f.node.as_deref())?;
-        self.endpoint(17, &f.src, owned.src_labels.as_deref())?;
-        self.endpoint(25, &f.dst, owned.dst_labels.as_deref())?;
-        // SAFETY: stmt and db are live; every bound pointer is in `f` or
-        // `owned`, both alive until after reset (which drops no bindings but
-        // makes SQLite stop reading them until rebound).
-        let (rc, id) = unsafe {
+    /// Steps once; returns the first column of a result row, if any. Then
+    /// resets the statement and clears its bindings (SQLite stops reading
+    /// the bound buffers).
+    fn finish(&mut self) -> Result<Option<i64>, RawError> {
+        // SAFETY: stmt and db are live and owned by self; bound buffers are
+        // alive (see `text`) until clear_bindings below.
+        let (rc, value) = unsafe {
             let rc = ffi::sqlite3_step(self.stmt.as_ptr());
-            let id = ffi::sqlite3_last_insert_rowid(self.db.as_ptr());
+            let value =
+                (rc == ffi::SQLITE_ROW).then(|| ffi::sqlite3_column_int64(self.stmt.as_ptr(), 0));
+            (rc, value)
+        };
+        let result = match rc {
+            ffi::SQLITE_ROW | ffi::SQLITE_DONE => Ok(value),
+            _ => Err(last_error(self.db)),
+        };
+        // SAFETY: as above.
+        unsafe {
             ffi::sqlite3_reset(self.stmt.as_ptr());
             ffi::sqlite3_clear_bindings(self.stmt.as_ptr());
-            (rc, id)
-        };
-        drop(owned);
-        if rc == ffi::SQLITE_DONE {
-            Ok(id)
-        } else {
-            Err(last_error(self.db))
         }
+        result
+    }
+
+    fn last_insert_rowid(&self) -> i64 {
+        // SAFETY: db is live.
+        unsafe { ffi::sqlite3_last_insert_rowid(self.db.as_ptr()) }
     }
 }
 
-impl Drop for FlowInsert {
+impl Drop for Stmt {
     fn drop(&mut self) {
         // SAFETY: stmt was prepared by us and is finalized exactly once.
         unsafe {
             ffi::sqlite3_finalize(self.stmt.as_ptr());
         }
+    }
+}
+
+/// The identity columns of an endpoint, owned (a cache entry).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Identity {
+    kind: Option<EndpointKind>,
+    namespace: Option<String>,
+    pod: Option<String>,
+    workload: Option<WorkloadRef>,
+    labels: BTreeMap<String, String>,
+    service: Option<String>,
+    service_port: Option<u16>,
+}
+
+impl Identity {
+    fn of(e: &Endpoint) -> Self {
+        Self {
+            kind: e.kind,
+            namespace: e.namespace.clone(),
+            pod: e.pod.clone(),
+            workload: e.workload.clone(),
+            labels: e.labels.clone(),
+            service: e.service.clone(),
+            service_port: e.service_port,
+        }
+    }
+
+    fn matches(&self, e: &Endpoint) -> bool {
+        self.kind == e.kind
+            && self.namespace == e.namespace
+            && self.pod == e.pod
+            && self.workload == e.workload
+            && self.labels == e.labels
+            && self.service == e.service
+            && self.service_port == e.service_port
+    }
+}
+
+/// True when any identity field of `e` is set.
+pub fn has_identity(e: &Endpoint) -> bool {
+    e.kind.is_some()
+        || e.namespace.is_some()
+        || e.pod.is_some()
+        || e.workload.is_some()
+        || !e.labels.is_empty()
+        || e.service.is_some()
+        || e.service_port.is_some()
+}
+
+/// FNV-1a: the cache is keyed by our own identities, not by untrusted
+/// input that could be crafted to collide, so a fast hash will do.
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// Hash of the identity fields of `e`, computed without allocating.
+fn identity_hash(e: &Endpoint) -> u64 {
+    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    e.kind.hash(&mut h);
+    e.namespace.hash(&mut h);
+    e.pod.hash(&mut h);
+    e.workload.hash(&mut h);
+    e.labels.hash(&mut h);
+    e.service.hash(&mut h);
+    e.service_port.hash(&mut h);
+    h.finish()
+}
+
+/// The canonical text of an identity: the `identities.key` column.
+fn identity_key(e: &Endpoint) -> String {
+    serde_json::json!([
+        e.kind.map(codec::kind_to_db),
+        e.namespace,
+        e.pod,
+        e.workload.as_ref().map(|w| &w.kind),
+        e.workload.as_ref().map(|w| &w.name),
+        e.labels,
+        e.service,
+        e.service_port,
+    ])
+    .to_string()
+}
+
+/// Identity ids by identity, so that most rows need no lookup in SQLite.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    by_hash: HashMap<u64, Vec<(Identity, i64)>>,
+    len: usize,
+}
+
+/// Bounds the cache's memory (an entry is a few hundred bytes).
+const IDENTITY_CACHE_MAX: usize = 50_000;
+
+impl IdentityCache {
+    fn get(&self, hash: u64, e: &Endpoint) -> Option<i64> {
+        self.by_hash
+            .get(&hash)?
+            .iter()
+            .find(|(identity, _)| identity.matches(e))
+            .map(|(_, id)| *id)
+    }
+
+    fn insert(&mut self, hash: u64, e: &Endpoint, id: i64) {
+        self.by_hash
+            .entry(hash)
+            .or_default()
+            .push((Identity::of(e), id));
+        self.len += 1;
+    }
+
+    /// Takes in what a committed write learned.
+    pub fn absorb(&mut self, other: IdentityCache) {
+        if self.len + other.len > IDENTITY_CACHE_MAX {
+            // Simplest bound: start over; the hot identities return quickly.
+            self.by_hash.clear();
+            self.len = 0;
+        }
+        for (hash, entries) in other.by_hash {
+            self.len += entries.len();
+            self.by_hash.entry(hash).or_default().extend(entries);
+        }
+    }
+}
+
+/// Writes flows (and the identities they name) on one locked connection.
+pub struct FlowWriter<'c> {
+    insert_flow: Stmt,
+    find_identity: Stmt,
+    insert_identity: Stmt,
+    /// Identities known committed before this write.
+    known: &'c IdentityCache,
+    /// Identities this write found or added: kept only if it commits.
+    pub learned: IdentityCache,
+}
+
+impl<'c> FlowWriter<'c> {
+    /// # Safety
+    /// `db` must be a live connection that no other thread uses until this
+    /// value is dropped.
+    pub unsafe fn new(
+        db: NonNull<ffi::sqlite3>,
+        known: &'c IdentityCache,
+    ) -> Result<Self, RawError> {
+        let insert_flow = format!(
+            "INSERT INTO flows ({}) VALUES ({})",
+            INSERT_COLUMNS.join(", "),
+            vec!["?"; INSERT_COLUMNS.len()].join(", ")
+        );
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            Ok(Self {
+                insert_flow: Stmt::prepare(db, &insert_flow)?,
+                find_identity: Stmt::prepare(db, "SELECT id FROM identities WHERE key = ?")?,
+                insert_identity: Stmt::prepare(
+                    db,
+                    "INSERT INTO identities (key, kind, namespace, pod, workload_kind, \
+                     workload_name, labels, service, service_port) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                )?,
+                known,
+                learned: IdentityCache::default(),
+            })
+        }
+    }
+
+    /// The `identities` id of `e`'s identity, adding it when new.
+    fn identity(&mut self, e: &Endpoint) -> Result<Option<i64>, RawError> {
+        if !has_identity(e) {
+            return Ok(None);
+        }
+        let hash = identity_hash(e);
+        if let Some(id) = self
+            .known
+            .get(hash, e)
+            .or_else(|| self.learned.get(hash, e))
+        {
+            return Ok(Some(id));
+        }
+        let key = identity_key(e);
+        self.find_identity.text(1, Some(&key))?;
+        let id = match self.find_identity.finish()? {
+            Some(id) => id,
+            None => {
+                let labels = codec::labels_to_db(&e.labels);
+                let s = &mut self.insert_identity;
+                s.text(1, Some(&key))?;
+                s.text(2, e.kind.map(codec::kind_to_db))?;
+                s.text(3, e.namespace.as_deref())?;
+                s.text(4, e.pod.as_deref())?;
+                s.text(5, e.workload.as_ref().map(|w| w.kind.as_str()))?;
+                s.text(6, e.workload.as_ref().map(|w| w.name.as_str()))?;
+                s.text(7, labels.as_deref())?;
+                s.text(8, e.service.as_deref())?;
+                s.opt_int(9, e.service_port.map(i64::from))?;
+                s.finish()?;
+                s.last_insert_rowid()
+            }
+        };
+        self.learned.insert(hash, e, id);
+        Ok(Some(id))
+    }
+
+    /// Inserts one flow; returns its id.
+    pub fn insert(&mut self, f: &FlowRecord) -> Result<i64, RawError> {
+        let src_identity = self.identity(&f.src)?;
+        let dst_identity = self.identity(&f.dst)?;
+        let src_ip = codec::ip_to_db(&f.src.ip);
+        let dst_ip = codec::ip_to_db(&f.dst.ip);
+        let s = &mut self.insert_flow;
+        // Parameter numbers follow INSERT_COLUMNS (1-based).
+        s.int(1, codec::time_to_ns(&f.first_seen))?;
+        s.int(2, codec::time_to_ns(&f.last_seen))?;
+        s.int(3, i64::from(f.protocol.number()))?;
+        s.blob(4, &src_ip)?;
+        s.int(5, i64::from(f.src.port))?;
+        s.blob(6, &dst_ip)?;
+        s.int(7, i64::from(f.dst.port))?;
+        s.int(8, codec::counter_to_db(f.packets))?;
+        s.int(9, codec::counter_to_db(f.bytes))?;
+        s.int(10, codec::counter_to_db(f.reply_packets))?;
+        s.int(11, codec::counter_to_db(f.reply_bytes))?;
+        s.text(12, Some(codec::verdict_to_db(f.verdict)))?;
+        s.text(13, f.drop_reason.as_deref())?;
+        s.int(14, i64::from(f.tcp_flags.0))?;
+        s.opt_int(15, f.cgroup_id.map(codec::id_to_db))?;
+        s.text(16, f.node.as_deref())?;
+        s.opt_int(17, src_identity)?;
+        s.opt_int(18, dst_identity)?;
+        s.finish()?;
+        Ok(s.last_insert_rowid())
     }
 }
 
@@ -222,10 +420,30 @@ mod tests {
 
     #[test]
     fn parameter_numbers_match_the_column_list() {
-        // `insert` binds endpoint identity at 17 and 25, 8 columns each.
-        assert_eq!(INSERT_COLUMNS[16], "src_kind");
-        assert_eq!(INSERT_COLUMNS[24], "dst_kind");
-        assert_eq!(INSERT_COLUMNS.len(), 32);
+        assert_eq!(INSERT_COLUMNS.len(), 18);
         assert_eq!(INSERT_COLUMNS[11], "verdict");
+        assert_eq!(INSERT_COLUMNS[16], "src_identity");
+        assert_eq!(INSERT_COLUMNS[17], "dst_identity");
+    }
+
+    #[test]
+    fn the_cache_tells_identities_apart() {
+        let mut a = Endpoint::new("10.0.0.1".parse().unwrap(), 1);
+        a.namespace = Some("ns".into());
+        let mut b = a.clone();
+        b.labels.insert("app".into(), "x".into());
+        let mut cache = IdentityCache::default();
+        cache.insert(identity_hash(&a), &a, 1);
+        assert_eq!(cache.get(identity_hash(&a), &a), Some(1));
+        assert_eq!(cache.get(identity_hash(&b), &b), None);
+        // The address and port are not part of the identity.
+        let mut a2 = a.clone();
+        a2.ip = "10.0.0.2".parse().unwrap();
+        assert_eq!(cache.get(identity_hash(&a2), &a2), Some(1));
+        assert_ne!(identity_key(&a), identity_key(&b));
+        assert!(!has_identity(&Endpoint::new(
+            "10.0.0.1".parse().unwrap(),
+            1
+        )));
     }
 }
