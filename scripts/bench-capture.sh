@@ -73,8 +73,20 @@ echo "TCP throughput, $ROUNDS x ${DUR}s each, alternating:"
 echo "  without agent: $mb Gbit/s"
 echo "  with agent:    $mw Gbit/s"
 awk -v a="$mw" -v b="$mb" 'BEGIN {printf "  ratio:         %.3f (target >= 0.97)\n", a/b}'
+prog_stats() {
+  grep "program stats" "$1" |
+    sed -E 's/.*program="?([a-z_]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
+    awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) printf "  %-16s %12d runs  %7.1f ns/run\n", p, c[p], t[p]/c[p]}'
+}
 echo
-echo "eBPF program cost while the agent ran (bpf_stats, all rounds):"
-grep "program stats" "$WORK/agent-all.log" |
-  sed -E 's/.*program="?([a-z_]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
-  awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) printf "  %-16s %12d runs  %7.1f ns/run\n", p, c[p], t[p]/c[p]}'
+echo "eBPF program cost during the TCP rounds (bpf_stats; a run is often a GSO aggregate):"
+prog_stats "$WORK/agent-all.log"
+
+# One packet per run: small UDP datagrams (no GSO), agent attached.
+: > "$WORK/agent-all.log"
+start_agent
+ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
+stop_agent
+echo
+echo "eBPF program cost with 200-byte UDP datagrams for ${DUR}s (one packet per run):"
+prog_stats "$WORK/agent-all.log"

@@ -85,7 +85,8 @@ impl Agg {
     fn from_slot(s: &FlowStats) -> Self {
         Self {
             first_ns: s.first_ns,
-            last_ns: s.last_ns,
+            // last_ns comes from the coarse clock, which lags the precise one.
+            last_ns: s.last_ns.max(s.first_ns),
             tx_packets: s.tx_packets,
             tx_bytes: s.tx_bytes,
             rx_packets: s.rx_packets,
@@ -149,38 +150,26 @@ impl Agg {
         self.rx_flags |= o.rx_flags;
     }
 
-    /// Whether the local socket opened the flow: it sent the SYN, or (no SYN
-    /// seen) it sent the first packet.
-    fn opened_locally(&self, protocol: u8) -> bool {
-        if protocol == 6 {
-            if self.tx_flags & TCP_SYN != 0 {
-                return true;
-            }
-            if self.rx_flags & TCP_SYN != 0 {
-                return false;
-            }
-        }
-        self.first_dir != DIR_INGRESS
-    }
-
-    /// What this interval's SYN says about the opener, if it saw one.
+    /// What this interval's handshake says about the opener, if it saw one:
+    /// `true` when the local socket opened (it sent the SYN or received the
+    /// SYN-ACK), `false` when the remote end did.
     fn syn_orientation(&self, protocol: u8) -> Option<bool> {
         if protocol != 6 {
             return None;
         }
-        if self.tx_flags & TCP_SYN != 0 {
-            Some(true)
-        } else if self.rx_flags & TCP_SYN != 0 {
-            Some(false)
-        } else {
-            None
+        let local = self.tx_flags & TCP_SYN != 0 || self.rx_flags & TCP_SYN_ACK != 0;
+        let remote = self.rx_flags & TCP_SYN != 0 || self.tx_flags & TCP_SYN_ACK != 0;
+        match (local, remote) {
+            (true, false) => Some(true),
+            (false, true) => Some(false),
+            // Nothing, or a simultaneous open: no evidence either way.
+            _ => None,
         }
     }
 
-    /// The opener sent a SYN and got neither SYN-ACK nor RST back (yet).
+    /// The local socket sent a SYN and got neither SYN-ACK nor RST back (yet).
     fn syn_unanswered(&self, protocol: u8) -> bool {
         protocol == 6
-            && self.opened_locally(protocol)
             && self.tx_flags & TCP_SYN != 0
             && self.rx_flags & (TCP_SYN_ACK | TCP_RST) == 0
     }
@@ -210,9 +199,15 @@ fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// Which end opened a flow, remembered across drains.
 #[derive(Debug, Clone, Copy)]
-struct PairChoice {
-    chosen: FlowKey,
+struct Opener {
+    /// The flow as the opener's socket keys it (local side = opener).
+    key: FlowKey,
+    /// Earliest observation of the flow so far (either direction, either hook).
+    first_ns: u64,
+    /// Decided by the TCP handshake rather than by the first packet.
+    by_handshake: bool,
     last_seen_mono: u64,
 }
 
@@ -222,17 +217,18 @@ const MAX_PENDING: usize = 100_000;
 /// Flows whose orientation is remembered; past this, only recently seen ones are kept.
 const MAX_REMEMBERED: usize = 1_000_000;
 
-/// Keeps what must survive between drains: which side of each local-local pair
-/// is counted, which end opened each flow (a later interval may hold no SYN and
-/// start with a reply), and TCP flows still waiting for an answer.
+/// Keeps what must survive between drains: which end opened each socket flow
+/// (a later interval may hold no SYN and start with a reply), which flows have a
+/// local socket at both ends, and TCP flows still waiting for an answer.
 #[derive(Debug)]
 pub struct Assembler {
     syn_timeout_ns: u64,
     pair_ttl_ns: u64,
-    pairs: HashMap<FlowKey, PairChoice>,
+    /// Canonical key of flows seen by local sockets at both ends → last seen.
+    local_pairs: HashMap<FlowKey, u64>,
     pending: HashMap<FlowKey, Agg>,
-    /// Socket flow key → (local socket opened it, last seen).
-    opened_locally: HashMap<FlowKey, (bool, u64)>,
+    /// Socket flow, canonical key → its opener.
+    openers: HashMap<FlowKey, Opener>,
     /// tc flow, canonical key → (key in the opener's direction, last seen).
     tc_forward: HashMap<FlowKey, (FlowKey, u64)>,
 }
@@ -242,22 +238,69 @@ impl Assembler {
         Self {
             syn_timeout_ns: syn_timeout.as_nanos() as u64,
             pair_ttl_ns: 300 * 1_000_000_000,
-            pairs: HashMap::new(),
+            local_pairs: HashMap::new(),
             pending: HashMap::new(),
-            opened_locally: HashMap::new(),
+            openers: HashMap::new(),
             tc_forward: HashMap::new(),
         }
     }
 
-    /// Which end opened a socket flow: this interval's SYN if any, else what an
-    /// earlier interval established, else the direction of the first packet.
-    fn orient_socket(&mut self, key: &FlowKey, agg: &Agg, now: u64) -> bool {
-        let local = agg
-            .syn_orientation(key.protocol)
-            .or_else(|| self.opened_locally.get(key).map(|(v, _)| *v))
-            .unwrap_or(agg.first_dir != DIR_INGRESS);
-        self.opened_locally.insert(*key, (local, now));
-        local
+    /// Which end opened a socket flow, from this drain's entries of it (one, or
+    /// two when both ends are local sockets), returned as the opener's key.
+    ///
+    /// 1. the TCP handshake (SYN / SYN-ACK) when an entry saw it;
+    /// 2. else the earliest observation of the flow, over both ends and every
+    ///    drain so far: an egress means the entry's local socket sent first, an
+    ///    ingress that the remote end did. What earlier drains established stands
+    ///    unless an entry now shows an even earlier packet (written to the map
+    ///    copy just drained after an earlier drain read it, so a later drain may
+    ///    see the reply before the request).
+    fn orient_socket(
+        &mut self,
+        canonical: FlowKey,
+        entries: &[(FlowKey, Agg)],
+        now: u64,
+    ) -> FlowKey {
+        let mut handshake = entries.iter().filter_map(|(k, a)| {
+            a.syn_orientation(k.protocol)
+                .map(|local| if local { *k } else { mirror(k) })
+        });
+        let by_handshake = match (handshake.next(), handshake.next()) {
+            (Some(a), None) => Some(a),
+            (Some(a), Some(b)) if a == b => Some(a),
+            _ => None,
+        };
+        // At equal times a send comes before what it causes: egress first.
+        let (first_ns, _, by_first) = entries
+            .iter()
+            .map(|(k, a)| {
+                let ingress = a.first_dir == DIR_INGRESS;
+                (a.first_ns, ingress, if ingress { mirror(k) } else { *k })
+            })
+            .min()
+            .expect("at least one entry");
+        let prev = self.openers.get(&canonical).copied();
+        let earliest = prev.map_or(first_ns, |p| p.first_ns.min(first_ns));
+        let opener = match (by_handshake, prev) {
+            (Some(key), _) => Opener {
+                key,
+                first_ns: earliest,
+                by_handshake: true,
+                last_seen_mono: now,
+            },
+            (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
+                last_seen_mono: now,
+                ..p
+            },
+            _ => Opener {
+                key: by_first,
+                first_ns: earliest,
+                by_handshake: false,
+                last_seen_mono: now,
+            },
+        };
+        self.openers.insert(canonical, opener);
+        opener.key
     }
 
     /// The opener's direction of a tc flow seen as `key` and maybe its mirror.
@@ -281,15 +324,15 @@ impl Assembler {
 
     fn forget_idle(&mut self, now: u64) {
         let ttl = self.pair_ttl_ns;
-        self.pairs
-            .retain(|_, c| now.saturating_sub(c.last_seen_mono) < ttl);
-        let keep = if self.opened_locally.len() + self.tc_forward.len() > MAX_REMEMBERED {
+        self.local_pairs
+            .retain(|_, seen| now.saturating_sub(*seen) < ttl);
+        let keep = if self.openers.len() + self.tc_forward.len() > MAX_REMEMBERED {
             60 * 1_000_000_000
         } else {
             ttl
         };
-        self.opened_locally
-            .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
+        self.openers
+            .retain(|_, o| now.saturating_sub(o.last_seen_mono) < keep);
         self.tc_forward
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
     }
@@ -323,9 +366,11 @@ impl Assembler {
             merge_into(&mut current, key, a);
         }
 
-        // 2. Local-local pairs: keep the opener's socket entry only.
+        // 2. Orientation; local-local pairs: keep the opener's socket entry only
+        // (it counted every packet of the flow, once, on egress or ingress).
+        let now = clock.mono_now_ns;
         let socket_keys: HashSet<FlowKey> = current.keys().copied().collect();
-        let mut kept: Vec<(FlowKey, Agg)> = Vec::new();
+        let mut kept: Vec<(FlowKey, Agg, bool)> = Vec::new();
         let mut done: HashSet<FlowKey> = HashSet::new();
         for (key, agg) in &current {
             let other = mirror(key);
@@ -333,34 +378,28 @@ impl Assembler {
             if !done.insert(canonical) {
                 continue;
             }
-            let other_agg = current.get(&other).filter(|_| other != *key);
-            let chosen = match (self.pairs.get(&canonical), other_agg) {
-                (Some(choice), _) => choice.chosen,
-                (None, Some(o)) => {
-                    let chosen = choose_side(*key, agg, other, o);
-                    self.pairs.insert(
-                        canonical,
-                        PairChoice {
-                            chosen,
-                            last_seen_mono: clock.mono_now_ns,
-                        },
-                    );
-                    chosen
-                }
-                (None, None) => *key,
-            };
-            if let Some(choice) = self.pairs.get_mut(&canonical) {
-                choice.last_seen_mono = clock.mono_now_ns;
+            let mut entries = vec![(*key, *agg)];
+            if let Some(o) = current.get(&other).filter(|_| other != *key) {
+                entries.push((other, *o));
+                self.local_pairs.insert(canonical, now);
+            } else if let Some(seen) = self.local_pairs.get_mut(&canonical) {
+                *seen = now;
             }
-            if let Some(a) = current.get(&chosen) {
-                kept.push((chosen, *a));
+            let opener = self.orient_socket(canonical, &entries, now);
+            if let Some((k, a)) = entries.iter().find(|(k, _)| *k == opener) {
+                kept.push((*k, *a, true));
+            } else if !self.local_pairs.contains_key(&canonical) {
+                // The remote end opened; only this end is a local socket.
+                kept.push((*key, *agg, false));
             }
+            // Else both ends are local and the opener's socket saw nothing this
+            // interval: what the other socket saw was counted by the opener's.
         }
         // 3. Unanswered SYNs: hold back until the timeout, then say so.
-        for (key, agg) in kept {
+        for (key, agg, local_is_src) in kept {
             let mut verdict = Verdict::Forwarded;
-            if agg.syn_unanswered(key.protocol) {
-                let age = clock.mono_now_ns.saturating_sub(agg.first_ns);
+            if local_is_src && agg.syn_unanswered(key.protocol) {
+                let age = now.saturating_sub(agg.first_ns);
                 if age >= self.syn_timeout_ns {
                     verdict = Verdict::Unanswered;
                 } else if !final_drain && self.pending.len() < MAX_PENDING {
@@ -368,7 +407,6 @@ impl Assembler {
                     continue;
                 }
             }
-            let local_is_src = self.orient_socket(&key, &agg, clock.mono_now_ns);
             out.push(socket_record(&key, &agg, local_is_src, verdict, &clock));
         }
 
@@ -427,24 +465,6 @@ impl Assembler {
 
 fn merge_into(map: &mut BTreeMap<FlowKey, Agg>, key: FlowKey, a: Agg) {
     map.entry(key).and_modify(|e| e.add(&a)).or_insert(a);
-}
-
-/// Which of two mirrored socket entries to count: the opener's.
-fn choose_side(k1: FlowKey, a1: &Agg, k2: FlowKey, a2: &Agg) -> FlowKey {
-    match (
-        a1.opened_locally(k1.protocol),
-        a2.opened_locally(k2.protocol),
-    ) {
-        (true, false) => k1,
-        (false, true) => k2,
-        _ => {
-            if (a1.first_ns, k1) <= (a2.first_ns, k2) {
-                k1
-            } else {
-                k2
-            }
-        }
-    }
 }
 
 fn endpoints(key: &FlowKey, local_is_src: bool) -> (Endpoint, Endpoint) {
@@ -1002,5 +1022,141 @@ mod tests {
         assert_eq!(tc.src.port, 40000);
         assert_eq!((tc.packets, tc.reply_packets), (3, 2));
         assert_eq!(tc.cgroup_id, None);
+    }
+
+    #[test]
+    fn udp_both_local_is_oriented_by_the_earliest_packet_over_both_ends_and_cpus() {
+        // The client's request left on CPU 1 and its reply came in on CPU 0; the
+        // server's slots mirror that. The lower CPU's slot is not the earlier one.
+        let client = key(A, 59327, B, 45309, 17);
+        let server = mirror(&client);
+        let raw = RawDrain {
+            sockets: vec![
+                (
+                    client,
+                    vec![
+                        slot(1_050, (0, 0), (5, 290), 0, 0, DIR_INGRESS, 7),
+                        slot(1_000, (5, 640), (0, 0), 0, 0, DIR_EGRESS, 7),
+                    ],
+                ),
+                (
+                    server,
+                    vec![
+                        slot(1_040, (5, 290), (0, 0), 0, 0, DIR_EGRESS, 9),
+                        slot(1_010, (0, 0), (5, 640), 0, 0, DIR_INGRESS, 9),
+                    ],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let out = asm.assemble(raw, clock(SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].src.port, out[0].dst.port), (59327, 45309));
+        assert_eq!(
+            (
+                out[0].packets,
+                out[0].bytes,
+                out[0].reply_packets,
+                out[0].reply_bytes
+            ),
+            (5, 640, 5, 290)
+        );
+        assert_eq!(out[0].cgroup_id, Some(7));
+    }
+
+    #[test]
+    fn reply_drained_before_its_request_is_reoriented_by_the_late_request() {
+        // A DNS query's egress was written to the map copy just drained, after the
+        // agent read it: the next drain has only the reply, the one after the query.
+        let client = key(A, 51000, B, 53, 17);
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let reply_only = RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(1_000_300, (0, 0), (1, 90), 0, 0, DIR_INGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        asm.assemble(reply_only, clock(SEC), &DropReasons::default(), false);
+        let late_query = RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(1_000_000, (1, 60), (0, 0), 0, 0, DIR_EGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(late_query, clock(2 * SEC), &DropReasons::default(), false);
+        assert_eq!((out[0].src.port, out[0].dst.port), (51000, 53));
+        assert_eq!((out[0].packets, out[0].reply_packets), (1, 0));
+        // From now on the query's side stays the source, even for a reply-first interval.
+        let later = RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(3 * SEC, (0, 0), (1, 90), 0, 0, DIR_INGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(later, clock(4 * SEC), &DropReasons::default(), false);
+        assert_eq!((out[0].src.port, out[0].dst.port), (51000, 53));
+        assert_eq!((out[0].packets, out[0].reply_packets), (0, 1));
+    }
+
+    #[test]
+    fn both_local_ends_in_different_drains_keep_one_orientation() {
+        // Drain 1 holds only the server's socket (the request's ingress); drain 2
+        // both sockets. The client is the source both times, counted once.
+        let client = key(A, 40500, B, 2380, 6);
+        let server = mirror(&client);
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let first = RawDrain {
+            sockets: vec![(
+                server,
+                vec![slot(1_000, (0, 0), (1, 52), 0, 0, DIR_INGRESS, 9)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(first, clock(SEC), &DropReasons::default(), false);
+        assert_eq!((out[0].src.port, out[0].dst.port), (40500, 2380));
+        let second = RawDrain {
+            sockets: vec![
+                (
+                    server,
+                    vec![slot(2 * SEC, (3, 156), (2, 104), 0, 0, DIR_EGRESS, 9)],
+                ),
+                (
+                    client,
+                    vec![slot(2 * SEC + 5, (2, 104), (3, 156), 0, 0, DIR_INGRESS, 7)],
+                ),
+            ],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(second, clock(3 * SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert_eq!((out[0].src.port, out[0].dst.port), (40500, 2380));
+        assert_eq!((out[0].packets, out[0].reply_packets), (2, 3));
+        assert_eq!(out[0].cgroup_id, Some(7));
+    }
+
+    #[test]
+    fn syn_ack_without_the_syn_still_names_the_opener() {
+        // The SYN landed in an earlier (already drained) interval unseen; the
+        // SYN-ACK coming in says the local socket opened, whatever came first here.
+        let k = key(A, 41234, B, 2379, 6);
+        let raw = RawDrain {
+            sockets: vec![(
+                k,
+                vec![slot(500, (2, 104), (1, 60), 0, TCP_SYN_ACK, DIR_INGRESS, 1)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = Assembler::new(Duration::from_secs(3)).assemble(
+            raw,
+            clock(SEC),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!((out[0].src.port, out[0].dst.port), (41234, 2379));
+        assert_eq!((out[0].packets, out[0].reply_packets), (2, 1));
     }
 }

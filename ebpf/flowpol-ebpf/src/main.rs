@@ -257,13 +257,18 @@ fn add_packet<C: Fn() -> u64>(
     bytes: u64,
     cgroup_id: C,
 ) {
-    // Coarse clock (tick resolution): a plain load instead of a clock read per packet.
+    // Coarse clock (tick resolution, 4 ms at HZ=250): a plain load instead of a
+    // clock read per packet, good enough for `last_ns`. `first_ns` decides which
+    // end opened a flow (the request and its reply often fall in the same tick,
+    // on different CPUs' slots), so it is read from the precise clock, once per
+    // flow and CPU.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let precise = || unsafe { bpf_ktime_get_ns() };
     if let Some(v) = map.get_ptr_mut(key) {
         let v = unsafe { &mut *v };
         if v.first_ns == 0 {
             // Slot of another CPU than the one that inserted the key: start it.
-            v.first_ns = now;
+            v.first_ns = precise();
             v.first_dir = dir;
             v.cgroup_id = cgroup_id();
         }
@@ -281,8 +286,9 @@ fn add_packet<C: Fn() -> u64>(
     }
     // Looked up once per flow and CPU, not per packet.
     let cgroup_id = cgroup_id();
+    let first = precise();
     let mut v = FlowStats {
-        first_ns: now,
+        first_ns: first,
         last_ns: now,
         cgroup_id,
         first_dir: dir,
@@ -304,7 +310,7 @@ fn add_packet<C: Fn() -> u64>(
             if let Some(p) = map.get_ptr_mut(key) {
                 let p = unsafe { &mut *p };
                 if p.first_ns == 0 {
-                    p.first_ns = now;
+                    p.first_ns = first;
                     p.first_dir = dir;
                     p.cgroup_id = cgroup_id;
                 }
@@ -323,7 +329,7 @@ fn add_packet<C: Fn() -> u64>(
             count(CNT_FLOW_MAP_FULL);
             let ev = OverflowEvent {
                 key: *key,
-                ts_ns: now,
+                ts_ns: first,
                 cgroup_id,
                 bytes: bytes as u32,
                 packets: packets as u16,
