@@ -62,42 +62,11 @@ pub fn check_btf() -> Result<(), CaptureError> {
     }
 }
 
-/// The first cgroup v2 mount point in the text of /proc/mounts. Octal escapes
-/// (`\040` for a space) are decoded.
-pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut fields = line.split_whitespace();
-        let _source = fields.next()?;
-        let target = fields.next()?;
-        let fstype = fields.next()?;
-        (fstype == "cgroup2").then(|| PathBuf::from(unescape_mount(target)))
-    })
-}
-
-fn unescape_mount(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
-        {
-            out.push(v);
-            i += 4;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub fn find_cgroup2_root() -> Result<PathBuf, CaptureError> {
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| CaptureError::NoCgroup2 {
         detail: format!("cannot read /proc/mounts: {e}"),
     })?;
-    cgroup2_mount(&mounts).ok_or_else(|| CaptureError::NoCgroup2 {
+    crate::enrich::cgroup::cgroup2_mount_in(&mounts).ok_or_else(|| CaptureError::NoCgroup2 {
         detail: "no cgroup2 entry in /proc/mounts".into(),
     })
 }
@@ -118,23 +87,6 @@ mod tests {
         assert_eq!(
             missing_caps((1 << CAP_BPF) | (1 << CAP_PERFMON)),
             vec!["CAP_NET_ADMIN"]
-        );
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount_in_a_hybrid_layout() {
-        let mounts = "sysfs /sys sysfs rw 0 0\n\
-            tmpfs /sys/fs/cgroup tmpfs ro 0 0\n\
-            cgroup2 /sys/fs/cgroup/unified cgroup2 rw,nsdelegate 0 0\n\
-            cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n";
-        assert_eq!(
-            cgroup2_mount(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(cgroup2_mount("sysfs /sys sysfs rw 0 0\n"), None);
-        assert_eq!(
-            cgroup2_mount("none /a\\040b cgroup2 rw 0 0\n"),
-            Some(PathBuf::from("/a b"))
         );
     }
 }

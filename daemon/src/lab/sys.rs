@@ -88,15 +88,7 @@ impl Sys for RealSys {
 /// The cgroup2 mount point, read from /proc/mounts (hybrid hosts mount it at .../unified).
 pub fn cgroup2_mount() -> Result<PathBuf, SysError> {
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(io(Path::new("/proc/mounts")))?;
-    cgroup2_mount_in(&mounts).ok_or(SysError::NoCgroup2)
-}
-
-pub fn cgroup2_mount_in(mounts: &str) -> Option<PathBuf> {
-    mounts.lines().find_map(|line| {
-        let mut f = line.split_whitespace();
-        let (_dev, path, fstype) = (f.next()?, f.next()?, f.next()?);
-        (fstype == "cgroup2").then(|| PathBuf::from(path))
-    })
+    crate::enrich::cgroup::cgroup2_mount_in(&mounts).ok_or(SysError::NoCgroup2)
 }
 
 pub fn mkdir_all(path: &Path) -> Result<(), SysError> {
@@ -331,16 +323,5 @@ mod tests {
             }
         });
         assert_eq!(err, Err("bad 2".to_string()));
-    }
-
-    #[test]
-    fn finds_the_cgroup2_mount_on_hybrid_hosts() {
-        let mounts = "cgroup /sys/fs/cgroup/memory cgroup rw 0 0\n\
-                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0\n";
-        assert_eq!(
-            cgroup2_mount_in(mounts),
-            Some(PathBuf::from("/sys/fs/cgroup/unified"))
-        );
-        assert_eq!(cgroup2_mount_in("proc /proc proc rw 0 0\n"), None);
     }
 }
