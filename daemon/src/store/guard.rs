@@ -99,9 +99,7 @@ pub async fn inspect(
     // Without a WAL file nobody is writing (a flowpol writer keeps its WAL
     // while open): read as immutable, which creates no -wal/-shm files next
     // to a file that may not be ours. With a WAL, read through it.
-    let mut wal = path.as_os_str().to_owned();
-    wal.push("-wal");
-    let writer_active = Path::new(&wal).exists();
+    let writer_active = super::wal_path(path).exists();
     let mut conn = SqliteConnectOptions::new()
         .filename(path)
         .read_only(true)

@@ -19,6 +19,7 @@ use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 pub mod codec;
 pub mod guard;
@@ -265,9 +266,7 @@ impl Store {
         // A reader of a WAL database needs the -shm file; in a folder where
         // it cannot be created (a copy on a read-only mount) and with no
         // writer (no -wal file), read the file as immutable instead.
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        let immutable = !Path::new(&wal).exists() && RealFs.writable(&parent_dir(path)).is_err();
+        let immutable = !wal_path(path).exists() && RealFs.writable(&parent_dir(path)).is_err();
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
@@ -328,6 +327,20 @@ impl Store {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // SQLite removes the WAL only when the closing connection is the
+        // last one; the pool closes its connections concurrently, so each
+        // can see another still open and leave the WAL behind. One more
+        // connection, alone now, closes last.
+        if !self.read_only && wal_path(&self.path).exists() {
+            let last = SqliteConnectOptions::new()
+                .filename(&self.path)
+                .journal_mode(SqliteJournalMode::Wal)
+                .connect()
+                .await;
+            if let Ok(conn) = last {
+                let _ = conn.close().await;
+            }
         }
     }
 
@@ -539,6 +552,13 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// The write-ahead log SQLite keeps next to `path` while a writer has it open.
+pub(crate) fn wal_path(path: &Path) -> PathBuf {
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    PathBuf::from(wal)
 }
 
 /// SQLite writes the database, and its `-wal` and `-shm` files next to it.
