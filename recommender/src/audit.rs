@@ -183,7 +183,8 @@ pub struct Diff {
 pub fn diff(obs: &Observation, cluster: &Cluster) -> Diff {
     let engine = Engine::new(cluster, Settings::default());
     // (policy, direction, rule) → peers used, ports used; `None` entries: all peers/ports.
-    type Used = BTreeMap<(usize, Direction, usize), (BTreeSet<Option<usize>>, BTreeSet<Option<usize>>)>;
+    type Used =
+        BTreeMap<(usize, Direction, usize), (BTreeSet<Option<usize>>, BTreeSet<Option<usize>>)>;
     let mut used: Used = BTreeMap::new();
     let mut out = Diff::default();
     let mut uncovered: BTreeMap<EdgeKey, BTreeSet<String>> = BTreeMap::new();
@@ -200,10 +201,16 @@ pub fn diff(obs: &Observation, cluster: &Cluster) -> Diff {
                 ] {
                     match (side, subject) {
                         (Side::Allowed { .. }, PeerRef::Endpoint(e)) => {
-                            for r in
-                                engine.allowing_rules(direction, e, other, d, edge.protocol, edge.port)
-                            {
-                                let entry = used.entry((r.policy, r.direction, r.rule)).or_default();
+                            for r in engine.allowing_rules(
+                                direction,
+                                e,
+                                other,
+                                d,
+                                edge.protocol,
+                                edge.port,
+                            ) {
+                                let entry =
+                                    used.entry((r.policy, r.direction, r.rule)).or_default();
                                 entry.0.insert(r.peer);
                                 entry.1.insert(r.port);
                             }
@@ -242,7 +249,12 @@ pub fn diff(obs: &Observation, cluster: &Cluster) -> Diff {
                 Direction::Ingress => ("spec.ingress", "from"),
                 Direction::Egress => ("spec.egress", "to"),
             };
-            for (ri, rule) in policy.rules(direction).unwrap_or_default().iter().enumerate() {
+            for (ri, rule) in policy
+                .rules(direction)
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 let at = format!("{field}[{ri}]");
                 let Some((peers, ports)) = used.get(&(pi, direction, ri)) else {
                     out.unused.push(UnusedRule {

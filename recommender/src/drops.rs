@@ -39,7 +39,12 @@ pub struct DropGroup {
 }
 
 /// The kernel's reason in plain words.
-pub fn plain_reason(verdict: Verdict, reason: Option<&str>, protocol: Protocol, port: u16) -> String {
+pub fn plain_reason(
+    verdict: Verdict,
+    reason: Option<&str>,
+    protocol: Protocol,
+    port: u16,
+) -> String {
     match (verdict, reason) {
         (Verdict::Unanswered, _) => format!(
             "the SYN to {port}/{protocol} got no answer: the destination is down, something on the path drops it silently, or a policy not in the given state does"
@@ -127,7 +132,9 @@ pub fn drops(flows: &[FlowRecord], cluster: &Cluster) -> Vec<DropGroup> {
                         (v.egress, Direction::Egress, s, d),
                         (v.ingress, Direction::Ingress, d, s),
                     ] {
-                        if let (Side::Denied { isolated_by }, PeerRef::Endpoint(e)) = (side, subject) {
+                        if let (Side::Denied { isolated_by }, PeerRef::Endpoint(e)) =
+                            (side, subject)
+                        {
                             explanation = Some(format!(
                                 "NetworkPolicy: {direction} of {} is isolated by {} and no rule of theirs allows {port}/{protocol} {} {}",
                                 match direction {
@@ -161,9 +168,8 @@ pub fn drops(flows: &[FlowRecord], cluster: &Cluster) -> Vec<DropGroup> {
             protocol,
             port,
             verdict,
-            explanation: explanation.unwrap_or_else(|| {
-                plain_reason(verdict, reason.as_deref(), protocol, port)
-            }),
+            explanation: explanation
+                .unwrap_or_else(|| plain_reason(verdict, reason.as_deref(), protocol, port)),
             reason,
             flows,
             first_seen: first,

@@ -11,8 +11,8 @@
 pub mod audit;
 pub mod connectivity;
 pub mod connset;
-pub mod engine;
 pub mod drops;
+pub mod engine;
 pub mod explain;
 pub mod flow;
 pub mod lint;

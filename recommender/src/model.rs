@@ -194,28 +194,36 @@ impl Cluster {
                     "Deployment",
                     &d.metadata,
                     d.spec.as_ref().map(|s| s.template.clone()),
-                    d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()),
+                    d.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::StatefulSet(s) => controllers.push(controller(
                     "StatefulSet",
                     &s.metadata,
                     s.spec.as_ref().map(|s| s.template.clone()),
-                    s.spec.as_ref().and_then(|s| s.selector.match_labels.clone()),
+                    s.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::DaemonSet(d) => controllers.push(controller(
                     "DaemonSet",
                     &d.metadata,
                     d.spec.as_ref().map(|s| s.template.clone()),
-                    d.spec.as_ref().and_then(|s| s.selector.match_labels.clone()),
+                    d.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::ReplicaSet(r) => controllers.push(controller(
                     "ReplicaSet",
                     &r.metadata,
                     r.spec.as_ref().and_then(|s| s.template.clone()),
-                    r.spec.as_ref().and_then(|s| s.selector.match_labels.clone()),
+                    r.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::ReplicationController(r) => controllers.push(controller(

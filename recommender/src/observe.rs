@@ -37,10 +37,16 @@ impl fmt::Display for WorkloadKey {
 pub enum Peer {
     Workload(WorkloadKey),
     /// A node address: kubelet probes, node processes, hostNetwork pods.
-    Node { ip: IpAddr },
+    Node {
+        ip: IpAddr,
+    },
     /// The Kubernetes API server (the `default/kubernetes` Service's endpoints).
-    ApiServer { ip: IpAddr },
-    External { ip: IpAddr },
+    ApiServer {
+        ip: IpAddr,
+    },
+    External {
+        ip: IpAddr,
+    },
 }
 
 impl Peer {
@@ -190,7 +196,10 @@ impl<'c> Resolver<'c> {
 
     fn host_network(&self, key: &WorkloadKey) -> bool {
         self.cluster.workloads.iter().any(|w| {
-            w.host_network && w.namespace == key.namespace && w.kind == key.kind && w.name == key.name
+            w.host_network
+                && w.namespace == key.namespace
+                && w.kind == key.kind
+                && w.name == key.name
         })
     }
 
@@ -239,7 +248,11 @@ impl<'c> Resolver<'c> {
     /// Destinations of a flow: the named peer at its port, or a Service's backends at their
     /// pod ports when the flow still carries the Service's cluster IP.
     pub fn destinations(&self, f: &FlowRecord) -> Vec<(Peer, u16)> {
-        let port = if f.protocol.has_ports() { f.dst.port } else { 0 };
+        let port = if f.protocol.has_ports() {
+            f.dst.port
+        } else {
+            0
+        };
         if f.dst.namespace.is_none()
             && let Some(&si) = self.services.get(&f.dst.ip)
         {
@@ -304,7 +317,10 @@ pub fn observe(flows: &[FlowRecord], cluster: &Cluster) -> Observation {
         let evidence = Evidence::of(f);
         if f.verdict != Verdict::Forwarded {
             // Not evidence of a wanted connection, but its ends exist (audit, drops).
-            for (e, peer) in [(&f.src, resolver.peer(&f.src)), (&f.dst, resolver.peer(&f.dst))] {
+            for (e, peer) in [
+                (&f.src, resolver.peer(&f.src)),
+                (&f.dst, resolver.peer(&f.dst)),
+            ] {
                 note_workload(&mut obs, &peer, e, &evidence);
             }
             match f.verdict {

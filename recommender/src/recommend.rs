@@ -30,7 +30,9 @@ pub const MANAGED_BY: &str = "flowpol";
 
 #[derive(Debug, Error)]
 pub enum RecommendError {
-    #[error("--aggregate-external `{0}`: expected a prefix length, IPv4 or IPv4,IPv6 (e.g. 24 or 24,64), at most 32 for IPv4 and 128 for IPv6")]
+    #[error(
+        "--aggregate-external `{0}`: expected a prefix length, IPv4 or IPv4,IPv6 (e.g. 24 or 24,64), at most 32 for IPv4 and 128 for IPv6"
+    )]
     Aggregate(String),
     #[error("a recommended NetworkPolicy {namespace}/{name} is not a valid object: {message}")]
     Invalid {
@@ -161,7 +163,10 @@ pub fn dns_labels(cluster: &Cluster) -> Labels {
         .unwrap_or_else(|| [("k8s-app".to_string(), "kube-dns".to_string())].into())
 }
 
-fn model_workload<'c>(cluster: &'c Cluster, key: &WorkloadKey) -> Option<&'c crate::model::Workload> {
+fn model_workload<'c>(
+    cluster: &'c Cluster,
+    key: &WorkloadKey,
+) -> Option<&'c crate::model::Workload> {
     cluster
         .workloads
         .iter()
@@ -206,10 +211,12 @@ pub fn external_block(ip: IpAddr, aggregate: Option<Aggregate>) -> (IpNet, Vec<I
         IpAddr::V4(_) => agg.v4,
         IpAddr::V6(_) => agg.v6,
     };
-    let cidr = IpNet::new(ip, len)
-        .map(|n| n.trunc())
-        .unwrap_or(host);
-    let private: &[&str] = if ip.is_ipv4() { &PRIVATE_V4 } else { &PRIVATE_V6 };
+    let cidr = IpNet::new(ip, len).map(|n| n.trunc()).unwrap_or(host);
+    let private: &[&str] = if ip.is_ipv4() {
+        &PRIVATE_V4
+    } else {
+        &PRIVATE_V6
+    };
     let except = private
         .iter()
         .filter_map(|p| p.parse::<IpNet>().ok())
@@ -254,8 +261,10 @@ fn evidence_text(e: &Evidence) -> String {
     format!(
         "{} flows, first seen {}, last seen {}",
         e.flows,
-        e.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        e.last_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        e.first_seen
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        e.last_seen
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     )
 }
 
@@ -272,7 +281,8 @@ pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recomm
         if !in_scope(&key.namespace) {
             continue;
         }
-        let host = seen.host_network || model_workload(cluster, key).is_some_and(|w| w.host_network);
+        let host =
+            seen.host_network || model_workload(cluster, key).is_some_and(|w| w.host_network);
         if host {
             warnings.push(format!(
                 "{key} uses the node's network (hostNetwork): NetworkPolicies do not apply to it; no policy written, peers reach it by node address"
@@ -782,7 +792,11 @@ pub fn verify(
                 out.edges_checked += 1;
                 let v = engine.verdict(s, d, edge.protocol, edge.port);
                 if !v.allowed {
-                    let side = if v.egress.allows() { "ingress" } else { "egress" };
+                    let side = if v.egress.allows() {
+                        "ingress"
+                    } else {
+                        "egress"
+                    };
                     out.denied.push(Denied {
                         edge: edge.clone(),
                         reason: format!("denied on the {side} side"),
@@ -799,7 +813,11 @@ pub fn verify(
     }
     // What else is allowed: every endpoint pair with an end in a covered namespace.
     let covered: BTreeSet<&str> = rec.policies.iter().map(|p| p.namespace.as_str()).collect();
-    let ns_of = |e: usize| cluster.workloads[cluster.endpoints[e].workload].namespace.as_str();
+    let ns_of = |e: usize| {
+        cluster.workloads[cluster.endpoints[e].workload]
+            .namespace
+            .as_str()
+    };
     let n = cluster.endpoints.len();
     for a in 0..n {
         for b in 0..n {
