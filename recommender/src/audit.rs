@@ -61,7 +61,9 @@ fn fix_policy(
     let w = &cluster.workloads[ep.workload];
     let selector = w
         .selector
-        .clone()
+        .as_ref()
+        .map(stable_labels)
+        .filter(|s| !s.is_empty())
         .unwrap_or_else(|| stable_labels(&ep.labels));
     let (field, ty) = match direction {
         Direction::Ingress => ("ingress", "Ingress"),

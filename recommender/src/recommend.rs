@@ -192,7 +192,11 @@ pub fn selector_labels(cluster: &Cluster, obs: &Observation, key: &WorkloadKey) 
     if let Some(w) = model_workload(cluster, key)
         && let Some(sel) = &w.selector
     {
-        return sel.clone();
+        // A ReplicaSet's selector carries its pod-template-hash: not stable across rollouts.
+        let stable = stable_labels(sel);
+        if !stable.is_empty() {
+            return stable;
+        }
     }
     workload_labels(cluster, obs, key)
 }

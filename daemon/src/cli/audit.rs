@@ -14,7 +14,9 @@ use flowpol_recommender::observe::observe;
 use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
-use super::recommend::{ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant};
+use super::recommend::{
+    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditFormat {
@@ -42,7 +44,11 @@ pub struct AuditArgs {
 }
 
 /// Prints a rule as indented YAML lines.
-pub fn yaml_lines(value: &serde_json::Value, indent: &str, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn yaml_lines(
+    value: &serde_json::Value,
+    indent: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     for line in serde_saphyr::to_string(value)?.lines() {
         writeln!(out, "{indent}{line}").map_err(ObservedError::Output)?;
     }
@@ -72,9 +78,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.output {
-        AuditFormat::Json => {
-            writeln!(out, "{}", serde_json::to_string_pretty(&result)?).map_err(ObservedError::Output)?
-        }
+        AuditFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&result)?)
+            .map_err(ObservedError::Output)?,
         AuditFormat::Yaml => {
             write!(out, "{}", serde_saphyr::to_string(&result)?).map_err(ObservedError::Output)?
         }
@@ -88,8 +93,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                     g.port,
                     g.protocol,
                     g.flows,
-                    g.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    g.last_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    g.first_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    g.last_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 )
                 .map_err(ObservedError::Output)?;
                 for fix in &g.fixes {
@@ -101,7 +108,11 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
                         fix.isolated_by.join(", ")
                     )
                     .map_err(ObservedError::Output)?;
-                    yaml_lines(&json!({ fix.direction.to_string(): [fix.rule] }), "    ", &mut out)?;
+                    yaml_lines(
+                        &json!({ fix.direction.to_string(): [fix.rule] }),
+                        "    ",
+                        &mut out,
+                    )?;
                 }
             }
             for u in &result.unverifiable {

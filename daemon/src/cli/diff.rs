@@ -12,7 +12,9 @@ use flowpol_recommender::model::Cluster;
 use flowpol_recommender::observe::observe;
 use flowpol_recommender::recommend::cluster_with;
 
-use super::recommend::{ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant};
+use super::recommend::{
+    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DiffFormat {
@@ -59,11 +61,16 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.output {
-        DiffFormat::Json => writeln!(out, "{}", serde_json::to_string_pretty(&d)?)
-            .map_err(ObservedError::Output)?,
+        DiffFormat::Json => {
+            writeln!(out, "{}", serde_json::to_string_pretty(&d)?).map_err(ObservedError::Output)?
+        }
         DiffFormat::Table => {
-            writeln!(out, "rules with no traffic in the window ({}):", d.unused.len())
-                .map_err(ObservedError::Output)?;
+            writeln!(
+                out,
+                "rules with no traffic in the window ({}):",
+                d.unused.len()
+            )
+            .map_err(ObservedError::Output)?;
             for u in &d.unused {
                 writeln!(out, "  - {} {}: {}", u.policy, u.field, u.detail)
                     .map_err(ObservedError::Output)?;

@@ -14,7 +14,9 @@ use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
 use super::audit::yaml_lines;
-use super::recommend::{ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant};
+use super::recommend::{
+    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum DropsFormat {
@@ -81,13 +83,24 @@ pub fn run(args: DropsArgs) -> anyhow::Result<ExitCode> {
                     g.destination,
                     g.port,
                     g.protocol,
-                    g.reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default(),
+                    g.reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
                     g.flows,
-                    g.first_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-                    g.last_seen.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    g.first_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                    g.last_seen
+                        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 )
                 .map_err(ObservedError::Output)?;
-                let list = |v: &[String]| if v.is_empty() { "none".to_string() } else { v.join(", ") };
+                let list = |v: &[String]| {
+                    if v.is_empty() {
+                        "none".to_string()
+                    } else {
+                        v.join(", ")
+                    }
+                };
                 writeln!(
                     out,
                     "  policies selecting the source (egress): {}; the destination (ingress): {}",

@@ -245,7 +245,11 @@ pub struct RecommendArgs {
 }
 
 /// Prints documents as YAML (`---` separated) or one JSON List.
-pub fn print_documents(docs: &[Value], format: DocFormat, out: &mut dyn Write) -> anyhow::Result<()> {
+pub fn print_documents(
+    docs: &[Value],
+    format: DocFormat,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match format {
         DocFormat::Yaml => {
             for d in docs {
@@ -255,7 +259,8 @@ pub fn print_documents(docs: &[Value], format: DocFormat, out: &mut dyn Write) -
         }
         DocFormat::Json => {
             let list = json!({"apiVersion": "v1", "kind": "List", "items": docs});
-            writeln!(out, "{}", serde_json::to_string_pretty(&list)?).map_err(ObservedError::Output)?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&list)?)
+                .map_err(ObservedError::Output)?;
         }
     }
     Ok(())
@@ -284,8 +289,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
         namespaces: (!args.namespace.is_empty() && !args.all_namespaces)
             .then(|| args.namespace.iter().cloned().collect::<BTreeSet<_>>()),
         aggregate_external: aggregate,
-        min_observed: chrono::Duration::from_std(min_observed)
-            .unwrap_or(chrono::Duration::MAX),
+        min_observed: chrono::Duration::from_std(min_observed).unwrap_or(chrono::Duration::MAX),
     };
     let rec = recommend(&obs, &cluster, &opts);
     let check = verify(&objects, &obs, &rec)?;
@@ -349,7 +353,11 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
         check.edges_checked,
         check.extra_pairs,
         check.extra_ports,
-        if check.extra_pairs == 0 { " (the goal: zero)" } else { "" },
+        if check.extra_pairs == 0 {
+            " (the goal: zero)"
+        } else {
+            ""
+        },
     );
     for x in &check.extra {
         let _ = writeln!(
