@@ -105,6 +105,8 @@ pub enum PeerPlan {
         namespace: Option<String>,
         labels: Labels,
     },
+    /// Every pod of every namespace (`namespaceSelector: {}`): kube-dns serves them all.
+    AnyPod,
     /// An address block; `node` when it stands for node addresses.
     Cidr {
         cidr: IpNet,
@@ -382,6 +384,18 @@ pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recomm
         let mut rules: [BTreeMap<PeerPlan, (BTreeSet<(Protocol, u16)>, Option<Evidence>)>; 2] =
             [BTreeMap::new(), BTreeMap::new()];
         let mut total: Option<Evidence> = None;
+        // kube-dns answers every pod (each namespace's allow-dns lets them ask): its ingress
+        // on 53 is one rule for every pod, not the list of clients seen so far.
+        let serves_dns = key.namespace == DNS_NAMESPACE && {
+            let labels = workload_labels(cluster, obs, key);
+            dns.iter().all(|(k, v)| labels.get(k) == Some(v))
+        };
+        if serves_dns {
+            rules[0].insert(
+                PeerPlan::AnyPod,
+                ([(Protocol::Udp, 53), (Protocol::Tcp, 53)].into(), None),
+            );
+        }
         for (edge, evidence) in &obs.edges {
             let (dir, other) = if edge.dst.workload() == Some(*key) {
                 (0, &edge.src)
@@ -400,6 +414,24 @@ pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recomm
                 &[(dir, other)]
             };
             for &(dir, other) in directions {
+                if serves_dns
+                    && dir == 0
+                    && edge.port == 53
+                    && matches!(edge.protocol, Protocol::Udp | Protocol::Tcp)
+                    && matches!(other, Peer::Workload(_))
+                {
+                    if let Some((_, e)) = rules[0].get_mut(&PeerPlan::AnyPod) {
+                        match e {
+                            Some(e) => e.absorb(evidence),
+                            None => *e = Some(*evidence),
+                        }
+                    }
+                    match &mut total {
+                        Some(t) => t.absorb(evidence),
+                        None => total = Some(*evidence),
+                    }
+                    continue;
+                }
                 if !edge.protocol.has_ports() {
                     warnings.push(format!(
                         "{} → {} {}: NetworkPolicy cannot allow {} alone (only TCP, UDP and SCTP ports); not included",
@@ -531,6 +563,7 @@ fn peer_json(peer: &PeerPlan) -> Value {
                 }),
             }
         }
+        PeerPlan::AnyPod => json!({ "namespaceSelector": {} }),
         PeerPlan::Cidr { cidr, except, .. } => {
             let mut block = json!({"cidr": cidr.to_string()});
             if !except.is_empty() {
@@ -620,6 +653,9 @@ impl PolicyPlan {
                                 m.insert("k8s:io.kubernetes.pod.namespace".into(), ns.clone());
                             }
                             json!({ format!("{prefix}Endpoints"): [{"matchLabels": m}] })
+                        }
+                        PeerPlan::AnyPod => {
+                            json!({ format!("{prefix}Entities"): ["cluster"] })
                         }
                         PeerPlan::Cidr { node: true, .. } => {
                             json!({ format!("{prefix}Entities"): ["host", "remote-node"] })

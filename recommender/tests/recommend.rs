@@ -270,6 +270,17 @@ fn every_namespace_gets_default_deny_first_and_dns_as_one_and_peer() {
 }
 
 #[test]
+fn kube_dns_answers_every_pod_not_only_the_clients_seen() {
+    let (_, _, rec) = recommend_task_api(&Options::default());
+    let dns = policy(&rec, "kube-system", "allow-coredns");
+    assert_eq!(
+        dns["spec"]["ingress"],
+        serde_json::json!([{"from": [{"namespaceSelector": {}}],
+            "ports": [{"protocol": "TCP", "port": 53}, {"protocol": "UDP", "port": 53}]}])
+    );
+}
+
+#[test]
 fn workload_policy_uses_pod_ports_selector_labels_and_and_peers() {
     let (_, _, rec) = recommend_task_api(&Options::default());
     let api = policy(&rec, "taskapi", "allow-task-api");
