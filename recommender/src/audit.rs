@@ -190,7 +190,7 @@ pub fn diff(obs: &Observation, cluster: &Cluster) -> Diff {
     let mut used: Used = BTreeMap::new();
     let mut out = Diff::default();
     let mut uncovered: BTreeMap<EdgeKey, BTreeSet<String>> = BTreeMap::new();
-    for (edge, _) in &obs.edges {
+    for edge in obs.edges.keys() {
         if !edge.protocol.has_ports() {
             continue;
         }

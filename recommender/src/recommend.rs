@@ -274,6 +274,9 @@ fn evidence_text(e: &Evidence) -> String {
     )
 }
 
+/// One direction's rules being built: per peer, its ports and evidence.
+type RulesByPeer = BTreeMap<PeerPlan, (BTreeSet<(Protocol, u16)>, Option<Evidence>)>;
+
 /// Recommends policies for the observed workloads of the namespaces in scope.
 pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recommendation {
     let dns = dns_labels(cluster);
@@ -381,8 +384,7 @@ pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recomm
             summaries.push(summary);
             continue;
         }
-        let mut rules: [BTreeMap<PeerPlan, (BTreeSet<(Protocol, u16)>, Option<Evidence>)>; 2] =
-            [BTreeMap::new(), BTreeMap::new()];
+        let mut rules: [RulesByPeer; 2] = [BTreeMap::new(), BTreeMap::new()];
         let mut total: Option<Evidence> = None;
         // kube-dns answers every pod (each namespace's allow-dns lets them ask): its ingress
         // on 53 is one rule for every pod, not the list of clients seen so far.
