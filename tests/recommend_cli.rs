@@ -438,9 +438,7 @@ fn audit_and_recommend_read_the_cluster_from_the_kubernetes_api() {
     use apiserver::objects::*;
     let rt = tokio::runtime::Runtime::new().unwrap();
     let peer = rt.block_on(apiserver::ApiServer::start());
-    for ns in ["shop"] {
-        peer.apply(namespace(ns));
-    }
+    peer.apply(namespace("shop"));
     peer.apply(node("node-a", "172.18.0.2"));
     peer.apply(replicaset("shop", "web"));
     peer.apply(replicaset("shop", "api"));
