@@ -26,7 +26,7 @@ echo "== flowpol recommend --db $DB --manifests ${MANIFESTS[*]}"
 "$BIN" recommend --db "$DB" --manifests "${MANIFESTS[@]}"
 
 # Audit a hand-written policy set with three classic mistakes against the same flows.
-BROKEN=${BROKEN:-deploy/examples/task-api/broken-policies}
+BROKEN=${BROKEN:-deploy/broken-policies/task-api}
 if [ -d "$BROKEN" ]; then
   echo
   echo "== flowpol audit --db $DB --policies $BROKEN"

@@ -251,7 +251,7 @@ fn recommend_prints_verified_policies_that_audit_clean() {
 #[test]
 fn audit_flags_the_broken_policy_set_with_fixes_and_exits_1() {
     let (_dir, db) = task_api_db();
-    let broken = examples().join("task-api/broken-policies");
+    let broken = examples().join("../broken-policies/task-api");
     let out = flowpol(&["audit", "--db", s(&db), "--policies", s(&broken)]);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
@@ -315,7 +315,7 @@ fn diff_and_drops_explain_in_words() {
     refused.drop_reason = Some("NO_SOCKET".into());
     flows.push(refused);
     write_db(&db, &flows);
-    let broken = examples().join("task-api/broken-policies");
+    let broken = examples().join("../broken-policies/task-api");
 
     let out = flowpol(&["drops", "--db", s(&db), "--policies", s(&broken)]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
@@ -354,7 +354,7 @@ fn diff_and_drops_explain_in_words() {
 fn bad_input_is_named_and_exits_2() {
     let dir = tempfile::tempdir().unwrap();
     let m = task_api_manifests();
-    let manifests = examples().join("task-api/broken-policies");
+    let manifests = examples().join("../broken-policies/task-api");
     // An empty flowpol database.
     let empty = dir.path().join("empty.db");
     write_db(&empty, &[]);

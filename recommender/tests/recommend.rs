@@ -557,7 +557,7 @@ fn cilium_format_has_the_same_rules() {
 
 fn broken_cluster(extra: &[LoadedObject], obs: &Observation) -> Cluster {
     let mut base = task_api_objects();
-    base.extend(manifest::load_paths(&[examples().join("task-api/broken-policies")]).unwrap());
+    base.extend(manifest::load_paths(&[examples().join("../broken-policies/task-api")]).unwrap());
     base.extend(extra.iter().cloned());
     cluster_with(&base, obs, Vec::new(), false).unwrap()
 }
