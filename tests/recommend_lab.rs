@@ -156,6 +156,78 @@ fn with_attackers(dir: &Path, into: &Path) -> usize {
     added
 }
 
+/// The broken task-api policy set against the flows the agent recorded: exactly the three
+/// mistakes' flows are flagged, and with the suggested fixes applied nothing is.
+fn audit_broken_set_on_real_flows(db: &Path, work: &Path) {
+    let broken = examples().join("../broken-policies/task-api");
+    let o = Command::new(BIN)
+        .args([
+            "audit",
+            "--db",
+            db.to_str().unwrap(),
+            "--policies",
+            broken.to_str().unwrap(),
+            "-o",
+            "json",
+        ])
+        .env("FLOWPOL_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "audit: {}", text(&o));
+    let result: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let mut groups: Vec<String> = result["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            format!(
+                "{} → {} {}/{}",
+                g["source"].as_str().unwrap(),
+                g["destination"].as_str().unwrap(),
+                g["port"],
+                g["protocol"].as_str().unwrap()
+            )
+        })
+        .collect();
+    groups.sort();
+    assert_eq!(
+        groups,
+        [
+            "gateway/gateway[Deployment] → taskapi/task-api[Deployment] 8080/TCP",
+            "taskapi/task-api[Deployment] → kube-system/coredns[Deployment] 53/UDP",
+            "taskapi/task-api[Deployment] → postgres/postgres[StatefulSet] 5432/TCP",
+        ],
+        "{result}"
+    );
+    let fixes: Vec<String> = result["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["fixes"].as_array().unwrap().iter())
+        .map(|f| serde_json::to_string(&f["policy"]).unwrap())
+        .collect();
+    let fixed = work.join("fixes.yaml");
+    std::fs::write(&fixed, fixes.join("\n---\n")).unwrap();
+    let o = Command::new(BIN)
+        .args([
+            "audit",
+            "--db",
+            db.to_str().unwrap(),
+            "--policies",
+            broken.to_str().unwrap(),
+            fixed.to_str().unwrap(),
+        ])
+        .env("FLOWPOL_LOG", "error")
+        .output()
+        .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "audit with the fixes: {}",
+        text(&o)
+    );
+}
+
 #[test]
 fn recommended_policies_keep_the_plan_and_block_attackers_privileged() {
     require_root();
@@ -212,6 +284,9 @@ fn recommended_policies_keep_the_plan_and_block_attackers_privileged() {
         assert!(err.contains("verified by the engine"), "{name}: {err}");
         let recommended = work.path().join("recommended.yaml");
         std::fs::write(&recommended, &o.stdout).unwrap();
+        if name == "task-api" {
+            audit_broken_set_on_real_flows(&db, work.path());
+        }
 
         // 3. Enforce the recommendation on the scenario plus attackers, play the traffic.
         let derived = tempfile::tempdir().unwrap();
