@@ -199,15 +199,17 @@ fn audit_broken_set_on_real_flows(db: &Path, work: &Path) {
         ],
         "{result}"
     );
-    let fixes: Vec<String> = result["groups"]
+    let fixes: Vec<Value> = result["groups"]
         .as_array()
         .unwrap()
         .iter()
         .flat_map(|g| g["fixes"].as_array().unwrap().iter())
-        .map(|f| serde_json::to_string(&f["policy"]).unwrap())
+        .map(|f| f["policy"].clone())
         .collect();
-    let fixed = work.join("fixes.yaml");
-    std::fs::write(&fixed, fixes.join("\n---\n")).unwrap();
+    assert!(!fixes.is_empty());
+    let fixed = work.join("fixes.json");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": fixes});
+    std::fs::write(&fixed, serde_json::to_string(&list).unwrap()).unwrap();
     let o = Command::new(BIN)
         .args([
             "audit",
