@@ -396,6 +396,44 @@ pub fn flow_sum(
 
 /// A counter from the calling thread's namespace: `/proc/thread-self/net/<file>`
 /// (`snmp`: "Tcp" "OutSegs"; `netstat`: "IpExt" "OutOctets"; `snmp6`: "Udp6OutDatagrams").
+/// Every counter of /proc/net/snmp and /proc/net/netstat of the calling
+/// thread's namespace, as `Group.Name` → value (for failure messages).
+#[allow(dead_code)]
+pub fn all_net_counters() -> std::collections::BTreeMap<String, u64> {
+    let mut all = std::collections::BTreeMap::new();
+    for file in ["snmp", "netstat"] {
+        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let mut names = names.split_whitespace();
+            let group = names.next().unwrap_or("").trim_end_matches(':');
+            for (n, v) in names.zip(values.split_whitespace().skip(1)) {
+                if let Ok(v) = v.parse() {
+                    all.insert(format!("{group}.{n}"), v);
+                }
+            }
+        }
+    }
+    all
+}
+
+/// The counters that differ between two [`all_net_counters`] snapshots.
+#[allow(dead_code)]
+pub fn changed_counters(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (*v != b).then(|| format!("{k}+{}", v.wrapping_sub(b)))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn net_counter(file: &str, group: &str, name: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
     if file == "snmp6" {
