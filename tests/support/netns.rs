@@ -224,9 +224,19 @@ impl Agent {
     /// (entered with setns only: its mounts, /proc/mounts and the cgroup v2
     /// root stay the host's, unlike with `ip netns exec`).
     pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Self {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("flows.db");
+        Self::start_with_db(netns, db, dir, extra)
+    }
+
+    /// Like [`Agent::start_in`], writing to `db` (`dir` is kept until drop).
+    pub fn start_with_db(
+        netns: Option<&Netns>,
+        db: PathBuf,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpol"));
         // Kept open until the child has been spawned.
         let ns_file = netns.map(|ns| File::open(format!("/var/run/netns/{}", ns.name)).unwrap());
@@ -273,7 +283,8 @@ impl Agent {
         agent
     }
 
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+    /// Waits until the agent logs a line containing `needle` (panics with the log after `timeout`).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -295,6 +306,17 @@ impl Agent {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends SIGKILL (no final drain, no cleanup) and reaps the agent.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        run("kill", &["-KILL", &child.id().to_string()]);
+        let _ = child.wait();
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+            self.log.push(line);
+        }
     }
 
     /// Sends SIGTERM, waits for a clean exit (status 0) and returns the stored
