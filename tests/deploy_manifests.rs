@@ -585,3 +585,81 @@ fn the_daemonset_is_hardened_and_the_cluster_role_read_only() {
         ]
     );
 }
+
+// --- `kubectl flowpol`: the binary under the kubectl plugin name ---
+
+/// A folder holding `kubectl-flowpol` -> the built `flowpol` binary.
+fn plugin_dir() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("flowpol-deploy-plugin-{}-", std::process::id()))
+        .tempdir()
+        .expect("temporary folder");
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_flowpol"),
+        dir.path().join("kubectl-flowpol"),
+    )
+    .expect("symlinking kubectl-flowpol");
+    dir
+}
+
+#[test]
+fn kubectl_flowpol_symlink_names_itself_in_help_and_version() {
+    let dir = plugin_dir();
+    let plugin = dir.path().join("kubectl-flowpol");
+    let help = run_ok(&plugin, &["--help"]);
+    assert!(
+        help.contains("Usage: kubectl flowpol [OPTIONS] <COMMAND>"),
+        "{help}"
+    );
+    assert!(help.contains("flows"), "{help}");
+    let sub_help = run_ok(&plugin, &["flows", "--help"]);
+    assert!(
+        sub_help.contains("Usage: kubectl flowpol flows"),
+        "{sub_help}"
+    );
+    let version = run_ok(&plugin, &["--version"]);
+    assert_eq!(
+        version.trim(),
+        format!("kubectl-flowpol {}", env!("CARGO_PKG_VERSION"))
+    );
+    // A usage error names the plugin too, with clap's exit status 2.
+    let out = run(&plugin, &["no-such-command"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("Usage: kubectl flowpol"), "{err}");
+
+    // Under its own name nothing changes.
+    let own = run_ok(Path::new(env!("CARGO_BIN_EXE_flowpol")), &["--version"]);
+    assert_eq!(own.trim(), format!("flowpol {}", env!("CARGO_PKG_VERSION")));
+    let own_help = run_ok(Path::new(env!("CARGO_BIN_EXE_flowpol")), &["--help"]);
+    assert!(
+        own_help.contains("Usage: flowpol [OPTIONS] <COMMAND>"),
+        "{own_help}"
+    );
+}
+
+/// kubectl itself finds the plugin on the PATH and runs it.
+#[test]
+fn kubectl_runs_the_plugin_from_the_path() {
+    let dir = plugin_dir();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new(kubectl())
+        .args(["flowpol", "--version"])
+        .env("PATH", &path)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{}` ({e}); {SETUP_HINT}", kubectl().display()));
+    assert!(
+        out.status.success(),
+        "kubectl flowpol --version: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("kubectl-flowpol {}", env!("CARGO_PKG_VERSION"))
+    );
+}
