@@ -337,10 +337,10 @@ fn kustomize_and_helm_render_the_same_objects() {
         differences.push(format!("{k}: only in helm"));
     }
     for (k, a) in &kustomize {
-        if let Some(b) = helm.get(k) {
-            if let Some(d) = first_difference(a, b, "") {
-                differences.push(format!("{k}: kustomize vs helm: {d}"));
-            }
+        if let Some(b) = helm.get(k)
+            && let Some(d) = first_difference(a, b, "")
+        {
+            differences.push(format!("{k}: kustomize vs helm: {d}"));
         }
     }
     assert!(differences.is_empty(), "{}", differences.join("\n"));
