@@ -32,6 +32,8 @@ pub mod explain;
 pub mod flows;
 pub mod lab;
 pub mod lint;
+// deploy: `kubectl flowpol` (argv[0] = kubectl-flowpol).
+pub mod plugin;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
