@@ -1,9 +1,7 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
-    let cli = flowpol::cli::Cli::parse();
+    let cli = flowpol::cli::plugin::parse_args();
     flowpol::cli::init_tracing(&cli.global);
     match flowpol::cli::run(cli) {
         Ok(code) => code,

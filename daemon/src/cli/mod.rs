@@ -37,6 +37,8 @@ pub mod audit;
 pub mod diff;
 pub mod drops;
 pub mod recommend;
+// deploy: `kubectl flowpol` (argv[0] = kubectl-flowpol).
+pub mod plugin;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
