@@ -205,6 +205,15 @@ fn recommend_prints_verified_policies_that_audit_clean() {
         "{err}"
     );
     assert!(err.contains("allow 0 workload pairs"), "{err}");
+    // kube-system is left out unless asked for (-A).
+    assert!(!yaml.contains("namespace: kube-system"), "{yaml}");
+    let all = flowpol(&with_manifests(&["recommend", "--db", s(&db), "-A"], &m));
+    assert_eq!(all.status.code(), Some(0), "{}", stderr(&all));
+    assert!(
+        stdout(&all).contains("name: allow-coredns"),
+        "{}",
+        stdout(&all)
+    );
     // The recommendation, audited against the same flows: nothing denied (exit 0).
     let recommended = dir.path().join("recommended.yaml");
     std::fs::write(&recommended, &yaml).unwrap();

@@ -85,6 +85,8 @@ pub struct Options {
     pub aggregate_external: Option<Aggregate>,
     /// Workloads observed for less than this get a warning.
     pub min_observed: chrono::Duration,
+    /// Namespaces left out when `namespaces` is `None` (e.g. the cluster's own).
+    pub skip_namespaces: BTreeSet<String>,
 }
 
 impl Default for Options {
@@ -93,9 +95,13 @@ impl Default for Options {
             namespaces: None,
             aggregate_external: None,
             min_observed: chrono::Duration::hours(1),
+            skip_namespaces: BTreeSet::new(),
         }
     }
 }
+
+/// The cluster's own namespaces: `recommend` leaves them out unless asked (`-A`, `-n`).
+pub const SYSTEM_NAMESPACES: [&str; 3] = ["kube-system", "kube-public", "kube-node-lease"];
 
 /// A rule peer.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -281,8 +287,13 @@ type RulesByPeer = BTreeMap<PeerPlan, (BTreeSet<(Protocol, u16)>, Option<Evidenc
 pub fn recommend(obs: &Observation, cluster: &Cluster, opts: &Options) -> Recommendation {
     let dns = dns_labels(cluster);
     let mut warnings = Vec::new();
-    let in_scope =
-        |ns: &str| !ns.is_empty() && opts.namespaces.as_ref().is_none_or(|set| set.contains(ns));
+    let in_scope = |ns: &str| {
+        !ns.is_empty()
+            && match &opts.namespaces {
+                Some(set) => set.contains(ns),
+                None => !opts.skip_namespaces.contains(ns),
+            }
+    };
 
     // Subjects: observed workloads in scope that policies can select.
     let mut subjects: Vec<&WorkloadKey> = Vec::new();

@@ -12,7 +12,7 @@ use flowpol_recommender::flow::FlowRecord;
 use flowpol_recommender::manifest::{self, LoadedObject};
 use flowpol_recommender::model::Cluster;
 use flowpol_recommender::observe::observe;
-use flowpol_recommender::recommend::{Aggregate, Options, recommend, verify};
+use flowpol_recommender::recommend::{Aggregate, Options, SYSTEM_NAMESPACES, recommend, verify};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
@@ -223,7 +223,8 @@ pub struct RecommendArgs {
     /// Only these namespaces (repeat the flag for more).
     #[arg(long, short = 'n', value_name = "NAMESPACE")]
     pub namespace: Vec<String>,
-    /// Every namespace with observed workloads (the default).
+    /// Every namespace with observed workloads, kube-system, kube-public and kube-node-lease
+    /// included (without -n or -A those three are left out).
     #[arg(long, short = 'A')]
     pub all_namespaces: bool,
     /// Only flows seen in this recent period (`5m`, `2h`, `1d`) or since this RFC 3339 time.
@@ -290,6 +291,11 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
             .then(|| args.namespace.iter().cloned().collect::<BTreeSet<_>>()),
         aggregate_external: aggregate,
         min_observed: chrono::Duration::from_std(min_observed).unwrap_or(chrono::Duration::MAX),
+        skip_namespaces: if args.all_namespaces || !args.namespace.is_empty() {
+            BTreeSet::new()
+        } else {
+            SYSTEM_NAMESPACES.iter().map(|s| s.to_string()).collect()
+        },
     };
     let rec = recommend(&obs, &cluster, &opts);
     let check = verify(&objects, &obs, &rec)?;
