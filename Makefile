@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: setup build demo test lint unit privileged bench fmt clean
+.PHONY: setup build demo test lint unit privileged bench fuzz fmt clean
 
 ## Install what a fresh machine lacks (idempotent): apt packages, nightly rust-src, bpf-linker.
 setup:
@@ -31,6 +31,10 @@ test: lint
 
 bench: build
 	@bash scripts/bench.sh
+
+## The cargo-fuzz targets, 20 s each from the corpus in fuzz/corpus (FUZZ_SECONDS=N).
+fuzz: setup
+	@bash scripts/fuzz.sh
 
 clean:
 	$(CARGO) clean

