@@ -3,7 +3,16 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let cli = flowpol::cli::Cli::parse();
+    // --config: its values become the flags' environment variables before parsing.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(err) = flowpol::serve::config::apply(
+        &args,
+        &<flowpol::cli::Cli as clap::CommandFactory>::command(),
+    ) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    let cli = flowpol::cli::Cli::parse_from(args);
     flowpol::cli::init_tracing(&cli.global);
     match flowpol::cli::run(cli) {
         Ok(code) => code,
