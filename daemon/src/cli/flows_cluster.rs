@@ -81,7 +81,7 @@ impl ClusterArgs {
                 .await
                 .context("finding a Kubernetes API server (in-cluster or kubeconfig)")?,
         };
-        kube::Client::try_from(config).context("building the Kubernetes client")
+        crate::serve::cluster::agent_client(config).context("building the Kubernetes client")
     }
 }
 

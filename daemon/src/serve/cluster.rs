@@ -82,6 +82,14 @@ impl std::fmt::Display for NodeFailure {
     }
 }
 
+/// A client for talking to agents through the API server. kube-rs retries 503
+/// answers for about a minute by default; through the pod proxy a 503 is an
+/// agent that is down, which should be reported at once, not waited out.
+pub fn agent_client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// The agent pods the target names (sorted by node).
 pub async fn find_agents(
     client: &kube::Client,

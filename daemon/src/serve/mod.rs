@@ -30,7 +30,7 @@ use crate::store::Store;
 pub mod cluster;
 pub mod config;
 pub mod filter;
-mod flows_api;
+pub mod flows_api;
 pub mod metrics;
 
 pub use metrics::Metrics;
