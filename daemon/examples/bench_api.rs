@@ -51,12 +51,12 @@ fn flow(i: u64) -> FlowRecord {
         reply_bytes: 9000,
         first_seen: now,
         last_seen: now,
-        verdict: if i % 97 == 0 {
+        verdict: if i.is_multiple_of(97) {
             Verdict::Dropped
         } else {
             Verdict::Forwarded
         },
-        drop_reason: (i % 97 == 0).then(|| "NETFILTER_DROP".to_string()),
+        drop_reason: i.is_multiple_of(97).then(|| "NETFILTER_DROP".to_string()),
         tcp_flags: TcpFlags(0x13),
         cgroup_id: Some(1000 + i % 100),
         node: None,
@@ -192,7 +192,7 @@ fn main() {
                 let mut served = 0u64;
                 let mut n = 0u64;
                 while running.load(Ordering::Relaxed) {
-                    let path = if (n + c as u64) % 2 == 0 {
+                    let path = if (n + c as u64).is_multiple_of(2) {
                         "/api/v1/flows?since=1m&limit=1000".to_string()
                     } else {
                         "/api/v1/flows?namespace=tools&selector=app%3Dapp1&merged=true&limit=1000".to_string()
