@@ -21,7 +21,7 @@ pub enum Requirement {
 pub struct LabelSelector(pub Vec<Requirement>);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("label selector {selector:?}: {detail}")]
+#[error("label selector `{selector}`: {detail}")]
 pub struct SelectorError {
     pub selector: String,
     pub detail: String,
