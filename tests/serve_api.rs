@@ -269,3 +269,72 @@ async fn follow_delivers_flows_recorded_after_it_started() {
     let end = tokio::time::timeout(Duration::from_secs(10), lines.next()).await;
     assert_eq!(end.expect("the stream ends at shutdown"), None);
 }
+
+/// `--config`: file values apply, environment beats the file, flags beat both;
+/// an unknown key is refused naming the file and the key.
+#[tokio::test]
+async fn config_file_env_and_flags_in_that_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let write_db = |name: &str, port: u16| {
+        let path = dir.path().join(name);
+        let flows = vec![pod_flow(
+            ("10.244.0.10", "shop", "web"),
+            ("10.244.0.20", "shop", "api"),
+            port,
+            at("2026-11-21T10:00:00Z"),
+            Verdict::Forwarded,
+        )];
+        (path, flows)
+    };
+    let mut dbs = Vec::new();
+    for (name, port) in [("file.db", 1), ("env.db", 2), ("flag.db", 3)] {
+        let (path, flows) = write_db(name, port);
+        let s = flowpol::store::Store::open(&path).await.unwrap();
+        s.write_flows(&flows).await.unwrap();
+        s.close().await;
+        dbs.push(path);
+    }
+    let config = dir.path().join("flowpol.yaml");
+    std::fs::write(
+        &config,
+        format!("db: {}\nlog-format: json\n", dbs[0].display()),
+    )
+    .unwrap();
+    let run = |extra_env: Option<&std::path::Path>, flag: Option<&std::path::Path>| {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"));
+        cmd.env_remove("FLOWPOL_DB")
+            .args(["flows", "-o", "json", "--config"])
+            .arg(&config);
+        if let Some(e) = extra_env {
+            cmd.env("FLOWPOL_DB", e);
+        }
+        if let Some(f) = flag {
+            cmd.arg("--db").arg(f);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let f: FlowRecord =
+            serde_json::from_slice(out.stdout.split(|b| *b == b'\n').next().unwrap()).unwrap();
+        f.dst.port
+    };
+    assert_eq!(run(None, None), 1, "the file's db");
+    assert_eq!(run(Some(&dbs[1]), None), 2, "environment beats the file");
+    assert_eq!(run(Some(&dbs[1]), Some(&dbs[2])), 3, "the flag beats both");
+
+    std::fs::write(&config, "dbb: /nowhere\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["flows", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("flowpol.yaml") && err.contains("unknown key `dbb`"),
+        "{err}"
+    );
+}
