@@ -15,8 +15,8 @@ use crate::serve::filter::FlowFilter;
 #[derive(Debug, Clone, Args)]
 pub struct ClusterArgs {
     /// Read from every node's agent through the Kubernetes API server
-    /// (kubeconfig or in-cluster), not from a local database.
-    #[arg(long, conflicts_with = "db")]
+    /// (kubeconfig or in-cluster), not from a local database (--db is ignored).
+    #[arg(long)]
     pub cluster: bool,
     /// With --cluster: keep streaming new flows from every node until Ctrl-C.
     #[arg(long, requires = "cluster")]
