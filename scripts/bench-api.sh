@@ -62,7 +62,6 @@ t.join()
 print(f"sent {sent} UDP flows, received {got[0]}")
 PY
 # Wait for the drain that holds them, and its write.
-before=$(grep -c "" "$work/agent.log" || true)
 sleep 25
 echo "agent after draining 100 000 live flows: VmRSS $(rss VmRSS:) KiB, peak VmHWM $(rss VmHWM:) KiB"
 t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $(cat "$work/token")" \
