@@ -115,7 +115,7 @@ fn main() {
             let batch: Vec<FlowRecord> = (0..10_000).map(|i| flow(b * 10_000 + i)).collect();
             writer.write_flows(&batch).await.unwrap();
         }
-        let (live, _) = tokio::sync::broadcast::channel(65_536);
+        let (live, _) = tokio::sync::broadcast::channel(flowpol::serve::LIVE_BATCHES);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let metrics = Arc::new(Metrics::new());
         let state = ApiState {
@@ -149,9 +149,7 @@ fn main() {
                         late += 1;
                     }
                     metrics.record_batch(&batch, &[]);
-                    for f in &batch {
-                        let _ = live.send(Arc::new(f.clone()));
-                    }
+                    let _ = live.send(Arc::new(batch));
                     recorded.fetch_add(1_000, Ordering::Relaxed);
                 }
                 late
@@ -238,9 +236,7 @@ fn main() {
         let writer2 = Store::open(&path).await.unwrap();
         writer2.write_drain(&batch, &[], Utc::now(), None).await.unwrap();
         metrics.record_batch(&batch, &[]);
-        for f in &batch {
-            let _ = live.send(Arc::new(f.clone()));
-        }
+        let _ = live.send(Arc::new(batch));
         println!(
             "RSS with 100 000 flows in one drain: {} KiB now, {} KiB peak (VmHWM)",
             rss_kib("VmRSS:"),

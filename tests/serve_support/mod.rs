@@ -162,7 +162,7 @@ impl TestAgent {
             writer.write_flows(flows).await.unwrap();
         }
         let readonly = Store::open_read_only(&path).await.unwrap();
-        let (live, _) = tokio::sync::broadcast::channel(1024);
+        let (live, _) = tokio::sync::broadcast::channel(flowpol::serve::LIVE_BATCHES);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let state = ApiState {
             store: Some(readonly),
@@ -188,9 +188,7 @@ impl TestAgent {
     pub async fn record(&self, flows: &[FlowRecord]) {
         self.writer.write_flows(flows).await.unwrap();
         self.state.metrics.record_batch(flows, &[]);
-        for f in flows {
-            let _ = self.state.live.send(Arc::new(f.clone()));
-        }
+        let _ = self.state.live.send(Arc::new(flows.to_vec()));
     }
 
     pub async fn stop(&mut self) {

@@ -211,8 +211,7 @@ pub(crate) mod agent_serve_impl {
         };
         let readiness = Arc::new(Readiness::default());
         let metrics = Arc::new(Metrics::new());
-        // Room for a few drains' worth of records per follow client.
-        let (live, _) = tokio::sync::broadcast::channel(65_536);
+        let (live, _) = tokio::sync::broadcast::channel(crate::serve::LIVE_BATCHES);
         let (stop, shutdown) = tokio::sync::watch::channel(false);
         let state = ApiState {
             store,

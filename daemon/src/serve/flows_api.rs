@@ -155,7 +155,7 @@ fn follow_stream(state: ApiState, filter: FlowFilter) -> Response {
     let shutdown = state.shutdown.clone();
     let metrics = state.metrics.clone();
     struct Follow {
-        rx: tokio::sync::broadcast::Receiver<Arc<FlowRecord>>,
+        rx: tokio::sync::broadcast::Receiver<Arc<Vec<FlowRecord>>>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     }
     let stream = futures::stream::unfold(
@@ -170,22 +170,24 @@ fn follow_stream(state: ApiState, filter: FlowFilter) -> Response {
                     _ = f.shutdown.changed() => return None,
                 };
                 match next {
-                    Ok(flow) => {
-                        if !filter.matches(&flow, Utc::now()) {
+                    Ok(batch) => {
+                        let now = Utc::now();
+                        let mut lines = Vec::new();
+                        for flow in batch.iter().filter(|r| filter.matches(r, now)) {
+                            if serde_json::to_writer(&mut lines, flow).is_ok() {
+                                lines.push(b'\n');
+                            }
+                        }
+                        if lines.is_empty() {
                             continue;
                         }
-                        let mut line = match serde_json::to_vec(&*flow) {
-                            Ok(l) => l,
-                            Err(_) => continue,
-                        };
-                        line.push(b'\n');
                         return Some((
-                            Ok::<_, Infallible>(Bytes::from(line)),
+                            Ok::<_, Infallible>(Bytes::from(lines)),
                             (f, filter, metrics),
                         ));
                     }
                     Err(RecvError::Lagged(n)) => {
-                        // A reader slower than the agent records loses the oldest flows.
+                        // A reader slower than the agent records loses the oldest batches.
                         metrics.follow_lagged(n);
                         tracing::warn!(skipped = n, "HTTP API: a follow client lagged behind");
                     }

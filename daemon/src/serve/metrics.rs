@@ -134,8 +134,8 @@ impl Metrics {
         );
         let follow_lagged = Counter::default();
         registry.register(
-            "api_follow_lagged_flows",
-            "Flows follow clients missed because they read slower than the agent records",
+            "api_follow_lagged_batches",
+            "Drain batches follow clients missed because they read slower than the agent records",
             follow_lagged.clone(),
         );
         Self {
@@ -254,11 +254,9 @@ impl crate::agent::FlowSink for ServeSink {
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             self.metrics.record_batch(&batch.records, &batch.losses);
-            if self.live.receiver_count() > 0 {
-                for r in &batch.records {
-                    // No receiver left is not an error: nobody follows.
-                    let _ = self.live.send(Arc::new(r.clone()));
-                }
+            if self.live.receiver_count() > 0 && !batch.records.is_empty() {
+                // No receiver left is not an error: nobody follows.
+                let _ = self.live.send(Arc::new(batch.records.clone()));
             }
             Ok(())
         })

@@ -157,8 +157,13 @@ impl Readiness {
     }
 }
 
-/// Live flows, as they are recorded (after the store accepted them).
-pub type LiveFlows = broadcast::Sender<Arc<FlowRecord>>;
+/// Live flows, one message per written drain batch (after the store accepted
+/// it). Per batch, not per record: a burst of a whole drain is one slot, and
+/// the channel holds at most [`LIVE_BATCHES`] batches however many clients follow.
+pub type LiveFlows = broadcast::Sender<Arc<Vec<FlowRecord>>>;
+
+/// Batches a follow client may fall behind before it skips some.
+pub const LIVE_BATCHES: usize = 16;
 
 /// What the handlers share.
 #[derive(Clone)]
