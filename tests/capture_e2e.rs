@@ -141,6 +141,7 @@ fn privileged_e2e_tcp_and_udp_both_ways_over_ipv4_and_ipv6_are_counted_exactly()
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
     let mut agent = Agent::start(&["--interval", "1s", "--syn-timeout", "1s"]);
     let before = kernel_counters(&a.ns);
+    let before_all = a.ns.within(support::netns::all_net_counters);
 
     const N: usize = 5;
     let mut udp = Vec::new();
@@ -158,7 +159,16 @@ fn privileged_e2e_tcp_and_udp_both_ways_over_ipv4_and_ipv6_are_counted_exactly()
     }
     std::thread::sleep(Duration::from_millis(300));
     let after = kernel_counters(&a.ns);
+    let after_all = a.ns.within(support::netns::all_net_counters);
+    let changed = support::netns::changed_counters(&before_all, &after_all);
     let records = agent.stop();
+    // Records none of the exchanges explain (shown when a count is off).
+    let others: Vec<String> = records
+        .iter()
+        .filter(|r| r["verdict"] == "dropped" || (r["protocol"] != "TCP" && r["protocol"] != "UDP"))
+        .map(|r| r.to_string())
+        .collect();
+    let changed = format!("{changed}; other records: {others:?}");
 
     // Sent by A = forward counts of flows A opened + reply counts of flows B opened.
     let mut a_sent = Kernel::default();
@@ -254,12 +264,12 @@ fn privileged_e2e_tcp_and_udp_both_ways_over_ipv4_and_ipv6_are_counted_exactly()
     assert_eq!(
         a_v4_out_bytes,
         after.ip4_out_octets - before.ip4_out_octets,
-        "IPv4 octets sent by A"
+        "IPv4 octets sent by A; A's counters that moved: {changed}"
     );
     assert_eq!(
         a_v4_in_bytes,
         after.ip4_in_octets - before.ip4_in_octets,
-        "IPv4 octets received by A"
+        "IPv4 octets received by A; A's counters that moved: {changed}"
     );
 }
 

@@ -290,6 +290,17 @@ fn privileged_parse_drop_program_filters_reasons_and_counts_unreadable_skbs() {
     assert_eq!(cap.test_run_drop(0, not_specified + 1).unwrap(), 0);
     let c = counters(&cap);
     assert_eq!((c["drops_seen"], c["drop_unparsable"]), (1, 1));
+    // A routine reason (retransmitted data) is counted apart and never parsed.
+    let old_data = cap
+        .drop_reasons()
+        .value("TCP_OLD_DATA")
+        .expect("TCP_OLD_DATA in this kernel's enum skb_drop_reason") as u64;
+    assert_eq!(cap.test_run_drop(0, old_data).unwrap(), 0);
+    let c = counters(&cap);
+    assert_eq!(
+        (c["drops_routine"], c["drops_seen"], c["drop_unparsable"]),
+        (1, 1, 1)
+    );
     assert!(cap.drain(true).unwrap().is_empty());
     assert_eq!(
         cap.drop_reasons().name(not_specified as u32),

@@ -646,3 +646,90 @@ fn a_drop_record_without_a_socket_borrows_the_local_pod_of_its_connection() {
     let other = enriched(&e, flow(NODE_IP, 41001, "10.244.0.2", 8080, 12, None));
     assert_eq!(other.src.kind, Some(EndpointKind::Node));
 }
+
+#[test]
+fn dual_stack_pods_and_services_resolve_over_ipv6_as_over_ipv4() {
+    let id = Identity::new();
+    let mut all = base();
+    // The client and two web backends each have an IPv4 and an IPv6 address.
+    all.retain(|o| o["kind"] != "Pod");
+    for (name, uid, v4, v6, app) in [
+        (
+            "client-5d8f9c7b6-c1",
+            "c1c1c1c1-0000-4000-8000-000000000001",
+            "10.244.0.2",
+            "fd00:10:244::2",
+            "client",
+        ),
+        (
+            "web-5d8f9c7b6-w1",
+            "aaaaaaaa-0000-4000-8000-0000000000a1",
+            "10.244.0.5",
+            "fd00:10:244::5",
+            "web",
+        ),
+        (
+            "web-5d8f9c7b6-w2",
+            "aaaaaaaa-0000-4000-8000-0000000000a2",
+            "10.244.0.6",
+            "fd00:10:244::6",
+            "web",
+        ),
+    ] {
+        let mut pod = objects::deployment_pod("shop", name, uid, v4, app);
+        pod["status"]["podIPs"] = json!([{"ip": v4}, {"ip": v6}]);
+        all.push(pod);
+    }
+    let mut svc = objects::service("shop", "web", "10.96.0.20", 80, json!(8080));
+    svc["spec"]["clusterIPs"] = json!(["10.96.0.20", "fd00:10:96::20"]);
+    svc["spec"]["ipFamilies"] = json!(["IPv4", "IPv6"]);
+    all.push(svc);
+    all.push(objects::endpoint_slice(
+        "shop",
+        "web",
+        &["10.244.0.5", "10.244.0.6"],
+        8080,
+    ));
+    let mut slice6 =
+        objects::endpoint_slice("shop", "web", &["fd00:10:244::5", "fd00:10:244::6"], 8080);
+    slice6["metadata"]["name"] = json!("web-v6");
+    slice6["addressType"] = json!("IPv6");
+    all.push(slice6);
+    sync(&id, 0, all);
+    let e = enricher(&id);
+
+    // Pod to pod over IPv6: both ends named, as over IPv4.
+    for (src, dst) in [
+        ("10.244.0.2", "10.244.0.5"),
+        ("fd00:10:244::2", "fd00:10:244::5"),
+    ] {
+        let f = enriched(&e, flow(src, 40000, dst, 8080, 10, None));
+        assert_eq!(f.src.pod.as_deref(), Some("client-5d8f9c7b6-c1"), "{src}");
+        assert_eq!(f.dst.pod.as_deref(), Some("web-5d8f9c7b6-w1"), "{dst}");
+        assert_eq!(
+            f.dst.workload.map(|w| w.to_string()).as_deref(),
+            Some("Deployment/web")
+        );
+        assert_eq!(f.dst.kind, Some(EndpointKind::Pod));
+    }
+    // Through the Service's IPv6 ClusterIP: the Service, then the pod port.
+    let f = enriched(
+        &e,
+        flow("fd00:10:244::2", 40000, "fd00:10:96::20", 80, 10, None),
+    );
+    assert_eq!(f.dst.service.as_deref(), Some("shop/web"));
+    assert_eq!((f.dst.port, f.dst.service_port), (8080, Some(80)));
+    assert_eq!(f.dst.namespace.as_deref(), Some("shop"));
+    assert_eq!(
+        f.dst.workload.map(|w| w.to_string()).as_deref(),
+        Some("Deployment/web")
+    );
+    assert_eq!(f.dst.ip.to_string(), "fd00:10:96::20");
+    // An IPv6 address nobody owns stays external.
+    let f = enriched(
+        &e,
+        flow("fd00:10:244::2", 40000, "2001:db8::7", 443, 10, None),
+    );
+    assert_eq!(f.dst.kind, Some(EndpointKind::External));
+    assert_eq!(f.src.pod.as_deref(), Some("client-5d8f9c7b6-c1"));
+}

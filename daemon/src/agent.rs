@@ -173,6 +173,12 @@ async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option
                         records = lost.records.len(),
                         "write backlog full: oldest batch dropped"
                     );
+                    // Never silent: the next stored batch carries the loss.
+                    if let Some(next) = backlog.first_mut() {
+                        next.losses
+                            .push(("unwritten_records", lost.records.len() as u64));
+                        next.losses.extend(lost.losses);
+                    }
                 }
                 return Some(err);
             }
@@ -299,5 +305,62 @@ impl FlowSink for StoreSink {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails its first `failures` writes, then stores batches.
+    struct FlakySink {
+        failures: usize,
+        written: Vec<DrainBatch>,
+    }
+
+    impl FlowSink for FlakySink {
+        fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                if self.failures > 0 {
+                    self.failures -= 1;
+                    anyhow::bail!("disk full");
+                }
+                self.written.push(batch.clone());
+                Ok(())
+            })
+        }
+    }
+
+    fn batch(records: usize) -> DrainBatch {
+        let json = r#"{"src":{"ip":"10.0.0.1","port":1},"dst":{"ip":"10.0.0.2","port":2},"protocol":"UDP","packets":1,"bytes":29,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","verdict":"forwarded","drop_reason":null}"#;
+        let record: FlowRecord = serde_json::from_str(json).unwrap();
+        DrainBatch {
+            records: vec![record; records],
+            losses: vec![],
+            recorded_at: Utc::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_writes_are_retried_in_order_and_an_overflowing_backlog_is_a_recorded_loss() {
+        let mut sink = FlakySink {
+            failures: MAX_BACKLOG + 1,
+            written: vec![],
+        };
+        let mut backlog = Vec::new();
+        for i in 0..=MAX_BACKLOG {
+            backlog.push(batch(i % 3 + 1));
+            let failed = flush(&mut sink, &mut backlog).await;
+            assert!(failed.is_some(), "write {i} should fail");
+        }
+        // The first batch (1 record) was dropped to bound the backlog.
+        assert_eq!(backlog.len(), MAX_BACKLOG);
+        assert_eq!(backlog[0].losses, vec![("unwritten_records", 1)]);
+        backlog.push(batch(1));
+        assert!(flush(&mut sink, &mut backlog).await.is_none());
+        assert!(backlog.is_empty());
+        assert_eq!(sink.written.len(), MAX_BACKLOG + 1);
+        assert_eq!(sink.written[0].losses, vec![("unwritten_records", 1)]);
+        assert_eq!(sink.written[0].records.len(), 2);
     }
 }

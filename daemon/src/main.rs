@@ -1,7 +1,5 @@
 use std::process::ExitCode;
 
-use clap::Parser;
-
 fn main() -> ExitCode {
     // --config: its values become the flags' environment variables before parsing.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -12,7 +10,7 @@ fn main() -> ExitCode {
         eprintln!("error: {err}");
         return ExitCode::from(2);
     }
-    let cli = flowpol::cli::Cli::parse_from(args);
+    let cli = flowpol::cli::plugin::parse_from(args);
     flowpol::cli::init_tracing(&cli.global);
     match flowpol::cli::run(cli) {
         Ok(code) => code,

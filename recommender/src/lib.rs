@@ -8,14 +8,18 @@
 //! - [`engine`]: exact NetworkPolicy verdicts, each with its reasons.
 //! - [`connectivity`]: who may talk to whom; [`explain`]: one connection, why; [`lint`]:
 //!   common policy mistakes.
+pub mod audit;
 pub mod connectivity;
 pub mod connset;
+pub mod drops;
 pub mod engine;
 pub mod explain;
 pub mod flow;
 pub mod lint;
 pub mod manifest;
 pub mod model;
+pub mod observe;
 pub mod policy;
+pub mod recommend;
 pub mod selector;
 pub mod synth;

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ReplicationController, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, ReplicationController, Service};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -62,6 +62,8 @@ pub enum Object {
     CronJob(Box<CronJob>),
     Service(Box<Service>),
     NetworkPolicy(Box<NetworkPolicy>),
+    /// Nodes: their addresses name node (kubelet, hostNetwork) traffic.
+    Node(Box<Node>),
 }
 
 impl Object {
@@ -78,6 +80,7 @@ impl Object {
             Object::CronJob(_) => "CronJob",
             Object::Service(_) => "Service",
             Object::NetworkPolicy(_) => "NetworkPolicy",
+            Object::Node(_) => "Node",
         }
     }
 }
@@ -88,7 +91,7 @@ impl Object {
 fn accepted_api_version(kind: &str, api_version: &str) -> Option<&'static str> {
     let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
     let (canonical, groups): (&'static str, &[&str]) = match kind {
-        "Namespace" | "Pod" | "Service" | "ReplicationController" => ("v1", &[""]),
+        "Namespace" | "Pod" | "Service" | "ReplicationController" | "Node" => ("v1", &[""]),
         "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
             ("apps/v1", &["apps", "extensions"])
         }
@@ -275,6 +278,7 @@ fn visit(
         "CronJob" => Object::CronJob(typed(path, &kind, value)?),
         "Service" => Object::Service(typed(path, &kind, value)?),
         "NetworkPolicy" => Object::NetworkPolicy(typed(path, &kind, value)?),
+        "Node" => Object::Node(typed(path, &kind, value)?),
         _ => unreachable!("accepted_api_version admits only the kinds above"),
     };
     out.push(LoadedObject {

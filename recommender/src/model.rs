@@ -86,6 +86,12 @@ pub struct Workload {
     pub endpoints: Vec<usize>,
     #[serde(skip)]
     pub source: PathBuf,
+    /// The controller's `spec.selector.matchLabels`: the labels that stay on its pods across
+    /// rollouts (`None` for bare pods and selectors with expressions only).
+    pub selector: Option<Labels>,
+    /// Its pods use the node's network namespace (`spec.hostNetwork`): policies do not apply
+    /// to them and peers see them at the node's address.
+    pub host_network: bool,
 }
 
 impl Workload {
@@ -123,6 +129,15 @@ pub struct ServiceInfo {
     /// `None`: a Service without selector (endpoints managed elsewhere).
     pub selector: Option<Labels>,
     pub ports: Vec<ServicePort>,
+    /// `spec.clusterIPs` (and `clusterIP`), when set and not `None`.
+    pub cluster_ips: Vec<IpAddr>,
+}
+
+/// A node and its addresses (`status.addresses`: InternalIP, ExternalIP).
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeInfo {
+    pub name: String,
+    pub addresses: Vec<IpAddr>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -132,6 +147,7 @@ pub struct Cluster {
     pub endpoints: Vec<Endpoint>,
     pub services: Vec<ServiceInfo>,
     pub policies: Vec<Policy>,
+    pub nodes: Vec<NodeInfo>,
 }
 
 /// A controller read from the manifests, before pods are folded into it.
@@ -141,6 +157,7 @@ struct Controller {
     name: String,
     owner: Option<(String, String)>,
     template: Option<PodTemplateSpec>,
+    selector: Option<Labels>,
     source: PathBuf,
 }
 
@@ -177,36 +194,53 @@ impl Cluster {
                     "Deployment",
                     &d.metadata,
                     d.spec.as_ref().map(|s| s.template.clone()),
+                    d.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::StatefulSet(s) => controllers.push(controller(
                     "StatefulSet",
                     &s.metadata,
                     s.spec.as_ref().map(|s| s.template.clone()),
+                    s.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::DaemonSet(d) => controllers.push(controller(
                     "DaemonSet",
                     &d.metadata,
                     d.spec.as_ref().map(|s| s.template.clone()),
+                    d.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::ReplicaSet(r) => controllers.push(controller(
                     "ReplicaSet",
                     &r.metadata,
                     r.spec.as_ref().and_then(|s| s.template.clone()),
+                    r.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.clone()),
                     source,
                 )),
                 Object::ReplicationController(r) => controllers.push(controller(
                     "ReplicationController",
                     &r.metadata,
                     r.spec.as_ref().and_then(|s| s.template.clone()),
+                    r.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.clone())
+                        .map(|s| s.into_iter().collect()),
                     source,
                 )),
                 Object::Job(j) => controllers.push(controller(
                     "Job",
                     &j.metadata,
                     j.spec.as_ref().map(|s| s.template.clone()),
+                    None,
                     source,
                 )),
                 Object::CronJob(c) => controllers.push(controller(
@@ -216,8 +250,10 @@ impl Cluster {
                         .as_ref()
                         .and_then(|s| s.job_template.spec.as_ref())
                         .map(|s| s.template.clone()),
+                    None,
                     source,
                 )),
+                Object::Node(node) => cluster.nodes.push(node_info(&node)),
                 Object::Service(svc) => cluster.services.push(service_info(&svc, &source)?),
                 Object::NetworkPolicy(np) => cluster.policies.push(Policy::compile(&np, &source)?),
             }
@@ -279,6 +315,13 @@ impl Cluster {
                 kind,
                 endpoints: Vec::new(),
                 source: top_controller.source.clone(),
+                selector: top_controller.selector.clone(),
+                host_network: top_controller
+                    .template
+                    .as_ref()
+                    .and_then(|t| t.spec.as_ref())
+                    .and_then(|s| s.host_network)
+                    == Some(true),
             });
             if let Some(t) = &top_controller.template {
                 template_of.insert(index, t.clone());
@@ -311,6 +354,8 @@ impl Cluster {
                     kind: kind.clone(),
                     endpoints: Vec::new(),
                     source: source.clone(),
+                    selector: None,
+                    host_network: false,
                 });
                 cluster.workloads.len() - 1
             });
@@ -330,6 +375,9 @@ impl Cluster {
                     (pod.metadata.labels.clone().unwrap_or_default(), ports)
                 }
             };
+            if pod.spec.as_ref().and_then(|s| s.host_network) == Some(true) {
+                cluster.workloads[workload].host_network = true;
+            }
             let ips = pod_ips(&pod);
             let ep = *endpoint_index
                 .entry((workload, labels.clone(), ports.clone()))
@@ -534,9 +582,11 @@ fn controller(
     kind: &'static str,
     meta: &ObjectMeta,
     template: Option<PodTemplateSpec>,
+    selector: Option<Labels>,
     source: PathBuf,
 ) -> Controller {
     Controller {
+        selector: selector.filter(|s| !s.is_empty()),
         kind,
         namespace: meta
             .namespace
@@ -727,10 +777,37 @@ fn service_info(
             target,
         });
     }
+    let mut cluster_ips: Vec<IpAddr> = spec
+        .cluster_ips
+        .iter()
+        .flatten()
+        .filter_map(|ip| ip.parse().ok())
+        .collect();
+    if let Some(ip) = spec.cluster_ip.as_deref().and_then(|s| s.parse().ok())
+        && !cluster_ips.contains(&ip)
+    {
+        cluster_ips.push(ip);
+    }
     Ok(ServiceInfo {
         namespace,
         name,
         selector: spec.selector,
         ports,
+        cluster_ips,
     })
+}
+
+fn node_info(node: &k8s_openapi::api::core::v1::Node) -> NodeInfo {
+    NodeInfo {
+        name: node.metadata.name.clone().unwrap_or_default(),
+        addresses: node
+            .status
+            .as_ref()
+            .and_then(|s| s.addresses.as_ref())
+            .into_iter()
+            .flatten()
+            .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
+            .filter_map(|a| a.address.parse().ok())
+            .collect(),
+    }
 }

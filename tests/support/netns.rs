@@ -224,9 +224,19 @@ impl Agent {
     /// (entered with setns only: its mounts, /proc/mounts and the cgroup v2
     /// root stay the host's, unlike with `ip netns exec`).
     pub fn start_in(netns: Option<&Netns>, extra: &[&str]) -> Self {
-        use std::os::unix::process::CommandExt;
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("flows.db");
+        Self::start_with_db(netns, db, dir, extra)
+    }
+
+    /// Like [`Agent::start_in`], writing to `db` (`dir` is kept until drop).
+    pub fn start_with_db(
+        netns: Option<&Netns>,
+        db: PathBuf,
+        dir: tempfile::TempDir,
+        extra: &[&str],
+    ) -> Self {
+        use std::os::unix::process::CommandExt;
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_flowpol"));
         // Kept open until the child has been spawned.
         let ns_file = netns.map(|ns| File::open(format!("/var/run/netns/{}", ns.name)).unwrap());
@@ -273,7 +283,8 @@ impl Agent {
         agent
     }
 
-    fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
+    /// Waits until the agent logs a line containing `needle` (panics with the log after `timeout`).
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -295,6 +306,17 @@ impl Agent {
 
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
+    }
+
+    /// Sends SIGKILL (no final drain, no cleanup) and reaps the agent.
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("agent already stopped");
+        run("kill", &["-KILL", &child.id().to_string()]);
+        let _ = child.wait();
+        while let Ok(line) = self.stderr_lines.recv_timeout(Duration::from_millis(100)) {
+            self.log.push(line);
+        }
     }
 
     /// Sends SIGTERM, waits for a clean exit (status 0) and returns the stored
@@ -396,6 +418,44 @@ pub fn flow_sum(
 
 /// A counter from the calling thread's namespace: `/proc/thread-self/net/<file>`
 /// (`snmp`: "Tcp" "OutSegs"; `netstat`: "IpExt" "OutOctets"; `snmp6`: "Udp6OutDatagrams").
+/// Every counter of /proc/net/snmp and /proc/net/netstat of the calling
+/// thread's namespace, as `Group.Name` → value (for failure messages).
+#[allow(dead_code)]
+pub fn all_net_counters() -> std::collections::BTreeMap<String, u64> {
+    let mut all = std::collections::BTreeMap::new();
+    for file in ["snmp", "netstat"] {
+        let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            let mut names = names.split_whitespace();
+            let group = names.next().unwrap_or("").trim_end_matches(':');
+            for (n, v) in names.zip(values.split_whitespace().skip(1)) {
+                if let Ok(v) = v.parse() {
+                    all.insert(format!("{group}.{n}"), v);
+                }
+            }
+        }
+    }
+    all
+}
+
+/// The counters that differ between two [`all_net_counters`] snapshots.
+#[allow(dead_code)]
+pub fn changed_counters(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> String {
+    after
+        .iter()
+        .filter_map(|(k, v)| {
+            let b = before.get(k).copied().unwrap_or(0);
+            (*v != b).then(|| format!("{k}+{}", v.wrapping_sub(b)))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 pub fn net_counter(file: &str, group: &str, name: &str) -> u64 {
     let text = std::fs::read_to_string(format!("/proc/thread-self/net/{file}")).unwrap();
     if file == "snmp6" {

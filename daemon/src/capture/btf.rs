@@ -2,6 +2,8 @@
 //! `enum skb_drop_reason` names of the running kernel (Rust eBPF has no CO-RE).
 use std::collections::BTreeMap;
 
+use flowpol_common::ROUTINE_REASON_WORDS;
+
 #[derive(Debug, thiserror::Error)]
 pub enum BtfError {
     #[error("BTF blob is truncated or malformed: {0}")]
@@ -310,6 +312,31 @@ impl DropReasons {
         })
     }
 
+    /// The kernel's bitmap of the named reasons (short names as in [`Self::name`],
+    /// with or without the `SKB_DROP_REASON_` prefix), and the names this
+    /// kernel does not have or that do not fit the bitmap.
+    pub fn bitmap(&self, names: &[String]) -> ([u32; ROUTINE_REASON_WORDS], Vec<String>) {
+        let mut bits = [0u32; ROUTINE_REASON_WORDS];
+        let mut unknown = Vec::new();
+        for wanted in names {
+            let short = wanted.trim().trim_start_matches("SKB_DROP_REASON_");
+            match self.value(short) {
+                Some(v) if (v as usize) < ROUTINE_REASON_WORDS * 32 => {
+                    bits[v as usize / 32] |= 1 << (v % 32);
+                }
+                _ => unknown.push(wanted.clone()),
+            }
+        }
+        (bits, unknown)
+    }
+
+    /// Value of a reason by its short name (`TCP_OLD_DATA`) in this kernel.
+    pub fn value(&self, name: &str) -> Option<u32> {
+        self.names
+            .iter()
+            .find_map(|(v, n)| (n.as_str() == name).then_some(*v))
+    }
+
     /// Name of a reason; subsystem reasons (upper 16 bits set) have no core name.
     pub fn name(&self, reason: u32) -> String {
         match self.names.get(&reason) {
@@ -409,6 +436,22 @@ mod tests {
         assert_eq!(r.name(0), "NOT_DROPPED_YET");
         assert_eq!(r.name(99), "REASON_99");
         assert_eq!(r.name(0x0003_0001), "SUBSYS_3_1");
+    }
+
+    #[test]
+    fn routine_reasons_become_a_bitmap_of_this_kernels_values() {
+        let btf = Btf::parse(&blob()).unwrap();
+        let r = DropReasons::from_btf(&btf).unwrap();
+        let names = [
+            "NETFILTER_DROP",
+            "SKB_DROP_REASON_NOT_SPECIFIED",
+            "TCP_OLD_DATA",
+        ]
+        .map(String::from);
+        let (bits, unknown) = r.bitmap(&names);
+        assert_eq!(bits[0], (1 << 12) | (1 << 2));
+        assert!(bits[1..].iter().all(|w| *w == 0));
+        assert_eq!(unknown, vec!["TCP_OLD_DATA".to_string()]);
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct CaptureOptions {
     pub syn_timeout: Duration,
     /// Entries of each flow map copy.
     pub flow_map_entries: u32,
+    /// Kernel drop reasons (names, e.g. `TCP_OLD_DATA`) that are only counted
+    /// (`drops_routine`), never recorded as drops.
+    pub routine_drop_reasons: Vec<String>,
 }
 
 impl Default for CaptureOptions {
@@ -95,6 +98,10 @@ impl Default for CaptureOptions {
             tc_interfaces: None,
             syn_timeout: Duration::from_secs(3),
             flow_map_entries: 65536,
+            routine_drop_reasons: flowpol_common::DEFAULT_ROUTINE_DROP_REASONS
+                .iter()
+                .map(|r| r.to_string())
+                .collect(),
         }
     }
 }
@@ -153,12 +160,21 @@ impl Capture {
         let offsets = SkbOffsets::from_btf(&btf)?;
         let reasons = DropReasons::from_btf(&btf)?;
         drop(btf);
+        let (routine, unknown) = reasons.bitmap(&options.routine_drop_reasons);
+        if !unknown.is_empty() {
+            // Reason names come and go between kernels: not an error.
+            tracing::warn!(
+                reasons = unknown.join(","),
+                "routine drop reasons this kernel does not have"
+            );
+        }
 
         let mut ebpf = EbpfLoader::new()
             .override_global("SKB_OFF_HEAD", &offsets.head, true)
             .override_global("SKB_OFF_NETWORK_HEADER", &offsets.network_header, true)
             .override_global("SKB_OFF_TRANSPORT_HEADER", &offsets.transport_header, true)
             .override_global("DROP_REASON_NOT_SPECIFIED", &reasons.not_specified, true)
+            .override_global("ROUTINE_DROP_REASONS", &routine, true)
             .map_max_entries("FLOWS_0", options.flow_map_entries)
             .map_max_entries("FLOWS_1", options.flow_map_entries)
             .map_max_entries("TC_FLOWS_0", options.flow_map_entries)

@@ -32,6 +32,15 @@ pub struct AgentArgs {
     /// Entries in each kernel flow map (two copies are kept for draining).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..), env = "FLOWPOL_FLOW_MAP_ENTRIES")]
     pub flow_map_entries: u32,
+    /// Kernel drop reasons that are only counted (`drops_routine`), not recorded as
+    /// drops: comma-separated names as the kernel spells them, or `none`.
+    #[arg(
+        long,
+        value_name = "REASONS",
+        value_delimiter = ',',
+        default_values = flowpol_common::DEFAULT_ROUTINE_DROP_REASONS
+    )]
+    pub routine_drop_reasons: Vec<String>,
     /// Also (or, without --db, only) write each drained record as a JSON line to
     /// this file (`-` for stdout).
     #[arg(long, value_name = "PATH", env = "FLOWPOL_JSON_OUT")]
@@ -62,6 +71,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             tc_interfaces: args.tc_interfaces.clone(),
             syn_timeout: args.syn_timeout,
             flow_map_entries: args.flow_map_entries,
+            routine_drop_reasons: args
+                .routine_drop_reasons
+                .iter()
+                .filter(|r| !r.eq_ignore_ascii_case("none") && !r.is_empty())
+                .cloned()
+                .collect(),
         },
         interval: args.interval,
     };

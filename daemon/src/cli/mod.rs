@@ -42,6 +42,13 @@ pub mod flows;
 pub mod flows_cluster;
 pub mod lab;
 pub mod lint;
+// recommend / audit / drops / diff
+pub mod audit;
+pub mod diff;
+pub mod drops;
+pub mod recommend;
+// deploy: `kubectl flowpol` (argv[0] = kubectl-flowpol).
+pub mod plugin;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -57,6 +64,14 @@ pub enum Command {
     Lint(lint::LintArgs),
     /// A mini-cluster of network namespaces built from a scenario folder (Linux, root).
     Lab(lab::LabArgs),
+    /// Least-privilege NetworkPolicies from observed flows, checked by the engine.
+    Recommend(recommend::RecommendArgs),
+    /// Observed flows that given policies would deny, with the rule that admits each (exit 1).
+    Audit(audit::AuditArgs),
+    /// Dropped and unanswered flows, why, and the missing allow rule.
+    Drops(drops::DropsArgs),
+    /// Rules no observed flow used, and observed traffic no rule covers.
+    Diff(diff::DiffArgs),
 }
 
 pub fn init_tracing(global: &GlobalArgs) {
@@ -80,5 +95,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(args) => explain::run(args),
         Command::Lint(args) => lint::run(args),
         Command::Lab(args) => lab::run(args),
+        Command::Recommend(args) => recommend::run(args),
+        Command::Audit(args) => audit::run(args),
+        Command::Drops(args) => drops::run(args),
+        Command::Diff(args) => diff::run(args),
     }
 }

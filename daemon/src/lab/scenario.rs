@@ -382,7 +382,29 @@ pub fn load(dir: &Path) -> Result<Scenario> {
         })
         .collect();
     files.sort();
-    if files.is_empty() {
+    let manifests = files
+        .into_iter()
+        .map(|file| Ok((read(&file)?, file)))
+        .collect::<Result<Vec<_>>>()?;
+    let optional = |name: &str| -> Result<Option<String>> {
+        let file = dir.join(name);
+        file.exists().then(|| read(&file)).transpose()
+    };
+    let lab = optional(LAB_FILE)?;
+    let traffic = optional(TRAFFIC_FILE)?;
+    from_texts(dir, &manifests, lab.as_deref(), traffic.as_deref())
+}
+
+/// A scenario from the texts of its files: `manifests` as (text, file) in
+/// order, `lab.yaml` and `traffic.yaml` when present. The file names only
+/// label errors; nothing is read from disk.
+pub fn from_texts(
+    dir: &Path,
+    manifests: &[(String, PathBuf)],
+    lab: Option<&str>,
+    traffic: Option<&str>,
+) -> Result<Scenario> {
+    if manifests.is_empty() {
         return Err(ScenarioError::NoManifests(dir.to_path_buf()));
     }
     let mut scenario = Scenario {
@@ -391,22 +413,20 @@ pub fn load(dir: &Path) -> Result<Scenario> {
         workloads: Vec::new(),
         services: Vec::new(),
         policies: Vec::new(),
-        manifest_files: files.clone(),
+        manifest_files: manifests.iter().map(|(_, f)| f.clone()).collect(),
         traffic: Traffic::default(),
         traffic_file: dir.join(TRAFFIC_FILE),
         config: LabConfig::default(),
     };
-    for file in &files {
-        let text = read(file)?;
-        load_manifests(&mut scenario, file, &text)?;
+    for (text, file) in manifests {
+        load_manifests(&mut scenario, file, text)?;
     }
-    let lab_file = dir.join(LAB_FILE);
-    if lab_file.exists() {
-        scenario.config = parse_yaml(&lab_file, &read(&lab_file)?)?;
+    if let Some(text) = lab {
+        scenario.config = parse_yaml(&dir.join(LAB_FILE), text)?;
     }
-    if scenario.traffic_file.exists() {
+    if let Some(text) = traffic {
         let file = scenario.traffic_file.clone();
-        scenario.traffic = parse_yaml(&file, &read(&file)?)?;
+        scenario.traffic = parse_yaml(&file, text)?;
     }
     validate(&scenario)?;
     Ok(scenario)

@@ -193,6 +193,26 @@ pub struct Store {
     schema_version: i64,
 }
 
+/// Creates the database file readable and writable by its owner only (0600)
+/// before SQLite opens it: flows name every workload and peer of the node.
+/// SQLite gives the `-wal` and `-shm` files the mode of the database file.
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        // Created meanwhile by someone else: the checks SQLite runs next decide.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(source) => Err(StoreError::Io {
+            path: path.to_path_buf(),
+            what: "creating the database file",
+            source,
+        }),
+    }
+}
+
 /// SQLite's primary result codes that get their own error.
 const SQLITE_READONLY: i32 = 8;
 const SQLITE_FULL: i32 = 13;
@@ -207,6 +227,9 @@ impl Store {
         let state = guard::inspect(path, &MIGRATOR, options.integrity_check).await?;
         check_writable(path, &state, &RealFs)?;
         let fresh = matches!(state, FileState::Missing | FileState::Fresh);
+        if matches!(state, FileState::Missing) {
+            create_private_file(path)?;
+        }
         let connect = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(fresh)
@@ -625,6 +648,21 @@ mod tests {
         let err = check_writable(path, &FileState::Missing, &RealFs).unwrap_err();
         assert!(matches!(err, StoreError::MissingFolder { .. }));
         assert!(err.to_string().contains("/nonexistent-flowpol-dir/sub"));
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn a_new_database_and_its_wal_are_private_to_the_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.db");
+        let store = Store::open(&path).await.unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+        let wal = dir.path().join("flows.db-wal");
+        assert!(wal.exists(), "WAL mode creates {}", wal.display());
+        assert_eq!(mode(&wal), 0o600, "{}", wal.display());
+        store.close().await;
     }
 
     #[test]

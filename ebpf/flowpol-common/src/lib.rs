@@ -118,7 +118,29 @@ pub const CNT_DROP_UNPARSABLE: u32 = 6;
 pub const CNT_DROPS_SEEN: u32 = 7;
 /// IPv6 packet whose extension-header chain was too long to follow.
 pub const CNT_IPV6_EXT_LIMIT: u32 = 8;
-pub const COUNTER_COUNT: u32 = 9;
+/// kfree_skb with a routine reason (retransmitted data, a closing socket's
+/// queue, a frame for another host): counted, not recorded as a drop.
+pub const CNT_DROPS_ROUTINE: u32 = 9;
+pub const COUNTER_COUNT: u32 = 10;
+
+/// Reasons the kernel frees packets for in normal operation: a duplicate of
+/// data already received (retransmission), the queue of a closing socket, a
+/// frame meant for another host on a shared segment.
+pub const DEFAULT_ROUTINE_DROP_REASONS: &[&str] = &[
+    "TCP_OLD_DATA",
+    "TCP_OLD_SEQUENCE",
+    "TCP_OLD_ACK",
+    "QUEUE_PURGE",
+    "SOCKET_CLOSE",
+    "TCP_CLOSE",
+    "OTHERHOST",
+    "UNICAST_IN_L2_MULTICAST",
+    "IPV6_NDISC_NS_OTHERHOST",
+    "DUP_FRAG",
+];
+
+/// Words of the routine drop-reason bitmap: one bit per reason below 256.
+pub const ROUTINE_REASON_WORDS: usize = 8;
 
 /// Names of the counters, in index order, as exported to user space.
 pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
@@ -131,6 +153,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "drop_unparsable",
     "drops_seen",
     "ipv6_ext_limit",
+    "drops_routine",
 ];
 
 /// Index of the single `u32` in the `CONTROL` array map: which of the two flow

@@ -60,6 +60,10 @@ static SKB_OFF_TRANSPORT_HEADER: u32 = 0;
 /// `SKB_DROP_REASON_NOT_SPECIFIED` of the running kernel; only larger reasons are kept.
 #[unsafe(no_mangle)]
 static DROP_REASON_NOT_SPECIFIED: u32 = 2;
+/// Bitmap of routine reasons (bit `r` set: reason `r` is only counted), set by
+/// the loader from the reason names of the running kernel.
+#[unsafe(no_mangle)]
+static ROUTINE_DROP_REASONS: [u32; ROUTINE_REASON_WORDS] = [0; ROUTINE_REASON_WORDS];
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -554,12 +558,27 @@ fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, b
     }
 }
 
+#[inline(always)]
+fn routine_reason(reason: u32) -> bool {
+    if reason >= (ROUTINE_REASON_WORDS * 32) as u32 {
+        return false;
+    }
+    let word = (reason >> 5) as usize & (ROUTINE_REASON_WORDS - 1);
+    // Volatile for the same reason as `global`: the loader patches the array.
+    let bits = unsafe { core::ptr::read_volatile(&ROUTINE_DROP_REASONS[word]) };
+    bits & (1 << (reason & 31)) != 0
+}
+
 /// `kfree_skb(skb, location, reason, rx_sk)`: arguments by position.
 #[raw_tracepoint(tracepoint = "kfree_skb")]
 pub fn drop_kfree_skb(ctx: RawTracePointContext) -> i32 {
     let reason: u64 = ctx.arg(2);
     let reason = reason as u32;
     if reason <= global(&DROP_REASON_NOT_SPECIFIED) {
+        return 0;
+    }
+    if routine_reason(reason) {
+        count(CNT_DROPS_ROUTINE);
         return 0;
     }
     count(CNT_DROPS_SEEN);
