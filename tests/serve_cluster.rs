@@ -60,9 +60,9 @@ async fn cluster() -> Cluster {
     let a = TestAgent::start(&[cross.clone(), later.clone(), only_a]).await;
     let b = TestAgent::start(&[cross.clone(), only_b]).await;
     let peer = KubeProxy::start(vec![
-        agent_pod("flowpol-aaaaa", "node-a", a.addr.port()),
-        agent_pod("flowpol-bbbbb", "node-b", b.addr.port()),
-        agent_pod("flowpol-ccccc", "node-c", closed_port()),
+        agent_pod("flowpol-aaaaa", "node-a", a.addr.port(), "api"),
+        agent_pod("flowpol-bbbbb", "node-b", b.addr.port(), "http"),
+        agent_pod("flowpol-ccccc", "node-c", closed_port(), "api"),
     ])
     .await;
     Cluster { a, b, peer, cross }

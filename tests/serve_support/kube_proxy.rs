@@ -31,13 +31,14 @@ impl Drop for KubeProxy {
     }
 }
 
-/// An agent pod on `node` answering on 127.0.0.1:`port` (container port `api`).
-pub fn agent_pod(name: &str, node: &str, port: u16) -> Value {
+/// An agent pod on `node` answering on 127.0.0.1:`port` (a container port
+/// named `port_name`: `api`, or `http` as deploy/'s DaemonSet names it).
+pub fn agent_pod(name: &str, node: &str, port: u16, port_name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
            "metadata": {"name": name, "namespace": "flowpol", "uid": format!("uid-{name}"),
                         "labels": {"app.kubernetes.io/name": "flowpol"}},
            "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "flowpol",
-                    "ports": [{"name": "api", "containerPort": port}]}]},
+                    "ports": [{"name": port_name, "containerPort": port}]}]},
            "status": {"phase": "Running", "podIP": "127.0.0.1", "podIPs": [{"ip": "127.0.0.1"}]}})
 }
 

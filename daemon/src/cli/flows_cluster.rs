@@ -37,7 +37,7 @@ pub struct ClusterArgs {
         env = "FLOWPOL_AGENT_SELECTOR"
     )]
     pub agent_selector: String,
-    /// The agents' API port, when a pod declares no container port named `api`.
+    /// The agents' API port, when a pod declares no container port named `api` or `http`.
     #[arg(long, value_name = "PORT", default_value_t = crate::serve::DEFAULT_PORT, env = "FLOWPOL_AGENT_PORT")]
     pub agent_port: u16,
     /// File with the agents' bearer token.

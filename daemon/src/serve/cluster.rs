@@ -36,7 +36,7 @@ pub struct AgentTarget {
     pub namespace: String,
     /// Label selector of the agent pods.
     pub selector: String,
-    /// The API port when a pod declares no container port named `api`.
+    /// The API port when a pod declares no container port named `api` or `http`.
     pub port: u16,
     /// The agents' bearer token.
     pub token: Option<String>,
@@ -113,12 +113,16 @@ pub async fn find_agents(
             let node = spec
                 .and_then(|s| s.node_name.clone())
                 .unwrap_or_else(|| pod.clone());
-            let port = spec
-                .into_iter()
-                .flat_map(|s| &s.containers)
-                .flat_map(|c| c.ports.iter().flatten())
-                .find(|cp| cp.name.as_deref() == Some("api"))
-                .and_then(|cp| u16::try_from(cp.container_port).ok())
+            // The container port named `api`, else `http` (deploy/'s DaemonSet), else the flag.
+            let named = |name: &str| {
+                spec.into_iter()
+                    .flat_map(|s| &s.containers)
+                    .flat_map(|c| c.ports.iter().flatten())
+                    .find(|cp| cp.name.as_deref() == Some(name))
+                    .and_then(|cp| u16::try_from(cp.container_port).ok())
+            };
+            let port = named("api")
+                .or_else(|| named("http"))
                 .unwrap_or(target.port);
             let status = p.status.as_ref();
             let phase = status.and_then(|s| s.phase.clone()).unwrap_or_default();

@@ -37,8 +37,8 @@ pub use metrics::Metrics;
 
 /// The header that carries the token through the API server's proxy.
 pub const TOKEN_HEADER: &str = "x-flowpol-token";
-/// The agent API's default port.
-pub const DEFAULT_PORT: u16 = 9464;
+/// The agent API's default port (the one deploy/'s DaemonSet uses).
+pub const DEFAULT_PORT: u16 = 9090;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
