@@ -59,9 +59,30 @@ const LOSS_COUNTERS: [&str; 6] = [
     "ipv6_ext_limit",
 ];
 
+/// What the agent reports as it runs (serve: readiness and metrics).
+pub trait AgentObserver: Send + Sync {
+    /// The programs are attached: capture has started.
+    fn attached(&self) {}
+    /// One drain: how long reading and assembling took, and how full the flow
+    /// maps were (entries / capacity, by map).
+    fn drained(&self, _duration: Duration, _records: usize, _map_fill: &[(&'static str, f64)]) {}
+}
+
+struct NoObserver;
+impl AgentObserver for NoObserver {}
+
 /// Runs until SIGINT/SIGTERM. Write failures are retried at the next interval;
 /// only a failure of the final write is an error.
 pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSummary, AgentError> {
+    run_observed(config, sink, &NoObserver).await
+}
+
+/// [`run`], reporting to `observer`.
+pub async fn run_observed(
+    config: AgentConfig,
+    sink: &mut dyn FlowSink,
+    observer: &dyn AgentObserver,
+) -> Result<RunSummary, AgentError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| AgentError::Signal("SIGTERM", e))?;
     let mut sigint =
@@ -70,6 +91,7 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
     let mut capture = Capture::load(config.capture.clone())?;
     let attached = capture.attach()?.join(", ");
     tracing::info!(%attached, interval = ?config.interval, "capture attached");
+    observer.attached();
 
     let mut summary = RunSummary::default();
     let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
@@ -80,7 +102,9 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
     loop {
         tokio::select! {
             _ = ticker.tick() => {
+                let started = std::time::Instant::now();
                 let batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                observer.drained(started.elapsed(), batch.records.len(), &capture.map_fill());
                 backlog.push(batch);
                 flush(sink, &mut backlog).await;
             }

@@ -5,6 +5,8 @@ pub mod cli;
 #[cfg(target_os = "linux")]
 pub mod lab;
 pub mod store;
+// --- serve (HTTP API, metrics, --cluster) ---
+pub mod serve;
 
 // --- capture (kernel side and agent loop) ---
 #[cfg(feature = "agent")]

@@ -1,7 +1,16 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = flowpol::cli::plugin::parse_args();
+    // --config: its values become the flags' environment variables before parsing.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Err(err) = flowpol::serve::config::apply(
+        &args,
+        &<flowpol::cli::Cli as clap::CommandFactory>::command(),
+    ) {
+        eprintln!("error: {err}");
+        return ExitCode::from(2);
+    }
+    let cli = flowpol::cli::plugin::parse_from(args);
     flowpol::cli::init_tracing(&cli.global);
     match flowpol::cli::run(cli) {
         Ok(code) => code,

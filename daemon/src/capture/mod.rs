@@ -124,6 +124,8 @@ pub struct Capture {
     assembler: Assembler,
     options: CaptureOptions,
     attached: Vec<String>,
+    /// Entries read from the socket and tc flow maps at the last drain (serve: map fill).
+    last_drained: [usize; 2],
 }
 
 /// Run statistics of one kernel program (`kernel.bpf_stats_enabled=1`).
@@ -225,6 +227,7 @@ impl Capture {
             assembler: Assembler::new(options.syn_timeout),
             options,
             attached: Vec::new(),
+            last_drained: [0; 2],
         })
     }
 
@@ -307,10 +310,21 @@ impl Capture {
                 raw.overflow.push(ev);
             }
         }
+        self.last_drained = [raw.sockets.len(), raw.tc.len()];
         let clock = Clock::now();
         Ok(self
             .assembler
             .assemble(raw, clock, &self.reasons, final_drain))
+    }
+
+    /// How full the socket and tc flow maps were at the last drain (entries
+    /// read / capacity of one copy), by map name.
+    pub fn map_fill(&self) -> [(&'static str, f64); 2] {
+        let cap = f64::from(self.options.flow_map_entries.max(1));
+        [
+            ("flows", self.last_drained[0] as f64 / cap),
+            ("tc_flows", self.last_drained[1] as f64 / cap),
+        ]
     }
 
     /// Cumulative loss/skip counters (summed over CPUs), by name.

@@ -8,24 +8,29 @@ use clap::Args;
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// SQLite database to write flows to (created if missing).
-    #[arg(long, value_name = "PATH", required_unless_present = "json_out")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        required_unless_present = "json_out",
+        env = "FLOWPOL_DB"
+    )]
     pub db: Option<PathBuf>,
     /// How often the kernel maps are drained and written (one transaction each).
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration, env = "FLOWPOL_INTERVAL")]
     pub interval: Duration,
     /// cgroup v2 directory to attach the socket hooks to [default: the cgroup v2 root,
     /// found in /proc/mounts]. A sub-cgroup limits capture to the processes inside it.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "FLOWPOL_CGROUP")]
     pub cgroup: Option<PathBuf>,
     /// Also count forwarded traffic with tc ingress on interfaces matching this
     /// pattern (`*`, `?`, comma-separated alternatives), e.g. `cali*,eth0`.
-    #[arg(long, value_name = "PATTERN")]
+    #[arg(long, value_name = "PATTERN", env = "FLOWPOL_TC_INTERFACES")]
     pub tc_interfaces: Option<String>,
     /// How long a TCP SYN waits for a SYN-ACK before its flow is `unanswered`.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, env = "FLOWPOL_SYN_TIMEOUT")]
     pub syn_timeout: Duration,
     /// Entries in each kernel flow map (two copies are kept for draining).
-    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..))]
+    #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..), env = "FLOWPOL_FLOW_MAP_ENTRIES")]
     pub flow_map_entries: u32,
     /// Kernel drop reasons that are only counted (`drops_routine`), not recorded as
     /// drops: comma-separated names as the kernel spells them, or `none`.
@@ -38,13 +43,16 @@ pub struct AgentArgs {
     pub routine_drop_reasons: Vec<String>,
     /// Also (or, without --db, only) write each drained record as a JSON line to
     /// this file (`-` for stdout).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "FLOWPOL_JSON_OUT")]
     pub json_out: Option<PathBuf>,
     #[command(flatten)]
     pub retention: crate::store::RetentionArgs,
     // --- identity: --kube / --manifests ---
     #[command(flatten)]
     pub identity: crate::enrich::agent::IdentityArgs,
+    // --- serve: --listen / --token-file ---
+    #[command(flatten)]
+    pub serve: crate::serve::ServeArgs,
 }
 
 #[cfg(feature = "agent")]
@@ -87,6 +95,8 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             identity_pool = Some(store.pool().clone());
             sinks.push(Box::new(crate::agent::StoreSink::new(store, retention)));
         }
+        // --- serve: the HTTP API starts before capture so /healthz answers at once ---
+        let serve = crate::cli::agent_serve::start(&args).await?;
         match args.json_out.as_deref() {
             Some(p) if p.as_os_str() == "-" => {
                 sinks.push(Box::new(JsonLinesSink::new(std::io::stdout())));
@@ -101,24 +111,38 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             None => {}
         }
+        if let Some(s) = &serve {
+            sinks.push(Box::new(s.sink()));
+        }
         let fanout = Fanout(sinks);
         // --- identity: resolve both ends of every record before it is written ---
         let identity =
             crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
-        match identity {
+        if let Some(s) = &serve {
+            s.readiness
+                .set_identity(identity.as_ref().map(|i| i.enricher.identity().clone()));
+        }
+        let observer = crate::cli::agent_serve::observer(serve.as_ref());
+        let result = match identity {
             Some(identity) => {
                 let mut sink = crate::enrich::agent::EnrichingSink {
                     enricher: identity.enricher.clone(),
                     inner: fanout,
                 };
-                crate::agent::run(config, &mut sink).await?;
+                let r = crate::agent::run_observed(config, &mut sink, observer.as_ref()).await;
                 identity.shutdown().await?;
+                r
             }
             None => {
                 let mut fanout = fanout;
-                crate::agent::run(config, &mut fanout).await?;
+                crate::agent::run_observed(config, &mut fanout, observer.as_ref()).await
             }
+        };
+        // The last drain is written (or failed) above; now close the API.
+        if let Some(s) = serve {
+            s.server.shutdown().await;
         }
+        result?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
@@ -156,4 +180,81 @@ pub fn run(_args: AgentArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
         "this flowpol was built without the `agent` feature (no eBPF): rebuild with default features to run the agent"
     )
+}
+
+/// The agent's HTTP API (`--listen`), wired to the drain loop.
+#[cfg(feature = "agent")]
+pub(crate) mod agent_serve_impl {
+    use std::sync::Arc;
+
+    use anyhow::Context;
+
+    use crate::serve::metrics::{ServeObserver, ServeSink};
+    use crate::serve::{ApiState, Metrics, Readiness, Server};
+
+    pub struct AgentServe {
+        pub server: Server,
+        pub readiness: Arc<Readiness>,
+        metrics: Arc<Metrics>,
+        live: crate::serve::LiveFlows,
+    }
+
+    impl AgentServe {
+        pub fn sink(&self) -> ServeSink {
+            ServeSink {
+                metrics: self.metrics.clone(),
+                live: self.live.clone(),
+            }
+        }
+    }
+
+    /// Starts the server when `--listen` is given.
+    pub async fn start(args: &super::AgentArgs) -> anyhow::Result<Option<AgentServe>> {
+        let Some(addr) = args.serve.listen else {
+            return Ok(None);
+        };
+        let token_file = args
+            .serve
+            .token_file
+            .as_deref()
+            .context("--listen needs --token-file")?;
+        let token = crate::serve::read_token(token_file)?;
+        let store = match &args.db {
+            // A second, read-only handle: the API can never write.
+            Some(db) => Some(crate::store::Store::open_read_only(db).await?),
+            None => None,
+        };
+        let readiness = Arc::new(Readiness::default());
+        let metrics = Arc::new(Metrics::new());
+        let (live, _) = tokio::sync::broadcast::channel(crate::serve::LIVE_BATCHES);
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let state = ApiState {
+            store,
+            token: token.into(),
+            readiness: readiness.clone(),
+            metrics: metrics.clone(),
+            live: live.clone(),
+            shutdown,
+        };
+        let server = Server::start(addr, state, stop).await?;
+        Ok(Some(AgentServe {
+            server,
+            readiness,
+            metrics,
+            live,
+        }))
+    }
+
+    pub fn observer(serve: Option<&AgentServe>) -> Box<dyn crate::agent::AgentObserver> {
+        match serve {
+            Some(s) => Box::new(ServeObserver {
+                metrics: s.metrics.clone(),
+                readiness: s.readiness.clone(),
+            }),
+            None => Box::new(NoObserver),
+        }
+    }
+
+    struct NoObserver;
+    impl crate::agent::AgentObserver for NoObserver {}
 }

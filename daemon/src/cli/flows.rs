@@ -17,8 +17,13 @@ use crate::store::{FlowOrder, FlowQuery, Store, StoreError};
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
     /// The flowpol database to read (opened read-only).
-    #[arg(long, value_name = "PATH", env = "FLOWPOL_DB")]
-    pub db: PathBuf,
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FLOWPOL_DB",
+        required_unless_present = "cluster"
+    )]
+    pub db: Option<PathBuf>,
     /// Only flows seen in this recent period (`5m`, `2h`, `1d`) or since this
     /// RFC 3339 instant (`2026-11-21T10:00:00Z`).
     #[arg(long, value_name = "DURATION|TIME", value_parser = parse_since)]
@@ -35,6 +40,13 @@ pub struct FlowsArgs {
     /// Only flows of this protocol (TCP, UDP, ICMP, ICMPv6, SCTP).
     #[arg(long, value_name = "PROTOCOL", value_parser = parse_protocol)]
     pub protocol: Option<Protocol>,
+    /// Only flows with an end that is a pod whose labels match this selector
+    /// (`app=web,tier in (a,b),!legacy`).
+    #[arg(long, short = 'l', value_name = "SELECTOR")]
+    pub selector: Option<crate::store::LabelSelector>,
+    // --- serve: the cluster-wide view ---
+    #[command(flatten)]
+    pub cluster: crate::cli::flows_cluster::ClusterArgs,
     /// Print only the most recent N flows (still oldest first).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
@@ -60,7 +72,7 @@ pub enum Since {
 }
 
 impl Since {
-    fn instant(self, now: DateTime<Utc>) -> DateTime<Utc> {
+    pub fn instant(self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
             Since::At(t) => t,
             Since::Ago(d) => chrono::Duration::from_std(d)
@@ -71,7 +83,7 @@ impl Since {
     }
 }
 
-fn parse_since(s: &str) -> Result<Since, String> {
+pub fn parse_since(s: &str) -> Result<Since, String> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Ok(Since::At(t.with_timezone(&Utc)));
     }
@@ -109,6 +121,9 @@ pub enum FlowsError {
 const PAGE_ROWS: u32 = 10_000;
 
 pub fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
+    if args.cluster.cluster {
+        return crate::cli::flows_cluster::run(&args);
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -134,13 +149,19 @@ pub async fn list(
     now: DateTime<Utc>,
     out: &mut dyn Write,
 ) -> Result<(), FlowsError> {
-    let store = Store::open_read_only(&args.db).await?;
+    let Some(db) = &args.db else {
+        return Err(FlowsError::Store(StoreError::Missing {
+            path: PathBuf::from("(--db not given)"),
+        }));
+    };
+    let store = Store::open_read_only(db).await?;
     let since = args.since.map(|s| s.instant(now));
     let query = FlowQuery {
         since,
         verdict: args.verdict,
         namespace: args.namespace.clone(),
         workload: args.workload.clone(),
+        labels: args.selector.clone(),
         protocol: args.protocol,
         ..Default::default()
     };
@@ -206,7 +227,7 @@ pub async fn list(
 }
 
 /// Table rows are collected to align the columns; JSON lines stream.
-struct Printer {
+pub(crate) struct Printer {
     format: OutputFormat,
     rows: Vec<[String; 9]>,
 }
@@ -224,14 +245,18 @@ const HEADER: [&str; 9] = [
 ];
 
 impl Printer {
-    fn new(format: OutputFormat) -> Self {
+    pub(crate) fn new(format: OutputFormat) -> Self {
         Self {
             format,
             rows: Vec::new(),
         }
     }
 
-    fn print_all(&mut self, flows: &[FlowRecord], out: &mut dyn Write) -> Result<(), FlowsError> {
+    pub(crate) fn print_all(
+        &mut self,
+        flows: &[FlowRecord],
+        out: &mut dyn Write,
+    ) -> Result<(), FlowsError> {
         for f in flows {
             match self.format {
                 OutputFormat::Json => {
@@ -244,7 +269,7 @@ impl Printer {
         Ok(())
     }
 
-    fn finish(&mut self, out: &mut dyn Write) -> Result<(), FlowsError> {
+    pub(crate) fn finish(&mut self, out: &mut dyn Write) -> Result<(), FlowsError> {
         if self.format != OutputFormat::Table {
             return Ok(());
         }
@@ -294,6 +319,11 @@ fn addr_port(e: &Endpoint) -> String {
 
 fn has_identity(e: &Endpoint) -> bool {
     e.namespace.is_some() || e.kind.is_some()
+}
+
+/// One unaligned table row (streaming output).
+pub(crate) fn table_line(f: &FlowRecord) -> String {
+    table_row(f).join("  ").trim_end().to_string()
 }
 
 fn table_row(f: &FlowRecord) -> [String; 9] {

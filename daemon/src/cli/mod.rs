@@ -24,12 +24,22 @@ pub struct GlobalArgs {
     /// Log as JSON lines instead of text.
     #[arg(long, global = true, env = "FLOWPOL_LOG_JSON")]
     pub log_json: bool,
+    /// Log format: `text` or `json` (same as --log-json).
+    #[arg(long, global = true, env = "FLOWPOL_LOG_FORMAT", value_parser = ["text", "json"])]
+    pub log_format: Option<String>,
+    /// YAML file of flag values (keys are long flag names); flags and
+    /// environment variables win over it.
+    #[arg(long, global = true, value_name = "PATH", env = "FLOWPOL_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 pub mod agent;
+#[cfg(feature = "agent")]
+pub(crate) use agent::agent_serve_impl as agent_serve;
 pub mod connectivity;
 pub mod explain;
 pub mod flows;
+pub mod flows_cluster;
 pub mod lab;
 pub mod lint;
 // recommend / audit / drops / diff
@@ -70,7 +80,7 @@ pub fn init_tracing(global: &GlobalArgs) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
-    if global.log_json {
+    if global.log_json || global.log_format.as_deref() == Some("json") {
         builder.json().init();
     } else {
         builder.init();

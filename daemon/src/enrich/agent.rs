@@ -21,21 +21,26 @@ use super::{Enricher, Identity, IdentityError, run_source};
 pub struct IdentityArgs {
     /// Resolve flow endpoints with the Kubernetes API (in-cluster service account or
     /// KUBECONFIG). The default when running in a pod (KUBERNETES_SERVICE_HOST is set).
-    #[arg(long, conflicts_with = "manifests")]
+    #[arg(long, conflicts_with = "manifests", env = "FLOWPOL_KUBE")]
     pub kube: bool,
     /// kubeconfig file for --kube (default: in-cluster service account, else KUBECONFIG or
     /// ~/.kube/config).
-    #[arg(long, value_name = "PATH", requires = "kube")]
+    #[arg(
+        long,
+        value_name = "PATH",
+        requires = "kube",
+        env = "FLOWPOL_KUBECONFIG"
+    )]
     pub kubeconfig: Option<PathBuf>,
     /// Resolve flow endpoints from manifests on disk (YAML/JSON files or folders; re-read
     /// when they change).
-    #[arg(long, value_name = "PATH", num_args = 1..)]
+    #[arg(long, value_name = "PATH", num_args = 1.., env = "FLOWPOL_MANIFESTS", value_delimiter = ',')]
     pub manifests: Vec<PathBuf>,
     /// How long ownership of deleted pods and reused IPs is kept for resolving old flows.
-    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "7d", value_parser = humantime::parse_duration, env = "FLOWPOL_IDENTITY_RETENTION")]
     pub identity_retention: Duration,
     /// How long the agent waits at start for the first full list of cluster state.
-    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration, env = "FLOWPOL_IDENTITY_WAIT")]
     pub identity_wait: Duration,
 }
 

@@ -26,10 +26,12 @@ pub mod guard;
 pub mod query;
 mod raw;
 pub mod retention;
+pub mod selector;
 
 pub use guard::FileState;
 pub use query::{FlowCursor, FlowOrder, FlowPage, FlowQuery, StoredFlow};
 pub use retention::{PruneReport, Retention, RetentionArgs};
+pub use selector::LabelSelector;
 
 /// Every migration in `migrations/`, embedded at build time.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");

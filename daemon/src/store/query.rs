@@ -88,6 +88,9 @@ pub struct FlowQuery {
     /// Either end belongs to this workload (in `namespace`, when also given).
     pub workload: Option<WorkloadRef>,
     pub protocol: Option<Protocol>,
+    /// Either end is a pod whose labels match (with `namespace` and `workload`,
+    /// when also given, on the same end).
+    pub labels: Option<super::selector::LabelSelector>,
     /// Rows after this cursor (in `order`). Ignored by merged queries.
     pub after: Option<FlowCursor>,
     /// At most this many rows (or merged flows).
@@ -153,7 +156,7 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: b
         qb.push(" AND f.protocol = ")
             .push_bind(i64::from(p.number()));
     }
-    if q.namespace.is_some() || q.workload.is_some() {
+    if q.namespace.is_some() || q.workload.is_some() || q.labels.is_some() {
         // Either end's identity: ids from the small identities table, then
         // the flows' identity indexes.
         qb.push(" AND (");
@@ -173,6 +176,9 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: b
                     .push(" AND workload_name = ")
                     .push_bind(w.name.clone());
             }
+            if let Some(sel) = &q.labels {
+                push_selector(qb, sel);
+            }
             qb.push(")");
         }
         qb.push(")");
@@ -182,6 +188,61 @@ fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: b
             FlowOrder::OldestFirst => qb.push(" AND f.id > ").push_bind(after.0),
             FlowOrder::NewestFirst => qb.push(" AND f.id < ").push_bind(after.0),
         };
+    }
+}
+
+/// A label selector on the `identities` row being filtered: pods only,
+/// labels read from the stored JSON object.
+fn push_selector(qb: &mut QueryBuilder<'_, Sqlite>, sel: &super::selector::LabelSelector) {
+    use super::selector::{LabelSelector, Requirement};
+    qb.push(" AND kind = 'Pod'");
+    let value = |qb: &mut QueryBuilder<'_, Sqlite>, key: &str| {
+        qb.push(" json_extract(labels, ")
+            .push_bind(LabelSelector::json_path(key))
+            .push(")");
+    };
+    let list = |qb: &mut QueryBuilder<'_, Sqlite>, values: &[String]| {
+        qb.push(" (");
+        for (i, v) in values.iter().enumerate() {
+            if i > 0 {
+                qb.push(", ");
+            }
+            qb.push_bind(v.clone());
+        }
+        qb.push(")");
+    };
+    for r in &sel.0 {
+        qb.push(" AND");
+        match r {
+            Requirement::Equals(k, v) => {
+                value(qb, k);
+                qb.push(" = ").push_bind(v.clone());
+            }
+            Requirement::NotEquals(k, v) => {
+                value(qb, k);
+                qb.push(" IS NOT ").push_bind(v.clone());
+            }
+            Requirement::In(k, vs) => {
+                value(qb, k);
+                qb.push(" IN");
+                list(qb, vs);
+            }
+            Requirement::NotIn(k, vs) => {
+                qb.push(" COALESCE(");
+                value(qb, k);
+                qb.push(" NOT IN");
+                list(qb, vs);
+                qb.push(", 1)");
+            }
+            Requirement::Exists(k) => {
+                value(qb, k);
+                qb.push(" IS NOT NULL");
+            }
+            Requirement::DoesNotExist(k) => {
+                value(qb, k);
+                qb.push(" IS NULL");
+            }
+        }
     }
 }
 

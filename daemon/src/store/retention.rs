@@ -25,11 +25,11 @@ pub struct Retention {
 #[derive(Debug, Clone, clap::Args)]
 pub struct RetentionArgs {
     /// Delete flows last seen longer ago than this (e.g. `7d`, `12h`); `off` keeps them.
-    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_age)]
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_age, env = "FLOWPOL_RETENTION_AGE")]
     pub retention_age: AgeLimit,
     /// Delete the oldest flows while the database is larger than this
     /// (e.g. `1GiB`, `500MB`, bytes without a unit); `off` means no limit.
-    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size, env = "FLOWPOL_RETENTION_SIZE")]
     pub retention_size: SizeLimit,
 }
 
