@@ -810,16 +810,5 @@ fn protocol_of(p: Option<&str>) -> Protocol {
 }
 
 fn node_ips(n: &Node) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = n
-        .status
-        .as_ref()
-        .and_then(|s| s.addresses.as_ref())
-        .into_iter()
-        .flatten()
-        .filter(|a| a.type_ == "InternalIP" || a.type_ == "ExternalIP")
-        .filter_map(|a| a.address.parse().ok())
-        .collect();
-    ips.sort();
-    ips.dedup();
-    ips
+    flowpol_recommender::model::node_addresses(n)
 }
