@@ -326,7 +326,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
             .map(|p| p.namespace.as_str())
             .collect::<BTreeSet<_>>()
             .len(),
-        flows.len(),
+        flows.iter().map(|e| e.flows).sum::<u64>(),
         obs.edges.len(),
         if obs.skipped.dropped + obs.skipped.unanswered > 0 {
             format!(
