@@ -12,7 +12,14 @@ use flowpol::store::{EdgeQuery, FlowQuery, Store};
 use flowpol_recommender::flow::{Endpoint, EndpointKind, FlowRecord, Protocol, TcpFlags, Verdict};
 use flowpol_recommender::model::{Cluster, NodeInfo};
 use flowpol_recommender::observe::{observe, observe_counted};
-use support::{bare, pod, t};
+use support::{bare, t};
+
+/// A pod of `workload` whose name follows its address, so every pod is its own identity.
+fn pod(ip: &str, port: u16, ns: &str, workload: &str) -> Endpoint {
+    let mut e = support::pod(ip, port, ns, workload);
+    e.pod = Some(format!("{workload}-7d4b9c-{}", ip.replace(['.', ':'], "-")));
+    e
+}
 
 const NODE_IP: &str = "192.168.1.10";
 
@@ -124,7 +131,12 @@ fn history() -> Vec<Vec<FlowRecord>> {
         .collect()
 }
 
+/// The peer an end names: its workload (any of its pods) when it names one, else every
+/// identity field.
 fn identity(e: &Endpoint) -> String {
+    if let (Some(ns), Some(w)) = (&e.namespace, &e.workload) {
+        return format!("{ns}/{w:?}");
+    }
     format!(
         "{:?}",
         (

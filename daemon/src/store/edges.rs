@@ -4,11 +4,14 @@
 //! connection. Grouping every row by its full flow key in SQL sorts all of them (40 s for
 //! 10 M rows) and hands back one record per connection; here the rows of the window are
 //! stepped once through SQLite's C API and folded into a hash map keyed by integers: both
-//! ends' identity ids, destination port, protocol, verdict and drop reason, plus the address
-//! of an end only where the recommender looks at it (an end its identity does not name as a
-//! pod of a workload, or an address the caller asks to keep: node addresses, which make a
-//! hostNetwork pod a node peer), and the ICMP type. Memory follows edges, plus 8 bytes per
-//! distinct flow to count them.
+//! ends' peers (an identity naming a pod counts as the first identity naming the same
+//! workload, as the recommender's `Resolver::peer` reads it), destination port, protocol,
+//! verdict and drop reason, plus the address of an end only where the recommender looks at
+//! it (an end whose identity names no pod, or an address the caller asks to keep: node
+//! addresses, which make a hostNetwork pod a node peer), and the ICMP type. Memory follows
+//! edges, plus a 64-bit fingerprint per distinct flow to count them. The identity fields
+//! of a pod end are those of one of the workload's pods: what differs between its pods
+//! (pod name, rollout labels) is one pod's.
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 use std::hash::{BuildHasher, Hash};
