@@ -72,10 +72,19 @@ pub fn plain_reason(
 
 /// Groups dropped and unanswered flows; `cluster` (with its policies) explains them when given.
 pub fn drops(flows: &[FlowRecord], cluster: &Cluster) -> Vec<DropGroup> {
+    drops_counted(flows.iter().map(|f| (f, 1)), cluster)
+}
+
+/// [`drops`] over records that each stand for `count` flows (see
+/// [`crate::observe::observe_counted`]).
+pub fn drops_counted<'f>(
+    flows: impl IntoIterator<Item = (&'f FlowRecord, u64)>,
+    cluster: &Cluster,
+) -> Vec<DropGroup> {
     let resolver = Resolver::new(cluster);
     type Key = (Peer, Peer, Protocol, u16, Verdict, Option<String>);
     let mut groups: BTreeMap<Key, (u64, DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
-    for f in flows {
+    for (f, count) in flows {
         if f.verdict == Verdict::Forwarded {
             continue;
         }
@@ -91,7 +100,7 @@ pub fn drops(flows: &[FlowRecord], cluster: &Cluster) -> Vec<DropGroup> {
                     f.drop_reason.clone(),
                 ))
                 .or_insert((0, f.first_seen, f.last_seen));
-            g.0 += 1;
+            g.0 += count;
             g.1 = g.1.min(f.first_seen);
             g.2 = g.2.max(f.last_seen);
         }

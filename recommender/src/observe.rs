@@ -310,11 +310,21 @@ impl<'c> Resolver<'c> {
 
 /// Folds forwarded flows into edges; dropped and unanswered flows are counted apart.
 pub fn observe(flows: &[FlowRecord], cluster: &Cluster) -> Observation {
+    observe_counted(flows.iter().map(|f| (f, 1)), cluster)
+}
+
+/// [`observe`] over records that each stand for `count` flows (a store's per-edge aggregate:
+/// counters summed, the flows it merged counted), so memory follows edges, not flows.
+pub fn observe_counted<'f>(
+    flows: impl IntoIterator<Item = (&'f FlowRecord, u64)>,
+    cluster: &Cluster,
+) -> Observation {
     let resolver = Resolver::new(cluster);
     let mut obs = Observation::default();
     let mut host_network_seen: BTreeSet<WorkloadKey> = BTreeSet::new();
-    for f in flows {
-        let evidence = Evidence::of(f);
+    for (f, count) in flows {
+        let mut evidence = Evidence::of(f);
+        evidence.flows = count;
         if f.verdict != Verdict::Forwarded {
             // Not evidence of a wanted connection, but its ends exist (audit, drops).
             for (e, peer) in [
@@ -324,8 +334,8 @@ pub fn observe(flows: &[FlowRecord], cluster: &Cluster) -> Observation {
                 note_workload(&mut obs, &peer, e, &evidence);
             }
             match f.verdict {
-                Verdict::Dropped => obs.skipped.dropped += 1,
-                _ => obs.skipped.unanswered += 1,
+                Verdict::Dropped => obs.skipped.dropped += count,
+                _ => obs.skipped.unanswered += count,
             }
             continue;
         }

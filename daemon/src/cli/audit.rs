@@ -10,7 +10,7 @@ use clap::{Args, ValueEnum};
 use flowpol_recommender::audit::audit;
 use flowpol_recommender::manifest::Object;
 use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe;
+use flowpol_recommender::observe::observe_counted;
 use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
@@ -64,7 +64,6 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let mut base = load_policies(&args.policies)?;
     base.extend(args.state.load(&rt)?);
-    let flows = rt.block_on(observed_flows(&args.db, since))?;
     // Workloads the flows name come from the flows when the state lacks them.
     let named = Cluster::from_objects(
         base.iter()
@@ -72,7 +71,8 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect(),
     )?;
-    let obs = observe(&flows, &named);
+    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
     let result = audit(&obs, &cluster);
     let stdout = std::io::stdout();

@@ -9,7 +9,7 @@ use clap::{Args, ValueEnum};
 use flowpol_recommender::audit::diff;
 use flowpol_recommender::manifest::Object;
 use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe;
+use flowpol_recommender::observe::observe_counted;
 use flowpol_recommender::recommend::cluster_with;
 
 use super::recommend::{
@@ -48,14 +48,14 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let rt = runtime()?;
     let mut base = load_policies(&args.policies)?;
     base.extend(args.state.load(&rt)?);
-    let flows = rt.block_on(observed_flows(&args.db, since))?;
     let named = Cluster::from_objects(
         base.iter()
             .filter(|o| !matches!(o.object, Object::NetworkPolicy(_)))
             .cloned()
             .collect(),
     )?;
-    let obs = observe(&flows, &named);
+    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
     let d = diff(&obs, &cluster);
     let stdout = std::io::stdout();

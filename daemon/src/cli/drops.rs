@@ -6,10 +6,10 @@ use std::process::ExitCode;
 
 use chrono::Utc;
 use clap::{Args, ValueEnum};
-use flowpol_recommender::drops::drops;
+use flowpol_recommender::drops::drops_counted;
 use flowpol_recommender::manifest::Object;
 use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe;
+use flowpol_recommender::observe::observe_counted;
 use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
@@ -54,16 +54,16 @@ pub fn run(args: DropsArgs) -> anyhow::Result<ExitCode> {
     let has_policies = base
         .iter()
         .any(|o| matches!(o.object, Object::NetworkPolicy(_)));
-    let flows = rt.block_on(observed_flows(&args.db, since))?;
     let named = Cluster::from_objects(
         base.iter()
             .filter(|o| !matches!(o.object, Object::NetworkPolicy(_)))
             .cloned()
             .collect(),
     )?;
-    let obs = observe(&flows, &named);
+    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
-    let groups = drops(&flows, &cluster);
+    let groups = drops_counted(flows.iter().map(|e| (&e.record, e.flows)), &cluster);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.output {

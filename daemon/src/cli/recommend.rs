@@ -8,15 +8,14 @@ use std::process::ExitCode;
 
 use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
-use flowpol_recommender::flow::FlowRecord;
 use flowpol_recommender::manifest::{self, LoadedObject};
 use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe;
+use flowpol_recommender::observe::observe_counted;
 use flowpol_recommender::recommend::{Aggregate, Options, SYSTEM_NAMESPACES, recommend, verify};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
-use crate::store::{FlowQuery, Store, StoreError};
+use crate::store::{Edge, EdgeQuery, Store, StoreError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ObservedError {
@@ -67,17 +66,24 @@ pub fn runtime() -> Result<tokio::runtime::Runtime, ObservedError> {
         .map_err(ObservedError::Runtime)
 }
 
-/// The flow source of recommend, audit, drops and diff: every flow of the window (rows of one
-/// flow over drain intervals merged). One place, so other sources can plug in here.
+/// The flow source of recommend, audit, drops and diff: the edges of the window, each a record
+/// standing for the flows it merged (see `store::edges`), so time and memory follow edges, not
+/// stored rows. `cluster` names the node addresses, which stay apart even at pod ends
+/// (hostNetwork pods). One place, so other sources can plug in here.
 pub async fn observed_flows(
     db: &Path,
     since: Option<DateTime<Utc>>,
-) -> Result<Vec<FlowRecord>, ObservedError> {
+    cluster: &Cluster,
+) -> Result<Vec<Edge>, ObservedError> {
     let store = Store::open_read_only(db).await?;
     let flows = store
-        .query_flows_merged(&FlowQuery {
+        .query_edges(&EdgeQuery {
             since,
-            ..Default::default()
+            keep_addresses: cluster
+                .nodes
+                .iter()
+                .flat_map(|n| n.addresses.iter().copied())
+                .collect(),
         })
         .await?;
     if flows.is_empty() {
@@ -283,9 +289,9 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("--min-observed `{}`: {e}", args.min_observed))?;
     let rt = runtime()?;
     let objects = args.state.load(&rt)?;
-    let flows = rt.block_on(observed_flows(&args.db, since))?;
     let cluster = Cluster::from_objects(objects.clone())?;
-    let obs = observe(&flows, &cluster);
+    let flows = rt.block_on(observed_flows(&args.db, since, &cluster))?;
+    let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &cluster);
     let opts = Options {
         namespaces: (!args.namespace.is_empty() && !args.all_namespaces)
             .then(|| args.namespace.iter().cloned().collect::<BTreeSet<_>>()),
@@ -320,7 +326,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
             .map(|p| p.namespace.as_str())
             .collect::<BTreeSet<_>>()
             .len(),
-        flows.len(),
+        flows.iter().map(|e| e.flows).sum::<u64>(),
         obs.edges.len(),
         if obs.skipped.dropped + obs.skipped.unanswered > 0 {
             format!(

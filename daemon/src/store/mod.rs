@@ -22,12 +22,14 @@ use sqlx::sqlite::{
 use sqlx::{ConnectOptions, Connection};
 
 pub mod codec;
+pub mod edges;
 pub mod guard;
 pub mod query;
 mod raw;
 pub mod retention;
 pub mod selector;
 
+pub use edges::{Edge, EdgeQuery};
 pub use guard::FileState;
 pub use query::{FlowCursor, FlowOrder, FlowPage, FlowQuery, StoredFlow};
 pub use retention::{PruneReport, Retention, RetentionArgs};

@@ -35,7 +35,7 @@ impl RawError {
     }
 }
 
-fn last_error(db: NonNull<ffi::sqlite3>) -> RawError {
+pub(super) fn last_error(db: NonNull<ffi::sqlite3>) -> RawError {
     // SAFETY: db is a live connection handle; errmsg returns a NUL-terminated
     // string owned by SQLite, copied before any further call.
     unsafe {
@@ -51,16 +51,16 @@ fn last_error(db: NonNull<ffi::sqlite3>) -> RawError {
 }
 
 /// One prepared statement, finalized on drop.
-struct Stmt {
-    db: NonNull<ffi::sqlite3>,
-    stmt: NonNull<ffi::sqlite3_stmt>,
+pub(super) struct Stmt {
+    pub(super) db: NonNull<ffi::sqlite3>,
+    pub(super) stmt: NonNull<ffi::sqlite3_stmt>,
 }
 
 impl Stmt {
     /// # Safety
     /// `db` must be a live connection that no other thread uses until this
     /// value is dropped.
-    unsafe fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Self, RawError> {
+    pub(super) unsafe fn prepare(db: NonNull<ffi::sqlite3>, sql: &str) -> Result<Self, RawError> {
         let mut stmt = std::ptr::null_mut();
         // SAFETY: db is live (caller); sql is valid for the given length; the
         // out-pointer is a valid local.
@@ -87,7 +87,7 @@ impl Stmt {
         }
     }
 
-    fn int(&mut self, i: c_int, v: i64) -> Result<(), RawError> {
+    pub(super) fn int(&mut self, i: c_int, v: i64) -> Result<(), RawError> {
         // SAFETY: stmt is live and owned by self.
         self.check(unsafe { ffi::sqlite3_bind_int64(self.stmt.as_ptr(), i, v) })
     }
