@@ -245,3 +245,91 @@ async fn the_cli_prints_the_cluster_view_and_node_failures() {
         "{stderr}"
     );
 }
+
+/// Runs the flowpol CLI off the async runtime.
+async fn flowpol(args: Vec<String>) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn recommend_and_drops_read_every_node_with_cluster() {
+    let c = cluster().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = c.peer.kubeconfig(dir.path());
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let manifests = dir.path().join("namespaces.yaml");
+    std::fs::write(
+        &manifests,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: tools}\n",
+    )
+    .unwrap();
+    let common = |cmd: &str| -> Vec<String> {
+        vec![
+            cmd.to_string(),
+            "--cluster".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--agent-token-file".into(),
+            token.display().to_string(),
+            "--manifests".into(),
+            manifests.display().to_string(),
+        ]
+    };
+
+    // Policies from both nodes' flows: web → api (node-a and node-b saw it)
+    // and api → db (only node-b did).
+    let mut args = common("recommend");
+    args.extend(["-o".into(), "json".into()]);
+    let out = flowpol(args).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stderr.contains("warning: node node-c (agent pod flowpol-ccccc)"),
+        "{stderr}"
+    );
+    let list: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let policies = list["items"].as_array().unwrap();
+    let named = |name: &str| {
+        policies
+            .iter()
+            .find(|p| p["metadata"]["name"] == name && p["metadata"]["namespace"] == "shop")
+            .unwrap_or_else(|| panic!("no shop/{name} in {stdout}"))
+    };
+    let db = named("allow-db").to_string();
+    assert!(db.contains("5432") && db.contains("\"api\""), "{db}");
+    let api = named("allow-api").to_string();
+    assert!(api.contains("8080") && api.contains("\"web\""), "{api}");
+
+    // The dropped debug → web flow, recorded on node-a only.
+    let out = flowpol(common("drops")).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("tools/debug") && stdout.contains("9000"),
+        "{stdout}"
+    );
+
+    // Every agent refusing (no token) is an error, not an empty recommendation.
+    let mut args = common("recommend");
+    args.drain(4..6);
+    let out = flowpol(args).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("the agents returned no flows (3 of 3 nodes failed)"),
+        "{stderr}"
+    );
+}

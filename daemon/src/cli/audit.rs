@@ -15,7 +15,7 @@ use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
 use super::recommend::{
-    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+    FlowSourceArgs, ObservedError, StateArgs, load_policies, observed_edges, runtime, since_instant,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -28,9 +28,8 @@ pub enum AuditFormat {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("policy_source").required(true).args(["policies", "kube"])))]
 pub struct AuditArgs {
-    /// The flowpol database to read (opened read-only).
-    #[arg(long, value_name = "PATH", env = "FLOWPOL_DB")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub source: FlowSourceArgs,
     /// The (existing or proposed) NetworkPolicies: files or folders.
     #[arg(long, value_name = "PATH", num_args = 1..)]
     pub policies: Vec<PathBuf>,
@@ -63,7 +62,10 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let rt = runtime()?;
     let mut base = load_policies(&args.policies)?;
-    base.extend(args.state.load(&rt)?);
+    base.extend(
+        args.state
+            .load(&rt, args.source.cluster.kubeconfig.as_deref())?,
+    );
     // Workloads the flows name come from the flows when the state lacks them.
     let named = Cluster::from_objects(
         base.iter()
@@ -71,7 +73,7 @@ pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect(),
     )?;
-    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let flows = rt.block_on(observed_edges(&args.source, since, &named))?;
     let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
     let result = audit(&obs, &cluster);

@@ -13,7 +13,7 @@ use flowpol_recommender::observe::observe_counted;
 use flowpol_recommender::recommend::cluster_with;
 
 use super::recommend::{
-    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+    FlowSourceArgs, ObservedError, StateArgs, load_policies, observed_edges, runtime, since_instant,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -24,9 +24,8 @@ pub enum DiffFormat {
 
 #[derive(Debug, Args)]
 pub struct DiffArgs {
-    /// The flowpol database to read (opened read-only).
-    #[arg(long, value_name = "PATH", env = "FLOWPOL_DB")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub source: FlowSourceArgs,
     /// The NetworkPolicies to compare with the traffic (files or folders).
     #[arg(long, value_name = "PATH", num_args = 1.., required = true)]
     pub policies: Vec<PathBuf>,
@@ -47,14 +46,17 @@ pub fn run(args: DiffArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let rt = runtime()?;
     let mut base = load_policies(&args.policies)?;
-    base.extend(args.state.load(&rt)?);
+    base.extend(
+        args.state
+            .load(&rt, args.source.cluster.kubeconfig.as_deref())?,
+    );
     let named = Cluster::from_objects(
         base.iter()
             .filter(|o| !matches!(o.object, Object::NetworkPolicy(_)))
             .cloned()
             .collect(),
     )?;
-    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let flows = rt.block_on(observed_edges(&args.source, since, &named))?;
     let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
     let d = diff(&obs, &cluster);

@@ -15,7 +15,7 @@ use serde_json::json;
 
 use super::audit::yaml_lines;
 use super::recommend::{
-    ObservedError, StateArgs, load_policies, observed_flows, runtime, since_instant,
+    FlowSourceArgs, ObservedError, StateArgs, load_policies, observed_edges, runtime, since_instant,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -26,9 +26,8 @@ pub enum DropsFormat {
 
 #[derive(Debug, Args)]
 pub struct DropsArgs {
-    /// The flowpol database to read (opened read-only).
-    #[arg(long, value_name = "PATH", env = "FLOWPOL_DB")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub source: FlowSourceArgs,
     /// Cluster state (with its NetworkPolicies) to explain drops by.
     #[command(flatten)]
     pub state: StateArgs,
@@ -50,7 +49,10 @@ pub fn run(args: DropsArgs) -> anyhow::Result<ExitCode> {
         .transpose()?;
     let rt = runtime()?;
     let mut base = load_policies(&args.policies)?;
-    base.extend(args.state.load(&rt)?);
+    base.extend(
+        args.state
+            .load(&rt, args.source.cluster.kubeconfig.as_deref())?,
+    );
     let has_policies = base
         .iter()
         .any(|o| matches!(o.object, Object::NetworkPolicy(_)));
@@ -60,7 +62,7 @@ pub fn run(args: DropsArgs) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect(),
     )?;
-    let flows = rt.block_on(observed_flows(&args.db, since, &named))?;
+    let flows = rt.block_on(observed_edges(&args.source, since, &named))?;
     let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
     let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
     let groups = drops_counted(flows.iter().map(|e| (&e.record, e.flows)), &cluster);

@@ -47,6 +47,9 @@ pub struct FlowsArgs {
     // --- serve: the cluster-wide view ---
     #[command(flatten)]
     pub cluster: crate::cli::flows_cluster::ClusterArgs,
+    /// With --cluster: keep streaming new flows from every node until Ctrl-C.
+    #[arg(long, requires = "cluster")]
+    pub follow: bool,
     /// Print only the most recent N flows (still oldest first).
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,

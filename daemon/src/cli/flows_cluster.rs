@@ -18,9 +18,6 @@ pub struct ClusterArgs {
     /// (kubeconfig or in-cluster), not from a local database (--db is ignored).
     #[arg(long)]
     pub cluster: bool,
-    /// With --cluster: keep streaming new flows from every node until Ctrl-C.
-    #[arg(long, requires = "cluster")]
-    pub follow: bool,
     /// Namespace of the agent pods.
     #[arg(
         long,
@@ -115,7 +112,7 @@ pub fn run(args: &FlowsArgs) -> anyhow::Result<ExitCode> {
         .context("starting the async runtime")?;
     runtime.block_on(async move {
         let client = args.cluster.client().await?;
-        if args.cluster.follow {
+        if args.follow {
             return follow(&client, &target, &filter, args.output).await;
         }
         let (flows, failures) = gather_flows(&client, &target, &filter, args.limit).await?;

@@ -1,6 +1,7 @@
-//! `flowpol recommend`: least-privilege NetworkPolicies from the flows in a database, checked
-//! by the engine before they are printed. Also the pieces `audit`, `drops` and `diff` share:
-//! the flow source, `--since`, and cluster state from manifests or the Kubernetes API.
+//! `flowpol recommend`: least-privilege NetworkPolicies from the flows in a database (or of
+//! every node's agent, `--cluster`), checked by the engine before they are printed. Also the
+//! pieces `audit`, `drops` and `diff` share: the flow source, `--since`, and cluster state from
+//! manifests or the Kubernetes API.
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,6 +46,83 @@ pub enum ObservedError {
     NoPolicies(PathBuf),
     #[error("writing the output: {0}")]
     Output(#[source] std::io::Error),
+    #[error("--cluster: {0:#}")]
+    Cluster(anyhow::Error),
+    #[error(
+        "--cluster: the agents returned no flows{} ({failed} of {asked} nodes failed); check --agent-namespace / --agent-selector or widen --since",
+        since.map(|s| format!(" seen since {s}")).unwrap_or_default()
+    )]
+    ClusterEmpty {
+        since: Option<DateTime<Utc>>,
+        failed: usize,
+        asked: usize,
+    },
+}
+
+/// Where the observed flows come from: one database, or every node's agent
+/// through the Kubernetes API server (`--cluster`).
+#[derive(Debug, Args, Clone)]
+pub struct FlowSourceArgs {
+    /// The flowpol database to read (opened read-only).
+    #[arg(
+        long,
+        value_name = "PATH",
+        env = "FLOWPOL_DB",
+        required_unless_present = "cluster"
+    )]
+    pub db: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: crate::cli::flows_cluster::ClusterArgs,
+}
+
+/// The flows of the window, folded per edge: from the database, or from every
+/// agent (`--cluster`; each node's merged flows count one each, per-node
+/// failures are warnings).
+pub async fn observed_edges(
+    source: &FlowSourceArgs,
+    since: Option<DateTime<Utc>>,
+    cluster: &Cluster,
+) -> Result<Vec<Edge>, ObservedError> {
+    match &source.db {
+        Some(db) if !source.cluster.cluster => observed_flows(db, since, cluster).await,
+        _ => cluster_edges(&source.cluster, since).await,
+    }
+}
+
+async fn cluster_edges(
+    args: &crate::cli::flows_cluster::ClusterArgs,
+    since: Option<DateTime<Utc>>,
+) -> Result<Vec<Edge>, ObservedError> {
+    use crate::cli::flows::Since;
+    use crate::serve::cluster::{find_agents, gather_flows};
+    use crate::serve::filter::FlowFilter;
+    let target = args.target().map_err(ObservedError::Cluster)?;
+    let client = args.client().await.map_err(ObservedError::Cluster)?;
+    let asked = find_agents(&client, &target)
+        .await
+        .map_err(|e| ObservedError::Cluster(e.into()))?
+        .len();
+    let filter = FlowFilter {
+        since: since.map(Since::At),
+        ..Default::default()
+    };
+    let (flows, failures) = gather_flows(&client, &target, &filter, None)
+        .await
+        .map_err(|e| ObservedError::Cluster(e.into()))?;
+    for f in &failures {
+        eprintln!("warning: {f}");
+    }
+    if flows.is_empty() {
+        return Err(ObservedError::ClusterEmpty {
+            since,
+            failed: failures.len(),
+            asked,
+        });
+    }
+    Ok(flows
+        .into_iter()
+        .map(|record| Edge { record, flows: 1 })
+        .collect())
 }
 
 /// `--since DURATION|TIME` → the instant it names.
@@ -114,17 +192,20 @@ pub struct StateArgs {
     /// Cluster state from the Kubernetes API (in-cluster config or KUBECONFIG).
     #[arg(long)]
     pub kube: bool,
-    /// Kubeconfig file for --kube.
-    #[arg(long, value_name = "PATH", requires = "kube")]
-    pub kubeconfig: Option<PathBuf>,
 }
 
 impl StateArgs {
-    /// The objects of the cluster state (empty when neither flag is given).
-    pub fn load(&self, rt: &tokio::runtime::Runtime) -> anyhow::Result<Vec<LoadedObject>> {
+    /// The objects of the cluster state (empty when neither flag is given);
+    /// `--kube` reads through `kubeconfig` (the `--kubeconfig` flag shared with
+    /// `--cluster`).
+    pub fn load(
+        &self,
+        rt: &tokio::runtime::Runtime,
+        kubeconfig: Option<&Path>,
+    ) -> anyhow::Result<Vec<LoadedObject>> {
         let mut objects = manifest::load_paths(&self.manifests)?;
         if self.kube {
-            objects.extend(rt.block_on(kube_objects(self.kubeconfig.as_deref()))?);
+            objects.extend(rt.block_on(kube_objects(kubeconfig))?);
         }
         Ok(objects)
     }
@@ -221,9 +302,8 @@ pub enum PolicyFormat {
 #[command(group(clap::ArgGroup::new("state").required(true).args(["manifests", "kube"])))]
 #[command(group(clap::ArgGroup::new("scope").args(["namespace", "all_namespaces"])))]
 pub struct RecommendArgs {
-    /// The flowpol database to read (opened read-only).
-    #[arg(long, value_name = "PATH", env = "FLOWPOL_DB")]
-    pub db: PathBuf,
+    #[command(flatten)]
+    pub source: FlowSourceArgs,
     #[command(flatten)]
     pub state: StateArgs,
     /// Only these namespaces (repeat the flag for more).
@@ -288,9 +368,11 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<ExitCode> {
     let min_observed = humantime::parse_duration(&args.min_observed)
         .map_err(|e| anyhow::anyhow!("--min-observed `{}`: {e}", args.min_observed))?;
     let rt = runtime()?;
-    let objects = args.state.load(&rt)?;
+    let objects = args
+        .state
+        .load(&rt, args.source.cluster.kubeconfig.as_deref())?;
     let cluster = Cluster::from_objects(objects.clone())?;
-    let flows = rt.block_on(observed_flows(&args.db, since, &cluster))?;
+    let flows = rt.block_on(observed_edges(&args.source, since, &cluster))?;
     let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &cluster);
     let opts = Options {
         namespaces: (!args.namespace.is_empty() && !args.all_namespaces)
