@@ -5,18 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use chrono::Utc;
 use clap::{Args, ValueEnum};
 use flowpol_recommender::audit::audit;
-use flowpol_recommender::manifest::Object;
-use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe_counted;
-use flowpol_recommender::recommend::cluster_with;
 use serde_json::json;
 
-use super::recommend::{
-    FlowSourceArgs, ObservedError, StateArgs, load_policies, observed_edges, runtime, since_instant,
-};
+use super::recommend::{FlowSourceArgs, ObservedError, StateArgs, policy_view};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AuditFormat {
@@ -55,28 +48,14 @@ pub fn yaml_lines(
 }
 
 pub fn run(args: AuditArgs) -> anyhow::Result<ExitCode> {
-    let since = args
-        .since
-        .as_deref()
-        .map(|s| since_instant(s, Utc::now()))
-        .transpose()?;
-    let rt = runtime()?;
-    let mut base = load_policies(&args.policies)?;
-    base.extend(
-        args.state
-            .load(&rt, args.source.cluster.kubeconfig.as_deref())?,
-    );
-    // Workloads the flows name come from the flows when the state lacks them.
-    let named = Cluster::from_objects(
-        base.iter()
-            .filter(|o| !matches!(o.object, Object::NetworkPolicy(_)))
-            .cloned()
-            .collect(),
+    let view = policy_view(
+        &args.policies,
+        &args.state,
+        &args.source,
+        args.since.as_deref(),
     )?;
-    let flows = rt.block_on(observed_edges(&args.source, since, &named))?;
-    let obs = observe_counted(flows.iter().map(|e| (&e.record, e.flows)), &named);
-    let cluster = cluster_with(&base, &obs, Vec::new(), false)?;
-    let result = audit(&obs, &cluster);
+    let (obs, cluster) = (&view.observation, &view.cluster);
+    let result = audit(obs, cluster);
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
     match args.output {

@@ -11,8 +11,10 @@ use chrono::{DateTime, Utc};
 use clap::{Args, ValueEnum};
 use flowpol_recommender::manifest::{self, LoadedObject};
 use flowpol_recommender::model::Cluster;
-use flowpol_recommender::observe::observe_counted;
-use flowpol_recommender::recommend::{Aggregate, Options, SYSTEM_NAMESPACES, recommend, verify};
+use flowpol_recommender::observe::{Observation, observe_counted};
+use flowpol_recommender::recommend::{
+    Aggregate, Options, SYSTEM_NAMESPACES, cluster_with, recommend, verify,
+};
 use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use serde_json::{Value, json};
 
@@ -269,6 +271,49 @@ pub async fn kube_objects(kubeconfig: Option<&Path>) -> Result<Vec<LoadedObject>
 }
 
 /// Policies from `--policies` paths; each path must hold at least one.
+/// What `audit`, `drops` and `diff` start from.
+pub struct PolicyView {
+    /// The given policies and the cluster state, as loaded.
+    pub objects: Vec<LoadedObject>,
+    /// The observed edges of the window.
+    pub edges: Vec<Edge>,
+    /// The edges as the recommender observes them.
+    pub observation: Observation,
+    /// The cluster state with the policies, and the workloads only the flows name.
+    pub cluster: Cluster,
+}
+
+/// Loads `--policies` and the cluster state, reads the window's edges from the flow
+/// source and observes them; workloads the flows name but the state lacks are modelled
+/// from the flows.
+pub fn policy_view(
+    policies: &[PathBuf],
+    state: &StateArgs,
+    source: &FlowSourceArgs,
+    since: Option<&str>,
+) -> anyhow::Result<PolicyView> {
+    let since = since.map(|s| since_instant(s, Utc::now())).transpose()?;
+    let rt = runtime()?;
+    let mut objects = load_policies(policies)?;
+    objects.extend(state.load(&rt, source.cluster.kubeconfig.as_deref())?);
+    let named = Cluster::from_objects(
+        objects
+            .iter()
+            .filter(|o| !matches!(o.object, manifest::Object::NetworkPolicy(_)))
+            .cloned()
+            .collect(),
+    )?;
+    let edges = rt.block_on(observed_edges(source, since, &named))?;
+    let observation = observe_counted(edges.iter().map(|e| (&e.record, e.flows)), &named);
+    let cluster = cluster_with(&objects, &observation, Vec::new(), false)?;
+    Ok(PolicyView {
+        objects,
+        edges,
+        observation,
+        cluster,
+    })
+}
+
 pub fn load_policies(paths: &[PathBuf]) -> anyhow::Result<Vec<LoadedObject>> {
     let mut out = Vec::new();
     for path in paths {
