@@ -15,8 +15,8 @@
 //!
 //! The fold runs on up to [`MAX_WORKERS`] threads when the table is large (at least
 //! [`PARALLEL_MIN_ROWS`] ids): each opens its own read-only connection, steps every row of
-//! the window, and folds only the rows of the flows that hash to it (a hash of part of the
-//! flow key), so each flow's rows meet in one worker and per-edge flow counts add up when
+//! the window that belong to its flows (a function of the flow key's ports and identities,
+//! which SQLite evaluates), so each flow's rows meet in one worker and flow counts add up when
 //! the workers' edges are merged. Each worker reads its own snapshot: while an agent is
 //! writing, a flow's newest rows may be seen by one worker's snapshot and not by another,
 //! as they would be by a later single read. When such a connection cannot be opened (an
@@ -81,6 +81,12 @@ const EDGE_ROW_SQL: &str = "SELECT f.id, f.src_identity, f.dst_identity, f.proto
 /// The same window as `FlowQuery::since`: the drains' id range, then the row's own time.
 const EDGE_SINCE_SQL: &str = " WHERE f.id >= (SELECT COALESCE(MIN(first_flow_id), \
     9223372036854775807) FROM drains WHERE max_last_seen_ns >= ?1) AND f.last_seen_ns >= ?1";
+
+/// A function of part of a row's flow key (ports, identities), never negative: the rows
+/// whose value modulo the number of fold threads is `w` are thread `w`'s. Evaluated by
+/// SQLite, so a thread pays for decoding only the columns of its own rows.
+const EDGE_SHARE_SQL: &str = "(f.src_port * 31 + f.dst_port * 7 + \
+    IFNULL(f.src_identity, 0) * 13 + IFNULL(f.dst_identity, 0) * 3)";
 
 /// An address as stored (4 or 16 bytes); length 0 when left out of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -254,9 +260,6 @@ struct FoldContext {
     /// the recommender's peer, so an edge is per workload pair, not per pod pair.
     peers: FastMap<i64, i64>,
     keep_addresses: FastSet<Addr>,
-    /// Hashes the part of a row's flow key that needs no interning, to pick its worker; one
-    /// seed for all workers, so they agree.
-    partition: foldhash::fast::RandomState,
     /// Fingerprints flow keys: one seed for all workers (not needed for correctness, since
     /// a flow's rows meet in one worker, but it keeps the collision odds those of one set).
     fingerprint: foldhash::quality::RandomState,
@@ -271,8 +274,6 @@ struct Folded {
 /// Folds the rows of `stmt` (ready to step) into edges.
 struct Folder<'c> {
     context: &'c FoldContext,
-    /// `(worker, workers)`: fold only the rows whose flow hashes to `worker`.
-    share: (u64, u64),
     strings: Interner,
     edges: FastMap<EdgeKey, Acc>,
     /// 64-bit fingerprints of the distinct flow keys seen (to count flows per edge): with
@@ -281,10 +282,9 @@ struct Folder<'c> {
 }
 
 impl<'c> Folder<'c> {
-    fn new(context: &'c FoldContext, worker: usize, workers: usize) -> Self {
+    fn new(context: &'c FoldContext) -> Self {
         Folder {
             context,
-            share: (worker as u64, workers.max(1) as u64),
             strings: Interner::default(),
             edges: FastMap::default(),
             flows_seen: FastSet::default(),
@@ -296,22 +296,6 @@ impl<'c> Folder<'c> {
             strings: self.strings,
             edges: self.edges,
         }
-    }
-
-    /// Whether this fold takes the row: always with one worker, else when the flow it
-    /// belongs to hashes to this worker. Reads raw column values only (no checks: the
-    /// worker that takes the row checks it), all of them part of the flow key.
-    fn takes(&self, r: &StepRow<'_>) -> bool {
-        let (worker, workers) = self.share;
-        if workers == 1 {
-            return true;
-        }
-        let h = self.context.partition.hash_one((
-            (r.int(1), r.is_null(1), r.int(2), r.is_null(2), r.int(3)),
-            (r.bytes(4, false), r.int(5), r.bytes(6, false), r.int(7)),
-            (r.int(17), r.is_null(17)),
-        ));
-        (h >> 32) % workers == worker
     }
 
     /// An end as the edge key holds it: its peer's identity, and its address unless the
@@ -439,7 +423,7 @@ enum FoldError {
     Sqlite { op: &'static str, err: RawError },
 }
 
-/// Steps every row of `stmt` and folds the ones `folder` takes.
+/// Steps every row of `stmt` and folds it.
 fn fold_rows(stmt: &Stmt, folder: &mut Folder<'_>) -> Result<(), FoldError> {
     loop {
         // SAFETY: the statement is live and borrowed for the whole loop; its connection is
@@ -448,12 +432,10 @@ fn fold_rows(stmt: &Stmt, folder: &mut Folder<'_>) -> Result<(), FoldError> {
         match rc {
             ffi::SQLITE_ROW => {
                 let row = StepRow { stmt };
-                if folder.takes(&row) {
-                    folder.row(&row).map_err(|detail| FoldError::BadRow {
-                        id: row.int(0),
-                        detail,
-                    })?;
-                }
+                folder.row(&row).map_err(|detail| FoldError::BadRow {
+                    id: row.int(0),
+                    detail,
+                })?;
             }
             ffi::SQLITE_DONE => return Ok(()),
             _ => {
@@ -466,18 +448,25 @@ fn fold_rows(stmt: &Stmt, folder: &mut Folder<'_>) -> Result<(), FoldError> {
     }
 }
 
-/// Prepares the edge query on `db`, `since` bound.
+/// Prepares the edge query on `db`, `since` bound; with `share = (worker, workers)`, only
+/// the rows of the flows that fall to `worker` (see `EDGE_SHARE_SQL`).
 ///
 /// # Safety
 /// As `Stmt::prepare`: `db` is live and used by this thread only until the statement drops.
 unsafe fn prepare_edge_query(
     db: NonNull<ffi::sqlite3>,
     since: Option<i64>,
+    share: Option<(usize, usize)>,
 ) -> Result<Stmt, RawError> {
-    let sql = match since {
+    let mut sql = match since {
         Some(_) => format!("{EDGE_ROW_SQL}{EDGE_SINCE_SQL}"),
         None => EDGE_ROW_SQL.to_string(),
     };
+    if let Some((worker, workers)) = share {
+        let join = if since.is_some() { " AND " } else { " WHERE " };
+        sql.push_str(join);
+        sql.push_str(&format!("{EDGE_SHARE_SQL} % {workers} = {worker}"));
+    }
     // SAFETY: the caller's contract.
     let mut stmt = unsafe { Stmt::prepare(db, &sql) }?;
     if let Some(since) = since {
@@ -550,10 +539,10 @@ fn fold_worker(
     };
     // SAFETY: conn was opened by this thread, which alone uses it; it is declared before
     // stmt, so it outlives it.
-    let Ok(stmt) = (unsafe { prepare_edge_query(conn.db, since) }) else {
+    let Ok(stmt) = (unsafe { prepare_edge_query(conn.db, since, Some((worker, workers))) }) else {
         return Ok(None);
     };
-    let mut folder = Folder::new(context, worker, workers);
+    let mut folder = Folder::new(context);
     fold_rows(&stmt, &mut folder)?;
     Ok(Some(folder.into_folded()))
 }
@@ -627,7 +616,6 @@ impl Store {
                 .iter()
                 .filter_map(|ip| Addr::of(&codec::ip_to_db(ip)))
                 .collect(),
-            partition: Default::default(),
             fingerprint: Default::default(),
         };
         let since = q.since.as_ref().map(codec::time_to_ns);
@@ -718,9 +706,9 @@ impl Store {
         let db: NonNull<ffi::sqlite3> = handle.as_raw_handle().cast();
         // SAFETY: the locked handle keeps sqlx off this connection until it is dropped,
         // after `stmt` is.
-        let stmt = unsafe { prepare_edge_query(db, since) }
+        let stmt = unsafe { prepare_edge_query(db, since, None) }
             .map_err(|e| raw_error(self.path(), "preparing the edge query", e))?;
-        let mut folder = Folder::new(context, 0, 1);
+        let mut folder = Folder::new(context);
         let folded = fold_rows(&stmt, &mut folder);
         drop(stmt);
         drop(handle);
