@@ -592,8 +592,8 @@ impl Acc {
 
 impl Store {
     /// The edges of the window (see the module docs): one record per edge with the number
-    /// of flows it merged, oldest first. Reads every row of the window once per fold
-    /// thread, sorts none.
+    /// of flows it merged, oldest first. Each fold thread scans the window and decodes its
+    /// own flows' rows; nothing is sorted but the edges.
     pub async fn query_edges(&self, q: &EdgeQuery) -> Result<Vec<Edge>, StoreError> {
         let workers = self.edge_workers().await?;
         Ok(self.query_edges_on(q, workers).await?.0)
