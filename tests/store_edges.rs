@@ -367,3 +367,23 @@ async fn a_window_keeps_only_the_rows_it_covers() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[tokio::test]
+async fn folds_on_several_threads_equal_the_fold_on_one() {
+    let (_dir, store) = written_store().await;
+    let keep: HashSet<IpAddr> = [NODE_IP.parse().unwrap()].into();
+    for since in [None, Some(t("2026-11-21T10:00:20Z"))] {
+        let q = EdgeQuery {
+            since,
+            keep_addresses: keep.clone(),
+        };
+        let (one, threads) = store.query_edges_on(&q, 1).await.unwrap();
+        assert_eq!(threads, 1);
+        assert!(!one.is_empty());
+        for workers in [2, 3, 4] {
+            let (several, threads) = store.query_edges_on(&q, workers).await.unwrap();
+            assert_eq!(threads, workers, "the fold fell back to one thread");
+            assert_eq!(several, one, "{workers} threads, since {since:?}");
+        }
+    }
+}

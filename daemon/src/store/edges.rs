@@ -12,6 +12,16 @@
 //! edges, plus a 64-bit fingerprint per distinct flow to count them. The identity fields
 //! of a pod end are those of one of the workload's pods: what differs between its pods
 //! (pod name, rollout labels) is one pod's.
+//!
+//! The fold runs on up to [`MAX_WORKERS`] threads when the table is large (at least
+//! [`PARALLEL_MIN_ROWS`] ids): each opens its own read-only connection, steps every row of
+//! the window that belong to its flows (a function of the flow key's ports and identities,
+//! which SQLite evaluates), so each flow's rows meet in one worker and flow counts add up when
+//! the workers' edges are merged. Each worker reads its own snapshot: while an agent is
+//! writing, a flow's newest rows may be seen by one worker's snapshot and not by another,
+//! as they would be by a later single read. When such a connection cannot be opened (an
+//! immutable read of a WAL file without its -shm), the rows are folded on one thread on
+//! the store's own connection.
 use std::collections::{HashMap, HashSet};
 use std::ffi::c_int;
 use std::hash::{BuildHasher, Hash};
@@ -54,6 +64,14 @@ pub struct EdgeQuery {
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
+/// At most this many fold threads (more cores than that gain little: every thread steps
+/// every row).
+pub const MAX_WORKERS: usize = 4;
+
+/// Below this many flow ids (`max(id) - min(id)`) one thread folds on the store's own
+/// connection: opening more connections costs more than it saves.
+pub const PARALLEL_MIN_ROWS: i64 = 200_000;
+
 /// Columns read per row, in this order.
 const EDGE_ROW_SQL: &str = "SELECT f.id, f.src_identity, f.dst_identity, f.protocol, f.src_ip, \
     f.src_port, f.dst_ip, f.dst_port, f.verdict, f.drop_reason, f.packets, f.bytes, \
@@ -63,6 +81,12 @@ const EDGE_ROW_SQL: &str = "SELECT f.id, f.src_identity, f.dst_identity, f.proto
 /// The same window as `FlowQuery::since`: the drains' id range, then the row's own time.
 const EDGE_SINCE_SQL: &str = " WHERE f.id >= (SELECT COALESCE(MIN(first_flow_id), \
     9223372036854775807) FROM drains WHERE max_last_seen_ns >= ?1) AND f.last_seen_ns >= ?1";
+
+/// A function of part of a row's flow key (ports, identities), never negative: the rows
+/// whose value modulo the number of fold threads is `w` are thread `w`'s. Evaluated by
+/// SQLite, so a thread pays for decoding only the columns of its own rows.
+const EDGE_SHARE_SQL: &str = "(f.src_port * 31 + f.dst_port * 7 + \
+    IFNULL(f.src_identity, 0) * 13 + IFNULL(f.dst_identity, 0) * 3)";
 
 /// An address as stored (4 or 16 bytes); length 0 when left out of a key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -230,26 +254,55 @@ impl StepRow<'_> {
     }
 }
 
-/// Folds the rows of `stmt` (ready to step) into edges.
-struct Folder {
+/// What every fold thread reads and none changes.
+struct FoldContext {
     /// Identity ids that name a pod, to the first id naming the same workload (or bare pod):
     /// the recommender's peer, so an edge is per workload pair, not per pod pair.
     peers: FastMap<i64, i64>,
     keep_addresses: FastSet<Addr>,
+    /// Fingerprints flow keys: one seed for all workers (not needed for correctness, since
+    /// a flow's rows meet in one worker, but it keeps the collision odds those of one set).
+    fingerprint: foldhash::quality::RandomState,
+}
+
+/// The edges one fold produced; verdict, reason and node ids are `strings`' own.
+struct Folded {
+    strings: Interner,
+    edges: FastMap<EdgeKey, Acc>,
+}
+
+/// Folds the rows of `stmt` (ready to step) into edges.
+struct Folder<'c> {
+    context: &'c FoldContext,
     strings: Interner,
     edges: FastMap<EdgeKey, Acc>,
     /// 64-bit fingerprints of the distinct flow keys seen (to count flows per edge): with
     /// 10 M distinct flows the chance that two collide (one flow short) is about 3 in 10^6.
     flows_seen: FastSet<u64>,
-    fingerprint: foldhash::quality::RandomState,
 }
 
-impl Folder {
+impl<'c> Folder<'c> {
+    fn new(context: &'c FoldContext) -> Self {
+        Folder {
+            context,
+            strings: Interner::default(),
+            edges: FastMap::default(),
+            flows_seen: FastSet::default(),
+        }
+    }
+
+    fn into_folded(self) -> Folded {
+        Folded {
+            strings: self.strings,
+            edges: self.edges,
+        }
+    }
+
     /// An end as the edge key holds it: its peer's identity, and its address unless the
     /// identity names a pod (kept at node addresses).
     fn end(&self, identity: i64, addr: Addr) -> (i64, Addr) {
-        match self.peers.get(&identity) {
-            Some(&peer) if !self.keep_addresses.contains(&addr) => (peer, Addr::default()),
+        match self.context.peers.get(&identity) {
+            Some(&peer) if !self.context.keep_addresses.contains(&addr) => (peer, Addr::default()),
             Some(&peer) => (peer, addr),
             None => (identity, addr),
         }
@@ -285,7 +338,7 @@ impl Folder {
         let node = self.strings.id(r.bytes(18, true));
 
         // The flow this row is an interval of: query_flows_merged's key.
-        let new_flow = self.flows_seen.insert(self.fingerprint.hash_one((
+        let new_flow = self.flows_seen.insert(self.context.fingerprint.hash_one((
             (
                 protocol, src_addr, src_port, dst_addr, dst_port, verdict, reason,
             ),
@@ -362,11 +415,285 @@ fn peer_identities(identities: &HashMap<i64, Identity>) -> FastMap<i64, i64> {
         .collect()
 }
 
+/// Why a fold stopped.
+enum FoldError {
+    /// A row that does not decode: its id and what is wrong.
+    BadRow { id: i64, detail: String },
+    /// SQLite failed; `op` says at what.
+    Sqlite { op: &'static str, err: RawError },
+}
+
+/// Steps every row of `stmt` and folds it.
+fn fold_rows(stmt: &Stmt, folder: &mut Folder<'_>) -> Result<(), FoldError> {
+    loop {
+        // SAFETY: the statement is live and borrowed for the whole loop; its connection is
+        // used by this thread only (the caller's contract of `Stmt::prepare`).
+        let rc = unsafe { ffi::sqlite3_step(stmt.stmt.as_ptr()) };
+        match rc {
+            ffi::SQLITE_ROW => {
+                let row = StepRow { stmt };
+                folder.row(&row).map_err(|detail| FoldError::BadRow {
+                    id: row.int(0),
+                    detail,
+                })?;
+            }
+            ffi::SQLITE_DONE => return Ok(()),
+            _ => {
+                return Err(FoldError::Sqlite {
+                    op: "reading edges",
+                    err: last_error(stmt.db),
+                });
+            }
+        }
+    }
+}
+
+/// Prepares the edge query on `db`, `since` bound; with `share = (worker, workers)`, only
+/// the rows of the flows that fall to `worker` (see `EDGE_SHARE_SQL`).
+///
+/// # Safety
+/// As `Stmt::prepare`: `db` is live and used by this thread only until the statement drops.
+unsafe fn prepare_edge_query(
+    db: NonNull<ffi::sqlite3>,
+    since: Option<i64>,
+    share: Option<(usize, usize)>,
+) -> Result<Stmt, RawError> {
+    let mut sql = match since {
+        Some(_) => format!("{EDGE_ROW_SQL}{EDGE_SINCE_SQL}"),
+        None => EDGE_ROW_SQL.to_string(),
+    };
+    if let Some((worker, workers)) = share {
+        let join = if since.is_some() { " AND " } else { " WHERE " };
+        sql.push_str(join);
+        sql.push_str(&format!("{EDGE_SHARE_SQL} % {workers} = {worker}"));
+    }
+    // SAFETY: the caller's contract.
+    let mut stmt = unsafe { Stmt::prepare(db, &sql) }?;
+    if let Some(since) = since {
+        stmt.int(1, since)?;
+    }
+    Ok(stmt)
+}
+
+/// A read-only connection of one fold thread, closed on drop (after the statements on it,
+/// which are declared after it and so dropped first).
+struct ReadConnection {
+    db: NonNull<ffi::sqlite3>,
+}
+
+impl ReadConnection {
+    fn open(path: &std::path::Path) -> Result<Self, RawError> {
+        use std::os::unix::ffi::OsStrExt;
+        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| RawError {
+            code: ffi::SQLITE_CANTOPEN,
+            message: "the path holds a NUL byte".to_string(),
+        })?;
+        let mut db = std::ptr::null_mut();
+        // SAFETY: c_path is NUL-terminated and outlives the call; the out-pointer is a
+        // valid local; a null VFS name picks the default VFS.
+        let rc = unsafe {
+            ffi::sqlite3_open_v2(
+                c_path.as_ptr(),
+                &mut db,
+                ffi::SQLITE_OPEN_READONLY | ffi::SQLITE_OPEN_NOMUTEX,
+                std::ptr::null(),
+            )
+        };
+        let Some(db) = NonNull::new(db) else {
+            return Err(RawError {
+                code: ffi::SQLITE_NOMEM,
+                message: "SQLite could not allocate a connection".to_string(),
+            });
+        };
+        // Owned from here on: closed on every path below by the drop.
+        let conn = ReadConnection { db };
+        if rc != ffi::SQLITE_OK {
+            return Err(last_error(conn.db));
+        }
+        // SAFETY: db is live and used by this thread only. A read waits for a writer's
+        // WAL recovery or checkpoint rather than failing at once.
+        unsafe { ffi::sqlite3_busy_timeout(conn.db.as_ptr(), 5_000) };
+        Ok(conn)
+    }
+}
+
+impl Drop for ReadConnection {
+    fn drop(&mut self) {
+        // SAFETY: db came from sqlite3_open_v2 and is closed once, here, after every
+        // statement on it was finalized (declared after it, they drop first).
+        unsafe { ffi::sqlite3_close(self.db.as_ptr()) };
+    }
+}
+
+/// One fold thread: its own connection, every row, its share of the flows. `Ok(None)` when
+/// the connection or the statement cannot be had (the caller then folds on one thread).
+fn fold_worker(
+    path: &std::path::Path,
+    since: Option<i64>,
+    context: &FoldContext,
+    worker: usize,
+    workers: usize,
+) -> Result<Option<Folded>, FoldError> {
+    let Ok(conn) = ReadConnection::open(path) else {
+        return Ok(None);
+    };
+    // SAFETY: conn was opened by this thread, which alone uses it; it is declared before
+    // stmt, so it outlives it.
+    let Ok(stmt) = (unsafe { prepare_edge_query(conn.db, since, Some((worker, workers))) }) else {
+        return Ok(None);
+    };
+    let mut folder = Folder::new(context);
+    fold_rows(&stmt, &mut folder)?;
+    Ok(Some(folder.into_folded()))
+}
+
+/// Adds `from`'s edges to `into`'s; their flows are disjoint (each flow's rows were folded
+/// by one worker), so flow counts add up. Text ids are translated through the text.
+fn merge_folded(into: &mut Folded, from: Folded) {
+    let remap = |into: &mut Interner, id: u32| into.id(from.strings.text(id).map(str::as_bytes));
+    for (mut key, mut acc) in from.edges {
+        key.verdict = remap(&mut into.strings, key.verdict);
+        key.reason = remap(&mut into.strings, key.reason);
+        acc.node = acc.node.map(|n| remap(&mut into.strings, n));
+        match into.edges.entry(key) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(acc);
+            }
+            std::collections::hash_map::Entry::Occupied(mut o) => o.get_mut().merge(acc),
+        }
+    }
+}
+
+impl Acc {
+    /// Folds another worker's accumulator of the same edge into this one, as if its rows
+    /// had been folded here: the end addresses are the earliest row's.
+    fn merge(&mut self, other: Acc) {
+        if other.min_id < self.min_id {
+            self.src_addr = other.src_addr;
+            self.dst_addr = other.dst_addr;
+        }
+        self.min_id = self.min_id.min(other.min_id);
+        self.first_seen = self.first_seen.min(other.first_seen);
+        self.last_seen = self.last_seen.max(other.last_seen);
+        self.packets = self.packets.saturating_add(other.packets);
+        self.bytes = self.bytes.saturating_add(other.bytes);
+        self.reply_packets = self.reply_packets.saturating_add(other.reply_packets);
+        self.reply_bytes = self.reply_bytes.saturating_add(other.reply_bytes);
+        self.tcp_flags |= other.tcp_flags;
+        self.flows += other.flows;
+        if self.cgroup_id != other.cgroup_id {
+            self.cgroup_id = None;
+        }
+        if self.node != other.node {
+            self.node = None;
+        }
+    }
+}
+
 impl Store {
     /// The edges of the window (see the module docs): one record per edge with the number
-    /// of flows it merged, oldest first. Reads every row of the window once, sorts none.
+    /// of flows it merged, oldest first. Each fold thread scans the window and decodes its
+    /// own flows' rows; nothing is sorted but the edges.
     pub async fn query_edges(&self, q: &EdgeQuery) -> Result<Vec<Edge>, StoreError> {
+        let workers = self.edge_workers().await?;
+        Ok(self.query_edges_on(q, workers).await?.0)
+    }
+
+    /// `query_edges` with `workers` fold threads (at least 1), whatever the table's size,
+    /// and how many threads folded (1 after a fall back to the store's connection). For
+    /// tests, which compare folds on several threads with the fold on one.
+    #[doc(hidden)]
+    pub async fn query_edges_on(
+        &self,
+        q: &EdgeQuery,
+        workers: usize,
+    ) -> Result<(Vec<Edge>, usize), StoreError> {
         let identities = self.identity_rows().await?;
+        let context = FoldContext {
+            peers: peer_identities(&identities),
+            keep_addresses: q
+                .keep_addresses
+                .iter()
+                .filter_map(|ip| Addr::of(&codec::ip_to_db(ip)))
+                .collect(),
+            fingerprint: Default::default(),
+        };
+        let since = q.since.as_ref().map(codec::time_to_ns);
+        let workers = workers.max(1);
+        if workers > 1 {
+            let path = self.path();
+            let context = &context;
+            // The threads block this task while they run, as the one-thread fold does.
+            let results: Vec<Result<Option<Folded>, FoldError>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|w| s.spawn(move || fold_worker(path, since, context, w, workers)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join()
+                            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+                    })
+                    .collect()
+            });
+            // The lowest bad row, as one thread would meet it first.
+            let mut first_error: Option<FoldError> = None;
+            let mut parts = Vec::with_capacity(workers);
+            for r in results {
+                match r {
+                    Ok(part) => parts.push(part),
+                    Err(e) => {
+                        let earlier = match (&first_error, &e) {
+                            (None, _) => true,
+                            (
+                                Some(FoldError::BadRow { id: a, .. }),
+                                FoldError::BadRow { id: b, .. },
+                            ) => b < a,
+                            _ => false,
+                        };
+                        if earlier {
+                            first_error = Some(e);
+                        }
+                    }
+                }
+            }
+            if let Some(e) = first_error {
+                return Err(self.fold_error(e));
+            }
+            if parts.iter().all(Option::is_some) {
+                let mut parts = parts.into_iter().flatten();
+                let mut folded = parts.next().expect("at least one worker");
+                for part in parts {
+                    merge_folded(&mut folded, part);
+                }
+                return Ok((self.build_edges(folded, &identities)?, workers));
+            }
+            // A worker could not open its own connection: fold on the store's.
+        }
+        let folded = self.fold_on_store_connection(&context, since).await?;
+        Ok((self.build_edges(folded, &identities)?, 1))
+    }
+
+    /// How many fold threads: the cores (at most `MAX_WORKERS`), 1 for a small table.
+    async fn edge_workers(&self) -> Result<usize, StoreError> {
+        let span: Option<i64> = sqlx::query_scalar("SELECT MAX(id) - MIN(id) FROM flows")
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "counting flows", e))?;
+        if span.unwrap_or(0) < PARALLEL_MIN_ROWS {
+            return Ok(1);
+        }
+        Ok(std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, MAX_WORKERS))
+    }
+
+    /// The one-thread fold, on a connection of the store's pool.
+    async fn fold_on_store_connection(
+        &self,
+        context: &FoldContext,
+        since: Option<i64>,
+    ) -> Result<Folded, StoreError> {
         let mut conn = self
             .pool()
             .acquire()
@@ -377,55 +704,28 @@ impl Store {
             .await
             .map_err(|e| write_error(self.path(), "locking the connection", e))?;
         let db: NonNull<ffi::sqlite3> = handle.as_raw_handle().cast();
-        let mut folder = Folder {
-            peers: peer_identities(&identities),
-            keep_addresses: q
-                .keep_addresses
-                .iter()
-                .filter_map(|ip| Addr::of(&codec::ip_to_db(ip)))
-                .collect(),
-            strings: Interner::default(),
-            edges: FastMap::default(),
-            flows_seen: FastSet::default(),
-            fingerprint: Default::default(),
-        };
-        let sql = match q.since {
-            Some(_) => format!("{EDGE_ROW_SQL}{EDGE_SINCE_SQL}"),
-            None => EDGE_ROW_SQL.to_string(),
-        };
         // SAFETY: the locked handle keeps sqlx off this connection until it is dropped,
         // after `stmt` is.
-        let mut stmt = unsafe { Stmt::prepare(db, &sql) }
+        let stmt = unsafe { prepare_edge_query(db, since, None) }
             .map_err(|e| raw_error(self.path(), "preparing the edge query", e))?;
-        if let Some(since) = &q.since {
-            stmt.int(1, codec::time_to_ns(since))
-                .map_err(|e| raw_error(self.path(), "preparing the edge query", e))?;
-        }
-        loop {
-            // SAFETY: the statement is live and owned here.
-            let rc = unsafe { ffi::sqlite3_step(stmt.stmt.as_ptr()) };
-            match rc {
-                ffi::SQLITE_ROW => {
-                    let row = StepRow { stmt: &stmt };
-                    if let Err(detail) = folder.row(&row) {
-                        return Err(StoreError::BadRow {
-                            path: self.path().to_path_buf(),
-                            id: row.int(0),
-                            detail,
-                        });
-                    }
-                }
-                ffi::SQLITE_DONE => break,
-                _ => {
-                    let err: RawError = last_error(stmt.db);
-                    return Err(raw_error(self.path(), "reading edges", err));
-                }
-            }
-        }
+        let mut folder = Folder::new(context);
+        let folded = fold_rows(&stmt, &mut folder);
         drop(stmt);
         drop(handle);
         drop(conn);
-        self.build_edges(folder, &identities)
+        folded.map_err(|e| self.fold_error(e))?;
+        Ok(folder.into_folded())
+    }
+
+    fn fold_error(&self, e: FoldError) -> StoreError {
+        match e {
+            FoldError::BadRow { id, detail } => StoreError::BadRow {
+                path: self.path().to_path_buf(),
+                id,
+                detail,
+            },
+            FoldError::Sqlite { op, err } => raw_error(self.path(), op, err),
+        }
     }
 
     /// Every identity row, decoded.
@@ -484,7 +784,7 @@ impl Store {
 
     fn build_edges(
         &self,
-        folder: Folder,
+        folder: Folded,
         identities: &HashMap<i64, Identity>,
     ) -> Result<Vec<Edge>, StoreError> {
         let mut out = Vec::with_capacity(folder.edges.len());
