@@ -32,7 +32,7 @@ test: lint
 bench: build
 	@bash scripts/bench.sh
 
-## The cargo-fuzz targets, 20 s each from the corpus in fuzz/corpus (FUZZ_SECONDS=N).
+## The cargo-fuzz targets from the corpus in fuzz/corpus: fixed runs and seed (FUZZ_SECONDS=N explores).
 fuzz: setup
 	@bash scripts/fuzz.sh
 

@@ -78,10 +78,13 @@ impl Since {
     pub fn instant(self, now: DateTime<Utc>) -> DateTime<Utc> {
         match self {
             Since::At(t) => t,
+            // No flow predates the Unix epoch: a longer period means all of them, and
+            // the instant stays one RFC 3339 can write (the --cluster client sends it).
             Since::Ago(d) => chrono::Duration::from_std(d)
                 .ok()
                 .and_then(|d| now.checked_sub_signed(d))
-                .unwrap_or(DateTime::<Utc>::MIN_UTC),
+                .unwrap_or(DateTime::UNIX_EPOCH)
+                .max(DateTime::UNIX_EPOCH),
         }
     }
 }
@@ -377,6 +380,23 @@ fn table_row(f: &FlowRecord) -> [String; 9] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_period_longer_than_history_means_all_of_it_and_stays_writable() {
+        // Found by the api_query fuzz target: 4053 weeks and more went back past year
+        // -262143, which RFC 3339 cannot write, so --cluster sent agents a bad `since`.
+        let now = Utc::now();
+        for text in ["4053 521 521 w", "100000000years", "9999999999w"] {
+            let Ok(since) = parse_since(text) else {
+                continue;
+            };
+            let instant = since.instant(now);
+            assert_eq!(instant, DateTime::UNIX_EPOCH, "{text}");
+            let written = instant.to_rfc3339();
+            assert_eq!(parse_since(&written).unwrap().instant(now), instant);
+        }
+        assert!(parse_since("100000000years").is_ok());
+    }
 
     #[test]
     fn since_takes_a_duration_or_a_time() {
