@@ -17,7 +17,10 @@ fuzz_target!(|data: &[u8]| {
     let traffic = parts.next();
     let lab = parts.next();
     let dir = Path::new("/fuzz/scenario");
-    let files = vec![(manifests.to_string(), PathBuf::from("/fuzz/scenario/app.yaml"))];
+    let files = vec![(
+        manifests.to_string(),
+        PathBuf::from("/fuzz/scenario/app.yaml"),
+    )];
     if let Err(err) = scenario::from_texts(dir, &files, lab, traffic) {
         // Every error names what it is about.
         let message = err.to_string();
