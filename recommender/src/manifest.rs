@@ -113,7 +113,7 @@ fn accepted_api_version(kind: &str, api_version: &str) -> Option<&'static str> {
 pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<LoadedObject>, ManifestError> {
     let mut files = Vec::new();
     for path in paths {
-        collect_files(path.as_ref(), true, &mut files)?;
+        files.extend(manifest_files(path.as_ref())?);
     }
     let mut out = Vec::new();
     for file in files {
@@ -124,6 +124,14 @@ pub fn load_paths<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<LoadedObject>, Mani
         out.extend(parse_str(&file, &text)?);
     }
     Ok(out)
+}
+
+/// The files [`load_paths`] reads for one path: the file itself, or the manifest files
+/// (`.yaml`, `.yml`, `.json`) under a folder, recursively, in name order.
+pub fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
+    let mut files = Vec::new();
+    collect_files(path, true, &mut files)?;
+    Ok(files)
 }
 
 fn collect_files(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), ManifestError> {

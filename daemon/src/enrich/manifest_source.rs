@@ -70,36 +70,14 @@ fn namespaced<T: Metadata<Ty = ObjectMeta>>(mut object: Box<T>) -> Box<T> {
     object
 }
 
-fn collect(path: &Path, explicit: bool, out: &mut Vec<PathBuf>) -> Result<(), String> {
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    if meta.is_dir() {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .collect();
-        entries.sort();
-        for e in entries {
-            collect(&e, false, out)?;
-        }
-    } else if explicit
-        || matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        )
-    {
-        out.push(path.to_path_buf());
-    }
-    Ok(())
-}
-
 /// Modification times and sizes of the files under `paths`: re-read when it changes.
 fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut files = Vec::new();
     for p in paths {
         // A path that vanished shows up as a change; load() then reports it.
-        if collect(p, true, &mut files).is_err() {
-            files.push(p.clone());
+        match manifest::manifest_files(p) {
+            Ok(found) => files.extend(found),
+            Err(_) => files.push(p.clone()),
         }
     }
     files
