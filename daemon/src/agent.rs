@@ -44,6 +44,8 @@ pub struct DrainBatch {
     pub recorded_at: DateTime<Utc>,
     /// Adds identity to each chunk of full records (set by the enriching sink).
     pub enrich: Option<Arc<dyn EnrichRecords>>,
+    /// The node that recorded the interval (`--node-name`), on every record.
+    pub node: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for DrainBatch {
@@ -53,6 +55,7 @@ impl std::fmt::Debug for DrainBatch {
             .field("losses", &self.losses)
             .field("recorded_at", &self.recorded_at)
             .field("enrich", &self.enrich.is_some())
+            .field("node", &self.node)
             .finish()
     }
 }
@@ -68,6 +71,7 @@ impl DrainBatch {
             losses,
             recorded_at,
             enrich: None,
+            node: None,
         }
     }
 
@@ -84,7 +88,14 @@ impl DrainBatch {
     /// enriched when the batch has an enricher. Each call makes them anew.
     pub fn record_chunks(&self) -> impl Iterator<Item = Vec<FlowRecord>> + Send + '_ {
         self.flows.chunks(WRITE_CHUNK).map(move |chunk| {
-            let mut records: Vec<FlowRecord> = chunk.iter().map(CompactFlow::to_record).collect();
+            let mut records: Vec<FlowRecord> = chunk
+                .iter()
+                .map(|f| {
+                    let mut r = f.to_record();
+                    r.node = self.node.as_deref().map(str::to_string);
+                    r
+                })
+                .collect();
             if let Some(e) = &self.enrich {
                 e.enrich_records(&mut records);
             }
@@ -104,6 +115,8 @@ pub trait FlowSink {
 pub struct AgentConfig {
     pub capture: CaptureOptions,
     pub interval: Duration,
+    /// Name of the node the agent runs on (stamped on what it records).
+    pub node: Option<String>,
 }
 
 /// Totals of one agent run, for the exit log line and tests.
@@ -155,8 +168,16 @@ pub async fn run_observed(
 
     let mut capture = Capture::load(config.capture.clone())?;
     let attached = capture.attach()?.join(", ");
-    tracing::info!(%attached, interval = ?config.interval, "capture attached");
+    let node: Option<Arc<str>> = config.node.as_deref().map(Arc::from);
+    tracing::info!(
+        %attached,
+        interval = ?config.interval,
+        node = node.as_deref().unwrap_or("-"),
+        "capture attached"
+    );
     observer.attached();
+    // Loading parsed the kernel's BTF and the eBPF object: give that back.
+    release_freed_memory();
 
     let mut summary = RunSummary::default();
     let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
@@ -168,7 +189,8 @@ pub async fn run_observed(
         tokio::select! {
             _ = ticker.tick() => {
                 let started = std::time::Instant::now();
-                let batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                let mut batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                batch.node = node.clone();
                 observer.drained(started.elapsed(), batch.len(), &capture.map_fill());
                 backlog.push(batch);
                 flush(sink, &mut backlog).await;
@@ -178,7 +200,8 @@ pub async fn run_observed(
             _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
         }
     }
-    let batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+    let mut batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+    batch.node = node.clone();
     backlog.push(batch);
     summary.counters = capture.counters()?;
     for p in capture.program_stats() {
@@ -359,7 +382,12 @@ impl FlowSink for StoreSink {
                 })
                 .collect();
             self.store
-                .write_drain_chunks(batch.record_chunks(), &losses, batch.recorded_at, None)
+                .write_drain_chunks(
+                    batch.record_chunks(),
+                    &losses,
+                    batch.recorded_at,
+                    batch.node.as_deref(),
+                )
                 .await?;
             if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.last_prune = Some(std::time::Instant::now());
@@ -464,7 +492,8 @@ mod tests {
                 f
             })
             .collect();
-        let batch = DrainBatch::new(flows.clone(), vec![("flow_map_full", 3)], Utc::now());
+        let mut batch = DrainBatch::new(flows.clone(), vec![("flow_map_full", 3)], Utc::now());
+        batch.node = Some("node-a".into());
         assert!(batch.record_chunks().count() == 3);
 
         // Chunked: what the agent does.
@@ -477,13 +506,19 @@ mod tests {
         let whole = crate::store::Store::open(&dir.path().join("whole.db"))
             .await
             .unwrap();
-        let records: Vec<FlowRecord> = flows.iter().map(CompactFlow::to_record).collect();
+        let records: Vec<FlowRecord> = flows
+            .iter()
+            .map(|f| FlowRecord {
+                node: Some("node-a".into()),
+                ..f.to_record()
+            })
+            .collect();
         let losses = [crate::store::CaptureLoss {
             counter: "flow_map_full".into(),
             delta: 3,
         }];
         whole
-            .write_drain(&records, &losses, batch.recorded_at, None)
+            .write_drain(&records, &losses, batch.recorded_at, Some("node-a"))
             .await
             .unwrap();
 
@@ -492,7 +527,8 @@ mod tests {
              MIN(last_seen_ns), MAX(last_seen_ns) FROM flows",
             "SELECT COUNT(*), SUM(flow_count), MIN(first_flow_id), MAX(last_flow_id), \
              MIN(min_last_seen_ns), MAX(max_last_seen_ns), MIN(recorded_ns) FROM drains",
-            "SELECT COUNT(*), SUM(delta) FROM capture_losses",
+            "SELECT COUNT(*), SUM(delta) FROM capture_losses WHERE node = 'node-a'",
+            "SELECT COUNT(*) FROM flows WHERE node = 'node-a'",
         ];
         for q in queries {
             assert_eq!(sums(&chunked, q).await, sums(&whole, q).await, "{q}");
@@ -505,6 +541,11 @@ mod tests {
         );
         let flows_row = sums(&chunked, queries[0]).await;
         assert_eq!(flows_row[0], n as i64);
+        assert_eq!(
+            sums(&chunked, queries[3]).await,
+            [n as i64],
+            "--node-name on every row"
+        );
         let expected: u64 = flows.iter().map(|f| f.bytes).sum();
         assert_eq!(flows_row[2], expected as i64);
     }

@@ -268,12 +268,15 @@ fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
 /// Which end opened a flow, remembered across drains.
 #[derive(Debug, Clone, Copy)]
 struct Opener {
-    /// The flow as the opener's socket keys it (local side = opener).
-    key: FlowKey,
+    /// The opener is the local side of the canonical key (else of its mirror).
+    /// A flag rather than the key: this is kept per flow for minutes.
+    canonical_opens: bool,
     /// Earliest observation of the flow so far (either direction, either hook).
     first_ns: u64,
     /// Decided by the TCP handshake rather than by the first packet.
     by_handshake: bool,
+    /// Both ends are local sockets (both were seen in one drain so far).
+    local_pair: bool,
     last_seen_mono: u64,
 }
 
@@ -290,10 +293,9 @@ const MAX_REMEMBERED: usize = 1_000_000;
 pub struct Assembler {
     syn_timeout_ns: u64,
     pair_ttl_ns: u64,
-    /// Canonical key of flows seen by local sockets at both ends → last seen.
-    local_pairs: HashMap<FlowKey, u64>,
     pending: HashMap<FlowKey, Agg>,
-    /// Socket flow, canonical key → its opener.
+    /// Socket flow, canonical key → its opener, and whether both ends are local
+    /// (one compact entry per live flow: 64 bytes with its key).
     openers: HashMap<FlowKey, Opener>,
     /// tc flow, canonical key → (key in the opener's direction, last seen).
     tc_forward: HashMap<FlowKey, (FlowKey, u64)>,
@@ -306,7 +308,6 @@ impl Assembler {
         Self {
             syn_timeout_ns: syn_timeout.as_nanos() as u64,
             pair_ttl_ns: 300 * 1_000_000_000,
-            local_pairs: HashMap::new(),
             pending: HashMap::new(),
             openers: HashMap::new(),
             tc_forward: HashMap::new(),
@@ -324,12 +325,15 @@ impl Assembler {
     ///    unless an entry now shows an even earlier packet (written to the map
     ///    copy just drained after an earlier drain read it, so a later drain may
     ///    see the reply before the request).
+    ///
+    /// Also returns whether both ends are local sockets: both entries are
+    /// here (`entries.len() == 2`), or were in an earlier drain.
     fn orient_socket(
         &mut self,
         canonical: FlowKey,
         entries: &[(FlowKey, Agg)],
         now: u64,
-    ) -> FlowKey {
+    ) -> (FlowKey, bool) {
         let mut handshake = entries.iter().filter_map(|(k, a)| {
             a.syn_orientation(k.protocol)
                 .map(|local| if local { *k } else { mirror(k) })
@@ -350,26 +354,35 @@ impl Assembler {
             .expect("at least one entry");
         let prev = self.openers.get(&canonical).copied();
         let earliest = prev.map_or(first_ns, |p| p.first_ns.min(first_ns));
+        let local_pair = entries.len() == 2 || prev.is_some_and(|p| p.local_pair);
         let opener = match (by_handshake, prev) {
             (Some(key), _) => Opener {
-                key,
+                canonical_opens: key == canonical,
                 first_ns: earliest,
                 by_handshake: true,
+                local_pair,
                 last_seen_mono: now,
             },
             (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
+                local_pair,
                 last_seen_mono: now,
                 ..p
             },
             _ => Opener {
-                key: by_first,
+                canonical_opens: by_first == canonical,
                 first_ns: earliest,
                 by_handshake: false,
+                local_pair,
                 last_seen_mono: now,
             },
         };
         self.openers.insert(canonical, opener);
-        opener.key
+        let key = if opener.canonical_opens {
+            canonical
+        } else {
+            mirror(&canonical)
+        };
+        (key, local_pair)
     }
 
     /// The opener's direction of a tc flow seen as `key` and maybe its mirror.
@@ -393,15 +406,17 @@ impl Assembler {
 
     fn forget_idle(&mut self, now: u64) {
         let ttl = self.pair_ttl_ns;
-        self.local_pairs
-            .retain(|_, seen| now.saturating_sub(*seen) < ttl);
         let keep = if self.openers.len() + self.tc_forward.len() > MAX_REMEMBERED {
             60 * 1_000_000_000
         } else {
             ttl
         };
-        self.openers
-            .retain(|_, o| now.saturating_sub(o.last_seen_mono) < keep);
+        // A local pair is remembered for the full TTL even when memory is
+        // short: forgetting it would count its non-opener side as a new flow.
+        self.openers.retain(|_, o| {
+            let idle = now.saturating_sub(o.last_seen_mono);
+            idle < keep || (o.local_pair && idle < ttl)
+        });
         self.tc_forward
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
     }
@@ -583,14 +598,11 @@ impl Assembler {
             let mut entries = vec![(*key, *agg)];
             if let Some(o) = current.get(&other).filter(|_| other != *key) {
                 entries.push((other, *o));
-                self.local_pairs.insert(canonical, now);
-            } else if let Some(seen) = self.local_pairs.get_mut(&canonical) {
-                *seen = now;
             }
-            let opener = self.orient_socket(canonical, &entries, now);
+            let (opener, local_pair) = self.orient_socket(canonical, &entries, now);
             if let Some((k, a)) = entries.iter().find(|(k, _)| *k == opener) {
                 kept.push((*k, *a, true));
-            } else if !self.local_pairs.contains_key(&canonical) {
+            } else if !local_pair {
                 // The remote end opened; only this end is a local socket.
                 kept.push((*key, *agg, false));
             }
