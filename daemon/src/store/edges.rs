@@ -485,11 +485,12 @@ struct ReadConnection {
 
 impl ReadConnection {
     fn open(path: &std::path::Path) -> Result<Self, RawError> {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| RawError {
-            code: ffi::SQLITE_CANTOPEN,
-            message: "the path holds a NUL byte".to_string(),
-        })?;
+        // The path's own bytes on Unix; UTF-8 (what SQLite expects) on Windows.
+        let c_path =
+            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| RawError {
+                code: ffi::SQLITE_CANTOPEN,
+                message: "the path holds a NUL byte".to_string(),
+            })?;
         let mut db = std::ptr::null_mut();
         // SAFETY: c_path is NUL-terminated and outlives the call; the out-pointer is a
         // valid local; a null VFS name picks the default VFS.
