@@ -5,15 +5,22 @@
 #  2. RSS of the real agent (eBPF, --listen) after a drain of 100 000 live flows (root only).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo run -q --release -p flowpol --no-default-features --example bench_api -- \
-  --seconds "${SECONDS_API:-20}" --clients "${CLIENTS_API:-2}"
+# SKIP_PART1=1: only part 2. FLOWPOL_BIN=path: measure that agent binary (e.g. an older build).
+if [ "${SKIP_PART1:-0}" != 1 ]; then
+  cargo run -q --release -p flowpol --no-default-features --example bench_api -- \
+    --seconds "${SECONDS_API:-20}" --clients "${CLIENTS_API:-2}"
+fi
 
 if [ "$(id -u)" != 0 ]; then
   echo "agent RSS with 100 000 flows: skipped (needs root: eBPF)"
   exit 0
 fi
-cargo build -q --release -p flowpol
-bin=target/release/flowpol
+if [ -n "${FLOWPOL_BIN:-}" ]; then
+  bin=$FLOWPOL_BIN
+else
+  cargo build -q --release -p flowpol
+  bin=target/release/flowpol
+fi
 work=$(mktemp -d)
 ns="fpapi-bench-$$"
 agent=""
@@ -35,7 +42,7 @@ agent=$!
 for _ in $(seq 100); do grep -q "capture attached" "$work/agent.log" && break; sleep 0.2; done
 grep -q "capture attached" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }
 rss() { awk -v k="$1" '$1==k {print $2}' "/proc/$agent/status"; }
-echo "agent idle: VmRSS $(rss VmRSS:) KiB"
+echo "agent idle: VmRSS $(rss VmRSS:) KiB, VmHWM $(rss VmHWM:) KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 # (Both local sockets of a flow hold a map entry: 200 000 entries for 100 000 flows.)
 # 100 000 distinct UDP flows inside the namespace: 4 source addresses x 25 000 source ports to one
 # receiver that reads them all (so the kernel drops nothing).
@@ -66,7 +73,8 @@ print(f"sent {sent} UDP flows, received {got[0]}")
 PY
 # Wait for the drain that holds them, and its write.
 sleep 25
-echo "agent after draining 100 000 live flows: VmRSS $(rss VmRSS:) KiB, peak VmHWM $(rss VmHWM:) KiB"
+echo "agent after draining 100 000 live flows: VmRSS $(rss VmRSS:) KiB, peak VmHWM $(rss VmHWM:) KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+grep -o 'records=[0-9]*' "$work/agent.log" | tail -3 || true
 [ "${NO_LISTEN:-0}" = 1 ] || t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $(cat "$work/token")" \
   "http://127.0.0.1:$port/api/v1/flows?protocol=UDP&limit=10000")
 [ "${NO_LISTEN:-0}" = 1 ] || echo "one page of 10 000 rows from the agent: ${t} s"
