@@ -72,6 +72,10 @@ YAML
     { cat "$dir/lab-up.log" >&2; return 1; }
   LAB_PLAN="$FLOWPOL_LAB_DIR/$lab/plan.json"
   LAB_CG2=$(cgroup2_mount)
+  # The node netns tracks every connection (its nftables NAT) and keeps a closed one in TIME_WAIT
+  # for 120 s, so with nf_conntrack_max (262 144 here) the lab itself would cap sustained new
+  # connections at ~2 200/s ("nf_conntrack: table full"). 1 s keeps the agent the thing measured.
+  ip netns exec "$(jq -r .node_netns "$LAB_PLAN")" sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=1
 }
 # pod WORKLOAD INDEX FIELD: netns | ip | cgroup (the first container's) of one replica.
 pod() {
