@@ -3,25 +3,28 @@
 #  1. flows/s served and latency of /api/v1/flows while ~10 000 flows/s are recorded
 #     (synthetic recorder on the agent's write path, no eBPF; any user);
 #  2. RSS of the real agent (eBPF, --listen) after a drain of 100 000 live flows (root only).
+# Env: SECONDS_API (20; 0 skips part 1), CLIENTS_API (2), NO_LISTEN=1, BENCH_RESULTS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# SKIP_PART1=1: only part 2. FLOWPOL_BIN=path: measure that agent binary (e.g. an older build).
-if [ "${SKIP_PART1:-0}" != 1 ]; then
-  cargo run -q --release -p flowpol --no-default-features --example bench_api -- \
-    --seconds "${SECONDS_API:-20}" --clients "${CLIENTS_API:-2}"
+. scripts/bench-lib.sh
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+# SECONDS_API=0 or SKIP_PART1=1: only part 2. FLOWPOL_BIN=path: measure that agent binary.
+if [ "${SECONDS_API:-20}" != 0 ] && [ "${SKIP_PART1:-0}" != 1 ]; then
+  cargo build -q --release -p flowpol --example bench_api
+  target/release/examples/bench_api --seconds "${SECONDS_API:-20}" --clients "${CLIENTS_API:-2}" | tee "$work/part1.txt"
+  result api.served_flows_per_s "$(sed -nE 's/^served ([0-9]+) flows\/s.*/\1/p' "$work/part1.txt")" flows/s -
+  result api.p99_latency "$(sed -nE 's/^served .* p99 ([0-9.]+) ms.*/\1/p' "$work/part1.txt")" ms -
 fi
 
 if [ "$(id -u)" != 0 ]; then
-  echo "agent RSS with 100 000 flows: skipped (needs root: eBPF)"
+  echo "agent RSS with 100 000 flows: NOT MEASURED (needs root: eBPF); run with sudo" >&2
+  result agent.rss_100k_live_flows - MiB "<=64"
+  rm -rf "$work"
   exit 0
 fi
-if [ -n "${FLOWPOL_BIN:-}" ]; then
-  bin=$FLOWPOL_BIN
-else
-  cargo build -q --release -p flowpol
-  bin=target/release/flowpol
-fi
-work=$(mktemp -d)
+[ -x target/release/flowpol ] || cargo build -q --release -p flowpol
+bin=${FLOWPOL_BIN:-target/release/flowpol}
 ns="fpapi-bench-$$"
 agent=""
 cleanup() {
@@ -73,7 +76,8 @@ print(f"sent {sent} UDP flows, received {got[0]}")
 PY
 # Wait for the drain that holds them, and its write.
 sleep 25
-echo "agent after draining 100 000 live flows: VmRSS $(rss VmRSS:) KiB, peak VmHWM $(rss VmHWM:) KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+rss_after=$(rss VmRSS:); rss_peak=$(rss VmHWM:)
+echo "agent after draining 100 000 live flows: VmRSS $rss_after KiB, peak VmHWM $rss_peak KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 grep -o 'records=[0-9]*' "$work/agent.log" | tail -3 || true
 [ "${NO_LISTEN:-0}" = 1 ] || t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $(cat "$work/token")" \
   "http://127.0.0.1:$port/api/v1/flows?protocol=UDP&limit=10000")
@@ -82,3 +86,7 @@ kill -TERM "$agent"; wait "$agent" || true; agent=""
 rows=$(sqlite3 "file:$work/flows.db?mode=ro" "select count(*) from flows where protocol = 17")
 echo "UDP rows stored: $rows"
 grep -E "capture loss|flow_map_full" "$work/agent.log" | head -3 || true
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k/1024}'; }
+result agent.rss_100k_live_flows "$(mib "$rss_after")" MiB "<=64"
+result agent.peak_rss_100k_live_flows "$(mib "$rss_peak")" MiB "<=64"
+result agent.flows_stored_of_100k "$rows" flows ">=100000"

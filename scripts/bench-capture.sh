@@ -3,15 +3,18 @@
 #  1. mean eBPF program cost per packet: kernel.bpf_stats_enabled=1, run_time_ns / run_cnt
 #     of each program, as logged by the agent when it stops;
 #  2. TCP throughput between two network namespaces without and with the agent
-#     attached, alternating in one run (iperf3), as a ratio.
-# Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN.
+#     attached, alternating in one run (iperf3), as a ratio (ROUNDS=0 skips it: scripts/bench.sh
+#     measures throughput between lab pods instead, scripts/bench-pods.sh);
+#  3. the socket programs' intrinsic cost, BPF_PROG_TEST_RUN (examples/capture_prog_cost.rs).
+# Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN, BENCH_RESULTS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/bench-lib.sh
 
 BIN=${FLOWPOL_BIN:-target/release/flowpol}
 ROUNDS=${ROUNDS:-3}
 DUR=${SECONDS_PER_RUN:-5}
-[ "$(id -u)" = 0 ] || { echo "bench-capture: needs root" >&2; exit 1; }
+need_root bench-capture
 [ -x "$BIN" ] || { echo "bench-capture: $BIN missing: run 'make build'" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "bench-capture: iperf3 missing: run 'make setup'" >&2; exit 1; }
 
@@ -61,26 +64,26 @@ stop_agent() {
 
 sysctl -qw kernel.bpf_stats_enabled=1
 base=(); with=()
-for r in $(seq "$ROUNDS"); do
+for r in $(seq 1 "$ROUNDS"); do
   b=$(gbps); base+=("$b")
   start_agent; w=$(gbps); stop_agent; with+=("$w")
   printf 'round %d: without agent %.2f Gbit/s, with agent %.2f Gbit/s\n' "$r" "$b" "$w"
 done
-mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
-mb=$(mean "${base[@]}"); mw=$(mean "${with[@]}")
-echo
-echo "TCP throughput, $ROUNDS x ${DUR}s each, alternating:"
-echo "  without agent: $mb Gbit/s"
-echo "  with agent:    $mw Gbit/s"
-awk -v a="$mw" -v b="$mb" 'BEGIN {printf "  ratio:         %.3f (target >= 0.97)\n", a/b}'
 prog_stats() {
-  grep "program stats" "$1" |
-    sed -E 's/.*program="?([a-z_]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
-    awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) printf "  %-16s %12d runs  %7.1f ns/run\n", p, c[p], t[p]/c[p]}'
+  agent_prog_stats "$1" | awk '{printf "  %-16s %12d runs  %7.1f ns/run\n", $1, $2, $3}'
 }
-echo
-echo "eBPF program cost during the TCP rounds (bpf_stats; a run is often a GSO aggregate):"
-prog_stats "$WORK/agent-all.log"
+if [ "$ROUNDS" -gt 0 ]; then
+  mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
+  mb=$(mean "${base[@]}"); mw=$(mean "${with[@]}")
+  echo
+  echo "TCP throughput between two namespaces, $ROUNDS x ${DUR}s each, alternating:"
+  result netns.tcp_throughput.without_agent "$mb" Gbit/s -
+  result netns.tcp_throughput.with_agent "$mw" Gbit/s -
+  result netns.tcp_throughput.ratio "$(awk -v a="$mw" -v b="$mb" 'BEGIN {printf "%.3f", a/b}')" ratio ">=0.97"
+  echo
+  echo "eBPF program cost during the TCP rounds (bpf_stats; a run is often a GSO aggregate):"
+  prog_stats "$WORK/agent-all.log"
+fi
 
 # One packet per run: small UDP datagrams (no GSO), agent attached.
 : > "$WORK/agent-all.log"
@@ -88,5 +91,17 @@ start_agent
 ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
 stop_agent
 echo
-echo "eBPF program cost with 200-byte UDP datagrams for ${DUR}s (one packet per run):"
+echo "eBPF program cost with 200-byte UDP datagrams for ${DUR}s (one packet per run; bpf_stats):"
 prog_stats "$WORK/agent-all.log"
+agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
+  result "prog.$p.ns_per_packet.udp200" "$ns" ns/pkt "<=100"
+done
+# tc programs run only with --tc-interfaces on interfaces of the root netns; this bench makes
+# traffic only inside its own namespaces, so it attaches none.
+echo
+echo "socket programs' intrinsic cost (BPF_PROG_TEST_RUN, 1 460-byte TCP segment of an existing flow):"
+cargo build -q --release -p flowpol --example capture_prog_cost
+target/release/examples/capture_prog_cost | tee "$WORK/test-run.txt"
+sed -nE 's/^(flow_[a-z]+): ([0-9]+) ns.*/\1 \2/p' "$WORK/test-run.txt" | while read -r p ns; do
+  result "prog.$p.ns_per_packet.test_run" "$ns" ns/pkt "<=100"
+done

@@ -4,9 +4,9 @@
 //! the release `flowpol recommend` / `flowpol audit`).
 //!
 //!     cargo run --release -p flowpol --no-default-features --example bench_recommend -- \
-//!         --dir /tmp/fp-bench [--rows 10000000] [--distinct 200000]
+//!         --dir /tmp/fp-bench [--rows 10000000] [--distinct 200000] [--workloads 1000]
 //!
-//! Cluster: 10 namespaces, 1 000 Deployments of 10 pods each (10 000 pods with IPs, owned
+//! Cluster: 10 namespaces, `--workloads` (default 1 000) Deployments of 10 pods each (10 000 pods with IPs, owned
 //! through ReplicaSets), kube-dns in kube-system, one Node. Traffic: each workload calls 5
 //! others on 8080/TCP and resolves names through kube-dns (1 in 10 flows); `--distinct`
 //! connections (5-tuples), each recorded in `rows / distinct` drain intervals (one stored
@@ -35,12 +35,21 @@ struct Args {
     /// Distinct connections (5-tuples) among them.
     #[arg(long, default_value_t = 200_000)]
     distinct: usize,
+    /// Deployments (10 pods each): 100 for a 1 000-pod cluster, 1 000 for 10 000 pods.
+    #[arg(long, default_value_t = 1_000)]
+    workloads: usize,
     /// Rows per write transaction.
     #[arg(long, default_value_t = 100_000)]
     batch: usize,
 }
 
-const WORKLOADS: usize = 1_000;
+/// Deployments in the cluster (`--workloads`), set once before anything is generated.
+static WORKLOADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
+fn workloads() -> usize {
+    *WORKLOADS.get().expect("set from --workloads in main")
+}
+
 const PODS_PER_WORKLOAD: usize = 10;
 const NAMESPACES: usize = 10;
 
@@ -69,7 +78,7 @@ fn cluster_yaml() -> String {
         out,
         "---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: kube-system}}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: coredns, namespace: kube-system}}\nspec:\n  selector: {{matchLabels: {{k8s-app: kube-dns}}}}\n  template:\n    metadata: {{labels: {{k8s-app: kube-dns}}}}\n    spec: {{containers: [{{name: dns, ports: [{{containerPort: 53, protocol: UDP}}, {{containerPort: 53, protocol: TCP}}]}}]}}\n---\napiVersion: v1\nkind: Pod\nmetadata:\n  name: coredns-5d8f9c7b6-aaaaa\n  namespace: kube-system\n  labels: {{k8s-app: kube-dns, pod-template-hash: 5d8f9c7b6}}\n  ownerReferences: [{{apiVersion: apps/v1, kind: ReplicaSet, name: coredns-5d8f9c7b6, uid: rs-dns, controller: true}}]\nspec: {{containers: [{{name: dns}}]}}\nstatus: {{podIP: 10.244.0.10}}\n"
     );
-    for w in 0..WORKLOADS {
+    for w in 0..workloads() {
         let ns = ns(w);
         let _ = write!(
             out,
@@ -119,14 +128,14 @@ fn dns_end() -> Endpoint {
 
 /// The k-th distinct connection.
 fn connection(k: usize) -> FlowRecord {
-    let a = k % WORKLOADS;
-    let round = k / WORKLOADS;
+    let a = k % workloads();
+    let round = k / workloads();
     let src_pod = round % PODS_PER_WORKLOAD;
     let src_port = 10_000 + (round % 50_000) as u16;
     let (dst, protocol) = if k % 10 == 9 {
         (dns_end(), Protocol::Udp)
     } else {
-        let b = (a * 7 + round % 5 + 1) % WORKLOADS;
+        let b = (a * 7 + round % 5 + 1) % workloads();
         (end(b, (round / 3) % PODS_PER_WORKLOAD, 8080), Protocol::Tcp)
     };
     FlowRecord {
@@ -150,6 +159,13 @@ fn connection(k: usize) -> FlowRecord {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.workloads == 0 || args.workloads * PODS_PER_WORKLOAD > 60_000 {
+        anyhow::bail!(
+            "--workloads {}: want 1 to 6 000 (10 pods each, pod IPs in 10.244.0.0/16)",
+            args.workloads
+        );
+    }
+    WORKLOADS.set(args.workloads).expect("set once");
     std::fs::create_dir_all(&args.dir)?;
     std::fs::write(args.dir.join("cluster.yaml"), cluster_yaml())?;
     let db = args.dir.join("flows.db");
@@ -190,8 +206,8 @@ async fn main() -> anyhow::Result<()> {
         "wrote {written} rows ({} distinct connections x {intervals} intervals) in {secs:.1} s ({:.0} rows/s); cluster: {} pods, {} workloads",
         args.distinct,
         written as f64 / secs,
-        WORKLOADS * PODS_PER_WORKLOAD + 1,
-        WORKLOADS + 1
+        workloads() * PODS_PER_WORKLOAD + 1,
+        workloads() + 1
     );
     Ok(())
 }

@@ -1,0 +1,91 @@
+# Sourced by scripts/bench-*.sh and scripts/soak.sh: shared helpers.
+#
+# result NAME VALUE UNIT TARGET prints a figure and, when BENCH_RESULTS names a file (set by
+# scripts/bench.sh), appends it there as one line `NAME VALUE UNIT TARGET` for the summary
+# (scripts/bench-summary.sh). TARGET is `>=N`, `<=N` or `-` (no target); VALUE is a number or
+# `-` when it could not be measured. Names and units contain no spaces.
+result() {
+  local name=$1 value=$2 unit=$3 target=${4:--}
+  printf '  %-44s %12s %-10s target %s\n' "$name" "$value" "$unit" "$target"
+  if [ -n "${BENCH_RESULTS:-}" ]; then
+    printf '%s %s %s %s\n' "$name" "$value" "$unit" "$target" >> "$BENCH_RESULTS"
+  fi
+}
+
+# need_root WHAT: exit 1 with a clear message when not root.
+need_root() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "$1: needs root (eBPF, network namespaces, cgroups): run it with sudo" >&2
+    exit 1
+  fi
+}
+
+# cgroup2_mount: where cgroup v2 is mounted (hybrid hosts mount it under /sys/fs/cgroup/unified).
+cgroup2_mount() { awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts; }
+
+# ip_hex A.B.C.D: the 4-byte blob the store writes for an IPv4 address, as SQLite hex.
+ip_hex() { local IFS=.; set -- $1; printf "%02X%02X%02X%02X" "$1" "$2" "$3" "$4"; }
+
+# agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log
+# lines (`program stats`, kernel.bpf_stats_enabled=1), summed over the runs in LOG.
+agent_prog_stats() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "program stats" |
+    sed -E 's/.*program="?([a-z_0-9]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
+    awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) if (c[p] > 0) printf "%s %d %.1f\n", p, c[p], t[p]/c[p]}' | sort
+}
+
+# lab_pods_up BIN LAB DIR CLIENTS: `flowpol lab up` of a namespace `bench` with one `server` pod
+# and CLIENTS `client` pods (state under DIR, FLOWPOL_LAB_DIR set here); then `pod` and `in_pod`
+# below read its plan. The caller runs `"$BIN" lab down --lab "$LAB"` on exit.
+lab_pods_up() {
+  local bin=$1 lab=$2 dir=$3 clients=$4
+  export FLOWPOL_LAB_DIR="$dir/state"
+  mkdir -p "$dir/scenario"
+  cat > "$dir/scenario/app.yaml" <<YAML
+apiVersion: v1
+kind: Namespace
+metadata: {name: bench}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: server, namespace: bench}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: server}}
+  template:
+    metadata: {labels: {app: server}}
+    spec:
+      containers: [{name: server, ports: [{name: http, containerPort: 8080}]}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: client, namespace: bench}
+spec:
+  replicas: $clients
+  selector: {matchLabels: {app: client}}
+  template:
+    metadata: {labels: {app: client}}
+    spec:
+      containers: [{name: client}]
+YAML
+  "$bin" lab up --scenario "$dir/scenario" --lab "$lab" > "$dir/lab-up.log" 2>&1 ||
+    { cat "$dir/lab-up.log" >&2; return 1; }
+  LAB_PLAN="$FLOWPOL_LAB_DIR/$lab/plan.json"
+  LAB_CG2=$(cgroup2_mount)
+  # The node netns tracks every connection (its nftables NAT) and keeps a closed one in TIME_WAIT
+  # for 120 s, so with nf_conntrack_max (262 144 here) the lab itself would cap sustained new
+  # connections at ~2 200/s ("nf_conntrack: table full"). 1 s keeps the agent the thing measured.
+  ip netns exec "$(jq -r .node_netns "$LAB_PLAN")" sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_time_wait=1
+}
+# pod WORKLOAD INDEX FIELD: netns | ip | cgroup (the first container's) of one replica.
+pod() {
+  jq -r --arg w "$1" --argjson i "$2" --arg f "$3" '
+    [.pods[] | select(.namespace == "bench" and .workload == $w)][$i] |
+    if $f == "ip" then .ips[0] elif $f == "cgroup" then .containers[0].cgroup else .[$f] end' "$LAB_PLAN"
+}
+# in_pod WORKLOAD INDEX CMD...: CMD inside the pod's netns and its container's cgroup (so
+# `lab down` kills it with the pod).
+in_pod() {
+  local ns cg; ns=$(pod "$1" "$2" netns); cg=$(pod "$1" "$2" cgroup); shift 2
+  sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" ip netns exec "$ns" "$@"
+}
