@@ -281,7 +281,7 @@ fn drain_once(
     loss_totals: &mut Vec<(&'static str, u64)>,
     summary: &mut RunSummary,
 ) -> Result<DrainBatch, AgentError> {
-    let flows = capture.drain(final_drain)?;
+    let flows = capture.drain_compact(final_drain)?;
     let recorded_at = Utc::now();
     summary.drains += 1;
     summary.records += flows.len() as u64;

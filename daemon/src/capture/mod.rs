@@ -14,6 +14,8 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use flowpol_recommender::flow::FlowRecord;
+
 use assemble::{Assembler, Clock, CompactFlow, DrainSource, Sources};
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
@@ -280,10 +282,16 @@ impl Capture {
     }
 
     /// Reads and empties the maps the programs wrote since the last drain and
-    /// assembles them into records, [`DRAIN_CHUNK`] map entries at a time: the
-    /// maps are never copied whole into memory. `final_drain` flushes flows held
-    /// back waiting for a SYN-ACK.
-    pub fn drain(&mut self, final_drain: bool) -> Result<Vec<CompactFlow>, CaptureError> {
+    /// assembles them into records. `final_drain` flushes flows held back
+    /// waiting for a SYN-ACK. (The agent uses [`Capture::drain_compact`].)
+    pub fn drain(&mut self, final_drain: bool) -> Result<Vec<FlowRecord>, CaptureError> {
+        let flows = self.drain_compact(final_drain)?;
+        Ok(flows.iter().map(CompactFlow::to_record).collect())
+    }
+
+    /// [`Capture::drain`] into compact records, [`DRAIN_CHUNK`] map entries at
+    /// a time: the maps are never copied whole into memory.
+    pub fn drain_compact(&mut self, final_drain: bool) -> Result<Vec<CompactFlow>, CaptureError> {
         let idle = self.active as usize;
         self.active ^= 1;
         self.control
