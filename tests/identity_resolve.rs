@@ -743,3 +743,84 @@ fn dual_stack_pods_and_services_resolve_over_ipv6_as_over_ipv4() {
     assert_eq!(f.dst.kind, Some(EndpointKind::External));
     assert_eq!(f.src.pod.as_deref(), Some("client-5d8f9c7b6-c1"));
 }
+
+/// A connection from a client pod to a Service whose backend shares the node: the client's
+/// socket records it to the Service address, the backend's socket to the pod address. The
+/// agent keeps the client's view only (it names the Service, the backend and the pod port).
+#[cfg(feature = "agent")]
+#[test]
+fn a_local_connection_through_a_service_is_kept_once() {
+    use flowpol::capture::assemble::CompactFlow;
+    let id = Identity::new();
+    let mut all = web_backends();
+    all.push(objects::service(
+        "shop",
+        "web",
+        "10.96.0.20",
+        80,
+        json!(8080),
+    ));
+    all.push(objects::endpoint_slice(
+        "shop",
+        "web",
+        &["10.244.0.5", "10.244.0.6"],
+        8080,
+    ));
+    sync(&id, 0, all);
+    let e = enricher(&id);
+    let view = |sport: u16, dst: &str, dport: u16, verdict: Verdict| CompactFlow {
+        src: ("10.244.0.2".parse().unwrap(), sport),
+        dst: (dst.parse().unwrap(), dport),
+        protocol: Protocol::Tcp,
+        packets: 6,
+        bytes: 500,
+        reply_packets: 5,
+        reply_bytes: 900,
+        first_seen: t(10),
+        last_seen: t(11),
+        verdict,
+        drop_reason: None,
+        tcp_flags: TcpFlags::SYN | TcpFlags::SYN_ACK,
+        cgroup_id: Some(7),
+    };
+    let flows = vec![
+        // Client's view and backend's view of one connection.
+        view(40000, "10.96.0.20", 80, Verdict::Forwarded),
+        view(40000, "10.244.0.6", 8080, Verdict::Forwarded),
+        // The same client port to a pod the Service does not send to: another connection.
+        view(40000, "10.244.0.7", 8080, Verdict::Forwarded),
+        // Another client port straight to a backend: another connection.
+        view(40001, "10.244.0.5", 8080, Verdict::Forwarded),
+        // The backend's port but not the Service's target port.
+        view(40000, "10.244.0.5", 9090, Verdict::Forwarded),
+    ];
+    let kept = e
+        .fold_service_views(&flows)
+        .expect("the backend's view is folded");
+    let kept_dsts: Vec<String> = kept
+        .iter()
+        .map(|f| format!("{}:{}", f.dst.0, f.dst.1))
+        .collect();
+    assert_eq!(
+        kept_dsts,
+        [
+            "10.96.0.20:80",
+            "10.244.0.7:8080",
+            "10.244.0.5:8080",
+            "10.244.0.5:9090"
+        ]
+    );
+    // The kept view names the Service, the backend workload and its pod port once enriched.
+    let client = enriched(&e, kept[0].to_record());
+    assert_eq!(client.dst.service.as_deref(), Some("shop/web"));
+    assert_eq!(client.dst.port, 8080);
+    assert_eq!(client.packets, 6, "counted once, from the client's socket");
+    // Nothing to fold: no copy.
+    assert!(e.fold_service_views(&flows[2..]).is_none());
+    // A dropped view is evidence of its own, never folded.
+    let dropped = vec![
+        view(40000, "10.96.0.20", 80, Verdict::Forwarded),
+        view(40000, "10.244.0.6", 8080, Verdict::Dropped),
+    ];
+    assert!(e.fold_service_views(&dropped).is_none());
+}

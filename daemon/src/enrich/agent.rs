@@ -152,6 +152,9 @@ impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<
             // Enriching is idempotent, so a batch the store retries resolves the
             // same. The sinks enrich a chunk of records at a time as they write.
             let mut enriched = batch.clone();
+            if let Some(folded) = self.enricher.fold_service_views(&batch.flows) {
+                enriched.flows = Arc::new(folded);
+            }
             enriched.enrich = Some(self.enricher.clone());
             self.inner.write(&enriched).await
         })

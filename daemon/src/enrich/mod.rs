@@ -229,6 +229,31 @@ fn resolve_with(tl: &Timeline, ep: &mut Endpoint, protocol: Protocol, t: Millis,
     }
 }
 
+/// The (pod address, pod port) of each backend of Service `s` for `dialed` on `protocol`, as
+/// its EndpointSlices give them (a numeric targetPort when they name no port).
+#[cfg(feature = "agent")]
+fn service_backends(
+    s: &ServiceOwner,
+    protocol: Protocol,
+    dialed: u16,
+) -> Vec<(std::net::IpAddr, u16)> {
+    let Some(spec) = s
+        .ports
+        .iter()
+        .find(|p| p.protocol == protocol && p.port == dialed)
+    else {
+        return Vec::new();
+    };
+    s.backends
+        .iter()
+        .filter_map(|b| match (b.ports.get(&spec.name), &spec.target_port) {
+            (Some(port), _) => Some((b.ip, *port)),
+            (None, TargetPort::Number(n)) if b.ports.is_empty() => Some((b.ip, *n)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A flow sent to a Service address: name the Service, the backend workload and the pod port.
 fn resolve_service(
     tl: &Timeline,
@@ -348,6 +373,73 @@ impl Enricher {
 
     pub fn identity(&self) -> &Arc<Identity> {
         &self.identity
+    }
+
+    /// The flows of an interval that are the server's view of a connection another flow of
+    /// the same interval records as sent to a Service address: when client and backend pod
+    /// share the node, the client's socket sees the Service address (it is translated on the
+    /// way) and the backend's socket the pod address, so capture keeps two flows for one
+    /// connection. Returns the flows without those server views (the client's view, which
+    /// names the Service, the backend and its pod port once enriched, stays), or `None` when
+    /// there are none.
+    #[cfg(feature = "agent")]
+    pub fn fold_service_views(
+        &self,
+        flows: &[crate::capture::assemble::CompactFlow],
+    ) -> Option<Vec<crate::capture::assemble::CompactFlow>> {
+        use flowpol_recommender::flow::Verdict;
+        type From = (Protocol, crate::capture::assemble::Addr);
+        let forwarded = |i: usize| flows[i].verdict == Verdict::Forwarded;
+        // Flows by their opener: only an opener with two or more flows can have both views.
+        let mut by_opener: HashMap<From, Vec<usize>> = HashMap::new();
+        for (i, f) in flows.iter().enumerate().filter(|(i, _)| forwarded(*i)) {
+            by_opener.entry((f.protocol, f.src)).or_default().push(i);
+        }
+        by_opener.retain(|_, v| v.len() > 1);
+        if by_opener.is_empty() {
+            return None;
+        }
+        let inner = self
+            .identity
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner());
+        let tl = &inner.timeline;
+        let mut server_view = vec![false; flows.len()];
+        for same_opener in by_opener.values() {
+            for &i in same_opener {
+                let client = &flows[i];
+                let t = client.first_seen.timestamp_millis();
+                let Some(Owner::Service(svc)) =
+                    tl.at(&Key::Ip(client.dst.0), t).map(|iv| iv.owner.as_ref())
+                else {
+                    continue;
+                };
+                let backends = service_backends(svc, client.protocol, client.dst.1);
+                for &j in same_opener {
+                    let server = &flows[j];
+                    if j != i
+                        && !server_view[j]
+                        && backends.contains(&server.dst)
+                        && server.first_seen <= client.last_seen
+                        && client.first_seen <= server.last_seen
+                    {
+                        server_view[j] = true;
+                    }
+                }
+            }
+        }
+        if !server_view.contains(&true) {
+            return None;
+        }
+        Some(
+            flows
+                .iter()
+                .zip(server_view)
+                .filter(|(_, dup)| !dup)
+                .map(|(f, _)| f.clone())
+                .collect(),
+        )
     }
 
     /// Resolves both ends of every record as of its `first_seen`. Socket records go first so
