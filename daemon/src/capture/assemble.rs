@@ -280,6 +280,14 @@ struct Opener {
     last_seen_mono: u64,
 }
 
+/// Shrinks `map` to twice its length when under a quarter of its capacity is used (and it is
+/// big enough for that to matter).
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 4096 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
 /// Upper bound on flows held back waiting for a SYN-ACK (SYN floods).
 const MAX_PENDING: usize = 100_000;
 
@@ -419,6 +427,11 @@ impl Assembler {
         });
         self.tc_forward
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
+        // A hash table never gives back what a burst made it grow to: shrink once it is
+        // mostly empty, so memory follows the flows still remembered.
+        shrink_if_sparse(&mut self.openers);
+        shrink_if_sparse(&mut self.tc_forward);
+        shrink_if_sparse(&mut self.pending);
     }
 
     /// Number of TCP flows held back waiting for a SYN-ACK.
@@ -903,6 +916,21 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    #[test]
+    fn remembered_flow_tables_give_memory_back_after_a_burst() {
+        let mut map: HashMap<u64, u64> = (0..200_000).map(|i| (i, i)).collect();
+        let grown = map.capacity();
+        map.retain(|k, _| *k < 1_000);
+        shrink_if_sparse(&mut map);
+        assert!(map.capacity() < grown / 50, "{} of {grown}", map.capacity());
+        assert_eq!(map.len(), 1_000);
+        // A well-used table is left alone.
+        let mut used: HashMap<u64, u64> = (0..10_000).map(|i| (i, i)).collect();
+        let cap = used.capacity();
+        shrink_if_sparse(&mut used);
+        assert_eq!(used.capacity(), cap);
+    }
 
     const SEC: u64 = 1_000_000_000;
 
