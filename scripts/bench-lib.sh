@@ -29,7 +29,7 @@ ip_hex() { local IFS=.; set -- $1; printf "%02X%02X%02X%02X" "$1" "$2" "$3" "$4"
 # agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log
 # lines (`program stats`, kernel.bpf_stats_enabled=1), summed over the runs in LOG.
 agent_prog_stats() {
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "program stats" |
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | { grep "program stats" || true; } |
     sed -E 's/.*program="?([a-z_0-9]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
     awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) if (c[p] > 0) printf "%s %d %.1f\n", p, c[p], t[p]/c[p]}' | sort
 }
