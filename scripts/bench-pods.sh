@@ -39,7 +39,8 @@ cleanup() {
   sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE"
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # run the EXIT cleanup once, then stop
 
 lab_pods_up "$BIN" "$LAB" "$WORK" "$CLIENTS"
 SERVER_IP=$(pod server 0 ip)

@@ -37,7 +37,8 @@ cleanup() {
   "$BIN" lab down --lab "$LAB" >/dev/null 2>&1
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # run the EXIT cleanup once, then stop
 
 lab_pods_up "$BIN" "$LAB" "$WORK" "$CLIENTS"
 SERVER_IP=$(pod server 0 ip)
