@@ -23,6 +23,8 @@ lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --exclude flowpol-ebpf --all-targets -- -D warnings
 	$(CARGO) clippy -p flowpol --no-default-features --all-targets -- -D warnings
+	# The CLI without the agent builds off Linux too (stable Rust, no eBPF toolchain).
+	$(CARGO) check -p flowpol --no-default-features --lib --bins --target x86_64-pc-windows-gnu
 
 ## The whole suite. Privileged tests (eBPF, network namespaces) need root; they
 ## are skipped, loudly, only when not root and CI is unset.

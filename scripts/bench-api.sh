@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-if [ "${SECONDS_API:-20}" != 0 ]; then
+# SECONDS_API=0 or SKIP_PART1=1: only part 2. FLOWPOL_BIN=path: measure that agent binary.
+if [ "${SECONDS_API:-20}" != 0 ] && [ "${SKIP_PART1:-0}" != 1 ]; then
   cargo build -q --release -p flowpol --example bench_api
   target/release/examples/bench_api --seconds "${SECONDS_API:-20}" --clients "${CLIENTS_API:-2}" | tee "$work/part1.txt"
   result api.served_flows_per_s "$(sed -nE 's/^served ([0-9]+) flows\/s.*/\1/p' "$work/part1.txt")" flows/s -
@@ -44,7 +45,7 @@ agent=$!
 for _ in $(seq 100); do grep -q "capture attached" "$work/agent.log" && break; sleep 0.2; done
 grep -q "capture attached" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }
 rss() { awk -v k="$1" '$1==k {print $2}' "/proc/$agent/status"; }
-echo "agent idle: VmRSS $(rss VmRSS:) KiB"
+echo "agent idle: VmRSS $(rss VmRSS:) KiB, VmHWM $(rss VmHWM:) KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
 # (Both local sockets of a flow hold a map entry: 200 000 entries for 100 000 flows.)
 # 100 000 distinct UDP flows inside the namespace: 4 source addresses x 25 000 source ports to one
 # receiver that reads them all (so the kernel drops nothing).
@@ -76,7 +77,8 @@ PY
 # Wait for the drain that holds them, and its write.
 sleep 25
 rss_after=$(rss VmRSS:); rss_peak=$(rss VmHWM:)
-echo "agent after draining 100 000 live flows: VmRSS $rss_after KiB, peak VmHWM $rss_peak KiB"
+echo "agent after draining 100 000 live flows: VmRSS $rss_after KiB, peak VmHWM $rss_peak KiB; load average: $(cut -d' ' -f1-3 /proc/loadavg)"
+grep -o 'records=[0-9]*' "$work/agent.log" | tail -3 || true
 [ "${NO_LISTEN:-0}" = 1 ] || t=$(curl -s -o /dev/null -w '%{time_total}' -H "Authorization: Bearer $(cat "$work/token")" \
   "http://127.0.0.1:$port/api/v1/flows?protocol=UDP&limit=10000")
 [ "${NO_LISTEN:-0}" = 1 ] || echo "one page of 10 000 rows from the agent: ${t} s"

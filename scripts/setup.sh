@@ -88,4 +88,21 @@ if command -v npm >/dev/null 2>&1 && { ! cmp -s "$repo_root/deploy/tools/package
   (cd "$deploy_tools" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 fi
 
+# --- the CLI off Linux: `make lint` checks it for Windows (mingw links nothing here,
+# but libsqlite3-sys compiles SQLite's C for the target) ---------------------------
+if ! rustup target list --installed | grep -qx 'x86_64-pc-windows-gnu'; then
+  log "adding the x86_64-pc-windows-gnu target (stable)"
+  rustup target add x86_64-pc-windows-gnu
+fi
+if ! command -v x86_64-w64-mingw32-gcc >/dev/null 2>&1; then
+  if need_root; then
+    log "installing apt packages: gcc-mingw-w64-x86-64"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends gcc-mingw-w64-x86-64 >/dev/null
+  else
+    log "WARNING: gcc-mingw-w64-x86-64 missing and not root; make lint's Windows check needs it"
+  fi
+fi
+
 log "ok"

@@ -517,6 +517,16 @@ fn workloads_and_the_labels_a_policy_selects_on() {
         client.selector.iter().collect::<Vec<_>>(),
         vec![(&"app".to_string(), &"client".to_string())]
     );
+    // Flow records carry that selector next to the labels: `src.selector` in JSON.
+    let f = enriched(&e, flow("10.244.0.2", 40000, "10.244.0.31", 80, 10, None));
+    assert_eq!(f.src.selector, client.selector.as_ref().clone());
+    let v = serde_json::to_value(&f).unwrap();
+    assert_eq!(v["src"]["selector"], json!({"app": "client"}), "{v:#}");
+    // A controller whose object is not watched (StatefulSet): its pods' stable labels.
+    assert_eq!(v["dst"]["selector"], json!({"app": "db"}), "{v:#}");
+    // An address no pod holds (the finished Job pod gave it back) has none.
+    let bare = enriched(&e, flow("10.244.0.2", 40000, "10.244.0.33", 80, 10, None));
+    assert!(bare.dst.selector.is_empty(), "{:?}", bare.dst);
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! The agent's HTTP API over real HTTP, serving a store filled through the
 //! Store API (no eBPF, no root): authentication, health, readiness, metrics,
-//! filters, paging, follow mode and malformed queries.
+//! filters, paging, follow mode, malformed queries, and oversized or non-HTTP requests.
 #[path = "serve_support/mod.rs"]
 mod support;
 
@@ -337,4 +337,96 @@ async fn config_file_env_and_flags_in_that_order() {
         err.contains("flowpol.yaml") && err.contains("unknown key `dbb`"),
         "{err}"
     );
+}
+
+/// Sends `request` as raw bytes and returns what the server answered before closing
+/// (empty when it closed without an answer).
+async fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The server may answer and close before reading all of an oversized request.
+    let _ = s.write_all(request).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), s.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn oversized_and_malformed_requests_are_refused_and_the_server_stays_up() {
+    let mut agent = TestAgent::start(&sample()).await;
+    let a = agent.addr;
+    let status_line = |answer: &str| answer.lines().next().unwrap_or("").to_string();
+    // A 64 KiB query string: over the 16 KiB request limit.
+    let long = format!(
+        "GET /api/v1/flows?namespace={} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let answer = raw_exchange(a, long.as_bytes()).await;
+    assert!(
+        answer.is_empty()
+            || status_line(&answer).contains(" 431 ")
+            || status_line(&answer).contains(" 414 "),
+        "oversized request: {}",
+        status_line(&answer)
+    );
+    // 64 KiB of headers.
+    let headers = format!(
+        "GET /healthz HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n",
+        "b".repeat(64 * 1024)
+    );
+    let answer = raw_exchange(a, headers.as_bytes()).await;
+    assert!(
+        status_line(&answer).contains(" 431 "),
+        "oversized headers: {}",
+        status_line(&answer)
+    );
+    // Not HTTP at all.
+    let answer = raw_exchange(a, b"\x16\x03\x01 hello, this is not HTTP\r\n\r\n").await;
+    assert!(
+        status_line(&answer).contains(" 400 "),
+        "garbage: {}",
+        status_line(&answer)
+    );
+    // A header that cannot be a token, and a body on a query.
+    let odd = get_with(
+        a,
+        "/api/v1/flows",
+        &[("authorization", "Basic Zm9vOmJhcg==")],
+    )
+    .await;
+    assert_eq!(odd.status, 401, "{}", odd.body);
+    let with_body = raw_exchange(
+        a,
+        format!(
+            "GET /api/v1/flows?limit=1 HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: 5\r\nconnection: close\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        status_line(&with_body).contains(" 200 "),
+        "{}",
+        status_line(&with_body)
+    );
+    // Unknown methods on a read-only API.
+    let post = raw_exchange(
+        a,
+        format!(
+            "POST /api/v1/flows HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\
+             content-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert!(
+        status_line(&post).contains(" 405 "),
+        "{}",
+        status_line(&post)
+    );
+    // After all that, the server still answers.
+    assert_eq!(get(a, "/healthz", None).await.status, 200);
+    let ok = get(a, "/api/v1/flows?limit=1", Some(TOKEN)).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    agent.stop().await;
 }

@@ -166,7 +166,67 @@ async fn follow_streams_from_every_node() {
             other => panic!("node-c's failure was not reported: {other:?}"),
         }
     }
+    // node-c stays down: reported at each retry, always node-c.
+    failed.dedup();
     assert_eq!(failed, vec!["node-c".to_string()]);
+    task.abort();
+}
+
+#[tokio::test]
+async fn follow_reopens_the_stream_of_an_agent_that_restarted() {
+    let mut c = cluster().await;
+    let client = c.peer.kube_client();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
+    let filter = FlowFilter::default();
+    let task = tokio::spawn(async move { follow_flows(&client, &target(), &filter, tx).await });
+    for _ in 0..400 {
+        if c.a.state.live.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        c.a.state.live.receiver_count() > 0,
+        "node-a's stream never opened"
+    );
+    c.a.restart().await;
+
+    // The end of node-a's stream is reported with the retry...
+    let report = loop {
+        match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+            Ok(Some(FollowEvent::Failed(f))) if f.node == "node-a" => break f.error,
+            Ok(Some(_)) => {}
+            other => panic!("node-a's stream end was not reported: {other:?}"),
+        }
+    };
+    assert!(
+        report.contains("ended the stream") && report.contains("reconnecting in"),
+        "{report}"
+    );
+    // ...and the stream reopened: a flow recorded after the restart arrives.
+    let mut after = c.cross.clone();
+    after.dst.port = 3333;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut delivered = false;
+    while !delivered && tokio::time::Instant::now() < deadline {
+        c.a.record(std::slice::from_ref(&after)).await;
+        let wait = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                e = rx.recv() => match e {
+                    Some(FollowEvent::Flow { node, flow }) if node == "node-a" && flow.dst.port == 3333 => {
+                        delivered = true;
+                        break;
+                    }
+                    Some(_) => {}
+                    None => panic!("the follow ended"),
+                },
+                _ = &mut wait => break,
+            }
+        }
+    }
+    assert!(delivered, "no flow from node-a after its restart");
     task.abort();
 }
 

@@ -1,7 +1,8 @@
 //! The real agent (eBPF capture, identity from manifests) serving its HTTP API
 //! while traffic flows between network namespaces: every endpoint over real
 //! HTTP with and without the token, metrics that move with traffic, follow
-//! mode, a 400 for a bad label selector, and a clean SIGTERM shutdown.
+//! mode, a 400 for a bad label selector, and a clean SIGTERM shutdown; a full flow map and
+//! ring buffer counted in the log, the metrics and `flowpol flows`.
 #[path = "support/netns.rs"]
 mod netns;
 #[path = "serve_support/mod.rs"]
@@ -215,5 +216,139 @@ async fn privileged_agent_serves_its_api_while_capturing() {
     assert!(
         TcpStream::connect(addr).is_err(),
         "the API port is closed after exit"
+    );
+}
+
+/// `flowpol flows --db PATH -o json`'s stderr loss report, as counter → total.
+fn reported_losses(db: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args(["flows", "-o", "json", "--db"])
+        .arg(db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let Some(list) = stderr.lines().find_map(|l| {
+        l.split_once("undercounted: ")
+            .map(|(_, list)| list.to_string())
+    }) else {
+        return Default::default();
+    };
+    list.split(", ")
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.trim().parse().unwrap())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_fault_full_flow_map_and_ring_buffer_are_counted_in_metrics_and_flows_output() {
+    require_root();
+    let lab = Lab::new(2);
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let addr: SocketAddr = listen.parse().unwrap();
+    // 64 map entries: most flows spill to the 1 MiB ring buffer, which is read once per
+    // interval, so a burst of spilled packets fills it too.
+    let mut agent = Agent::start(&[
+        "--interval",
+        "2s",
+        "--flow-map-entries",
+        "64",
+        "--listen",
+        &listen,
+        "--token-file",
+        token.to_str().unwrap(),
+    ]);
+    let sink_ip = lab.hosts[1].v4;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let sink = lab.hosts[1].ns.spawn(move || {
+        let s = std::net::UdpSocket::bind(SocketAddr::new(sink_ip, 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        tx.send(s.local_addr().unwrap().port()).unwrap();
+        let mut buf = [0u8; 256];
+        while !stop2.load(std::sync::atomic::Ordering::SeqCst) {
+            let _ = s.recv_from(&mut buf);
+        }
+    });
+    let sink_port = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    // 500 flows × 100 datagrams: far more spilled packets than the ring holds in an interval.
+    let sent = lab.hosts[0].ns.within(move || {
+        let mut sent = 0u64;
+        for _ in 0..500 {
+            let u = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            u.connect(SocketAddr::new(sink_ip, sink_port)).unwrap();
+            for _ in 0..100 {
+                if u.send(&[7u8; 16]).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        sent
+    });
+    assert!(sent > 40_000, "only {sent} datagrams sent");
+    // The metrics show both losses once a drain has counted them.
+    let series = |counter: &str| format!("flowpol_capture_losses_total{{counter=\"{counter}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let text = get(addr, "/metrics", Some(TOKEN)).await.body;
+        if metric(&text, &series("flow_map_full")) > 0.0
+            && metric(&text, &series("ringbuf_full")) > 0.0
+        {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "losses not in /metrics within 20 s:\n{}",
+            text.lines()
+                .filter(|l| l.contains("losses"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    // SIGTERM drains once more; every loss is stored with its interval.
+    let records = agent.stop();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sink.join().unwrap();
+    let reported = reported_losses(&agent.db);
+    for counter in ["flow_map_full", "ringbuf_full"] {
+        let in_metrics = metric(&metrics, &series(counter)) as u64;
+        let in_flows = reported.get(counter).copied().unwrap_or(0);
+        // Other tests' traffic may add losses after the scrape, never remove any.
+        assert!(
+            in_flows >= in_metrics && in_metrics > 0,
+            "{counter}: {in_metrics} in /metrics, {in_flows} reported by flowpol flows ({reported:?})"
+        );
+        assert!(
+            agent
+                .log
+                .iter()
+                .any(|l| l.contains("capture loss") && l.contains(counter)),
+            "the agent's log names {counter}:\n{}",
+            agent.log.join("\n")
+        );
+    }
+    // The flows of the burst that fit (map or ring) are stored, none with more datagrams
+    // than were sent.
+    let stored: u64 = records
+        .iter()
+        .filter(|r| r["protocol"] == "UDP" && r["dst"]["port"] == sink_port)
+        .map(|r| r["packets"].as_u64().unwrap())
+        .sum();
+    assert!(
+        stored > 0 && stored <= sent,
+        "stored {stored} datagrams of {sent}"
     );
 }

@@ -1,5 +1,11 @@
 //! The node agent's run loop: attach, drain every interval into a sink (one
 //! write per interval), and on SIGINT/SIGTERM drain once more, detach and return.
+//!
+//! Memory: a drain reads the kernel maps a chunk at a time into compact records
+//! (no heap per record); sinks make full records (and add identity) a chunk of
+//! [`WRITE_CHUNK`] at a time, so only the compact form of a whole interval is
+//! ever held, and the allocator gives the drain's peak back after each write.
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -7,6 +13,7 @@ use flowpol_recommender::flow::FlowRecord;
 use futures::future::BoxFuture;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::capture::assemble::CompactFlow;
 use crate::capture::{Capture, CaptureError, CaptureOptions};
 
 #[derive(Debug, thiserror::Error)]
@@ -19,13 +26,82 @@ pub enum AgentError {
     Sink { count: usize, source: anyhow::Error },
 }
 
+/// Adds identity to records before they are written (the identity enricher).
+pub trait EnrichRecords: Send + Sync {
+    fn enrich_records(&self, records: &mut [FlowRecord]);
+}
+
+/// Records a sink makes (and enriches) from compact ones at a time.
+pub const WRITE_CHUNK: usize = 4096;
+
 /// One drain interval: its flows and how much capture lost in it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct DrainBatch {
-    pub records: Vec<FlowRecord>,
+    /// The interval's flows, compact (shared: sinks and retries read the same).
+    pub flows: Arc<Vec<CompactFlow>>,
     /// Loss counters that moved in this interval: (name, increase).
     pub losses: Vec<(&'static str, u64)>,
     pub recorded_at: DateTime<Utc>,
+    /// Adds identity to each chunk of full records (set by the enriching sink).
+    pub enrich: Option<Arc<dyn EnrichRecords>>,
+    /// The node that recorded the interval (`--node-name`), on every record.
+    pub node: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for DrainBatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DrainBatch")
+            .field("flows", &self.flows.len())
+            .field("losses", &self.losses)
+            .field("recorded_at", &self.recorded_at)
+            .field("enrich", &self.enrich.is_some())
+            .field("node", &self.node)
+            .finish()
+    }
+}
+
+impl DrainBatch {
+    pub fn new(
+        flows: Vec<CompactFlow>,
+        losses: Vec<(&'static str, u64)>,
+        recorded_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            flows: Arc::new(flows),
+            losses,
+            recorded_at,
+            enrich: None,
+            node: None,
+        }
+    }
+
+    /// Number of flow records.
+    pub fn len(&self) -> usize {
+        self.flows.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.flows.is_empty()
+    }
+
+    /// The full records, [`WRITE_CHUNK`] at a time, in order, each chunk
+    /// enriched when the batch has an enricher. Each call makes them anew.
+    pub fn record_chunks(&self) -> impl Iterator<Item = Vec<FlowRecord>> + Send + '_ {
+        self.flows.chunks(WRITE_CHUNK).map(move |chunk| {
+            let mut records: Vec<FlowRecord> = chunk
+                .iter()
+                .map(|f| {
+                    let mut r = f.to_record();
+                    r.node = self.node.as_deref().map(str::to_string);
+                    r
+                })
+                .collect();
+            if let Some(e) = &self.enrich {
+                e.enrich_records(&mut records);
+            }
+            records
+        })
+    }
 }
 
 /// Where drained batches go. One call per batch; implementations write it
@@ -39,6 +115,8 @@ pub trait FlowSink {
 pub struct AgentConfig {
     pub capture: CaptureOptions,
     pub interval: Duration,
+    /// Name of the node the agent runs on (stamped on what it records).
+    pub node: Option<String>,
 }
 
 /// Totals of one agent run, for the exit log line and tests.
@@ -90,8 +168,16 @@ pub async fn run_observed(
 
     let mut capture = Capture::load(config.capture.clone())?;
     let attached = capture.attach()?.join(", ");
-    tracing::info!(%attached, interval = ?config.interval, "capture attached");
+    let node: Option<Arc<str>> = config.node.as_deref().map(Arc::from);
+    tracing::info!(
+        %attached,
+        interval = ?config.interval,
+        node = node.as_deref().unwrap_or("-"),
+        "capture attached"
+    );
     observer.attached();
+    // Loading parsed the kernel's BTF and the eBPF object: give that back.
+    release_freed_memory();
 
     let mut summary = RunSummary::default();
     let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
@@ -103,16 +189,19 @@ pub async fn run_observed(
         tokio::select! {
             _ = ticker.tick() => {
                 let started = std::time::Instant::now();
-                let batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
-                observer.drained(started.elapsed(), batch.records.len(), &capture.map_fill());
+                let mut batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                batch.node = node.clone();
+                observer.drained(started.elapsed(), batch.len(), &capture.map_fill());
                 backlog.push(batch);
                 flush(sink, &mut backlog).await;
+                release_freed_memory();
             }
             _ = sigterm.recv() => { tracing::info!("SIGTERM: final drain"); break; }
             _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
         }
     }
-    let batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+    let mut batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+    batch.node = node.clone();
     backlog.push(batch);
     summary.counters = capture.counters()?;
     for p in capture.program_stats() {
@@ -128,7 +217,7 @@ pub async fn run_observed(
     }
     drop(capture); // detaches every program
     if let Some(err) = flush(sink, &mut backlog).await {
-        let count = backlog.iter().map(|b| b.records.len()).sum();
+        let count = backlog.iter().map(DrainBatch::len).sum();
         return Err(AgentError::Sink { count, source: err });
     }
     let counters = summary
@@ -153,7 +242,7 @@ const MAX_BACKLOG: usize = 120;
 /// for the next interval. Returns that failure.
 async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option<anyhow::Error> {
     while let Some(batch) = backlog.first() {
-        if batch.records.is_empty() && batch.losses.is_empty() {
+        if batch.is_empty() && batch.losses.is_empty() {
             backlog.remove(0);
             continue;
         }
@@ -170,13 +259,12 @@ async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option
                 if backlog.len() > MAX_BACKLOG {
                     let lost = backlog.remove(0);
                     tracing::error!(
-                        records = lost.records.len(),
+                        records = lost.len(),
                         "write backlog full: oldest batch dropped"
                     );
                     // Never silent: the next stored batch carries the loss.
                     if let Some(next) = backlog.first_mut() {
-                        next.losses
-                            .push(("unwritten_records", lost.records.len() as u64));
+                        next.losses.push(("unwritten_records", lost.len() as u64));
                         next.losses.extend(lost.losses);
                     }
                 }
@@ -193,11 +281,11 @@ fn drain_once(
     loss_totals: &mut Vec<(&'static str, u64)>,
     summary: &mut RunSummary,
 ) -> Result<DrainBatch, AgentError> {
-    let records = capture.drain(final_drain)?;
+    let flows = capture.drain(final_drain)?;
     let recorded_at = Utc::now();
     summary.drains += 1;
-    summary.records += records.len() as u64;
-    tracing::debug!(records = records.len(), final_drain, "drained");
+    summary.records += flows.len() as u64;
+    tracing::debug!(records = flows.len(), final_drain, "drained");
     let now: Vec<(&'static str, u64)> = capture
         .counters()?
         .into_iter()
@@ -220,11 +308,17 @@ fn drain_once(
         }
     }
     *loss_totals = now;
-    Ok(DrainBatch {
-        records,
-        losses,
-        recorded_at,
-    })
+    Ok(DrainBatch::new(flows, losses, recorded_at))
+}
+
+/// glibc keeps what a drain freed in its arenas (its high-water mark stays
+/// resident); hand it back to the kernel once the interval is written.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims the allocator's own free lists.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Writes each record as one JSON line (the `flowpol flows -o json` form).
@@ -242,18 +336,21 @@ impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
     fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let mut buf = Vec::new();
-            for r in &batch.records {
-                serde_json::to_writer(&mut buf, r)?;
-                buf.push(b'\n');
+            for chunk in batch.record_chunks() {
+                buf.clear();
+                for r in &chunk {
+                    serde_json::to_writer(&mut buf, r)?;
+                    buf.push(b'\n');
+                }
+                self.out.write_all(&buf)?;
             }
-            self.out.write_all(&buf)?;
             self.out.flush()?;
             Ok(())
         })
     }
 }
 
-/// The SQLite store: each batch in one transaction (`Store::write_drain`), with
+/// The SQLite store: each batch in one transaction (`Store::write_drain_chunks`), with
 /// retention applied at most once a minute after a write.
 pub struct StoreSink {
     store: crate::store::Store,
@@ -285,7 +382,12 @@ impl FlowSink for StoreSink {
                 })
                 .collect();
             self.store
-                .write_drain(&batch.records, &losses, batch.recorded_at, None)
+                .write_drain_chunks(
+                    batch.record_chunks(),
+                    &losses,
+                    batch.recorded_at,
+                    batch.node.as_deref(),
+                )
                 .await?;
             if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.last_prune = Some(std::time::Instant::now());
@@ -334,11 +436,11 @@ mod tests {
     fn batch(records: usize) -> DrainBatch {
         let json = r#"{"src":{"ip":"10.0.0.1","port":1},"dst":{"ip":"10.0.0.2","port":2},"protocol":"UDP","packets":1,"bytes":29,"first_seen":"2026-01-01T00:00:00Z","last_seen":"2026-01-01T00:00:00Z","verdict":"forwarded","drop_reason":null}"#;
         let record: FlowRecord = serde_json::from_str(json).unwrap();
-        DrainBatch {
-            records: vec![record; records],
-            losses: vec![],
-            recorded_at: Utc::now(),
-        }
+        DrainBatch::new(
+            vec![CompactFlow::from_record(&record); records],
+            vec![],
+            Utc::now(),
+        )
     }
 
     #[tokio::test]
@@ -361,6 +463,90 @@ mod tests {
         assert!(backlog.is_empty());
         assert_eq!(sink.written.len(), MAX_BACKLOG + 1);
         assert_eq!(sink.written[0].losses, vec![("unwritten_records", 1)]);
-        assert_eq!(sink.written[0].records.len(), 2);
+        assert_eq!(sink.written[0].len(), 2);
+    }
+
+    /// Sums over one table of the database at `db`.
+    async fn sums(store: &crate::store::Store, sql: &str) -> Vec<i64> {
+        use sqlx::Row;
+        let row = sqlx::query(sql).fetch_one(store.pool()).await.unwrap();
+        (0..row.len())
+            .map(|i| row.try_get::<Option<i64>, _>(i).unwrap().unwrap_or(-1))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn the_store_sink_writes_a_batch_chunk_by_chunk_exactly_as_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = batch(1).flows[0].clone();
+        let n = WRITE_CHUNK * 2 + 123;
+        let flows: Vec<CompactFlow> = (0..n)
+            .map(|i| {
+                let mut f = template.clone();
+                f.src.1 = (i % 60_000) as u16;
+                f.dst.0 = std::net::IpAddr::from([10, 9, (i >> 8) as u8, i as u8]);
+                f.packets = i as u64 % 17 + 1;
+                f.bytes = i as u64 * 3 + 29;
+                f.reply_bytes = i as u64 % 5;
+                f.last_seen += chrono::Duration::milliseconds(i as i64);
+                f
+            })
+            .collect();
+        let mut batch = DrainBatch::new(flows.clone(), vec![("flow_map_full", 3)], Utc::now());
+        batch.node = Some("node-a".into());
+        assert!(batch.record_chunks().count() == 3);
+
+        // Chunked: what the agent does.
+        let chunked = crate::store::Store::open(&dir.path().join("chunked.db"))
+            .await
+            .unwrap();
+        let mut sink = StoreSink::new(chunked.clone(), crate::store::Retention::default());
+        sink.write(&batch).await.unwrap();
+        // Whole: every record in one slice.
+        let whole = crate::store::Store::open(&dir.path().join("whole.db"))
+            .await
+            .unwrap();
+        let records: Vec<FlowRecord> = flows
+            .iter()
+            .map(|f| FlowRecord {
+                node: Some("node-a".into()),
+                ..f.to_record()
+            })
+            .collect();
+        let losses = [crate::store::CaptureLoss {
+            counter: "flow_map_full".into(),
+            delta: 3,
+        }];
+        whole
+            .write_drain(&records, &losses, batch.recorded_at, Some("node-a"))
+            .await
+            .unwrap();
+
+        let queries = [
+            "SELECT COUNT(*), SUM(packets), SUM(bytes), SUM(reply_bytes), \
+             MIN(last_seen_ns), MAX(last_seen_ns) FROM flows",
+            "SELECT COUNT(*), SUM(flow_count), MIN(first_flow_id), MAX(last_flow_id), \
+             MIN(min_last_seen_ns), MAX(max_last_seen_ns), MIN(recorded_ns) FROM drains",
+            "SELECT COUNT(*), SUM(delta) FROM capture_losses WHERE node = 'node-a'",
+            "SELECT COUNT(*) FROM flows WHERE node = 'node-a'",
+        ];
+        for q in queries {
+            assert_eq!(sums(&chunked, q).await, sums(&whole, q).await, "{q}");
+        }
+        let drains = sums(&chunked, queries[1]).await;
+        assert_eq!(
+            drains[..2],
+            [1, n as i64],
+            "one drains row for the interval"
+        );
+        let flows_row = sums(&chunked, queries[0]).await;
+        assert_eq!(flows_row[0], n as i64);
+        assert_eq!(
+            sums(&chunked, queries[3]).await,
+            [n as i64],
+            "--node-name on every row"
+        );
+        let expected: u64 = flows.iter().map(|f| f.bytes).sum();
+        assert_eq!(flows_row[2], expected as i64);
     }
 }

@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::engine::{Engine, PeerRef, Settings, Side};
-use crate::explain::{describe_rule, peer_name, stable_labels, suggest_rule};
+use crate::explain::{describe_rule, endpoint_selector, peer_name, suggest_rule};
 use crate::flow::Protocol;
 use crate::model::Cluster;
 use crate::observe::{EdgeKey, Observation};
@@ -57,14 +57,8 @@ fn fix_policy(
     rule: &Value,
     n: usize,
 ) -> Value {
-    let ep = &cluster.endpoints[subject];
-    let w = &cluster.workloads[ep.workload];
-    let selector = w
-        .selector
-        .as_ref()
-        .map(stable_labels)
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| stable_labels(&ep.labels));
+    let w = &cluster.workloads[cluster.endpoints[subject].workload];
+    let selector = endpoint_selector(cluster, subject);
     let (field, ty) = match direction {
         Direction::Ingress => ("ingress", "Ingress"),
         Direction::Egress => ("egress", "Egress"),

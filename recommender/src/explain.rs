@@ -130,6 +130,18 @@ pub fn stable_labels(labels: &Labels) -> Labels {
         .collect()
 }
 
+/// The labels a policy selects an endpoint's pods by, as `recommend` writes them: its
+/// workload's controller selector without rollout labels, else the pod's stable labels.
+pub fn endpoint_selector(cluster: &Cluster, endpoint: usize) -> Labels {
+    let ep = &cluster.endpoints[endpoint];
+    cluster.workloads[ep.workload]
+        .selector
+        .as_ref()
+        .map(stable_labels)
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| stable_labels(&ep.labels))
+}
+
 /// The smallest rule that allows `other` on `protocol`/`port` for one side, as a
 /// NetworkPolicy ingress/egress rule (JSON; print it as YAML).
 pub fn suggest_rule(
@@ -149,7 +161,7 @@ pub fn suggest_rule(
         PeerRef::Endpoint(e) => {
             let ep = &cluster.endpoints[e];
             let ns = &cluster.workloads[ep.workload].namespace;
-            let pod_selector = json!({"matchLabels": stable_labels(&ep.labels)});
+            let pod_selector = json!({"matchLabels": endpoint_selector(cluster, e)});
             if ns == subject_ns {
                 json!({"podSelector": pod_selector})
             } else {

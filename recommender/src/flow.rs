@@ -209,6 +209,12 @@ pub struct Endpoint {
     pub workload: Option<WorkloadRef>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The labels a NetworkPolicy should select this end's workload by: its controller's
+    /// selector without per-revision labels (`pod-template-hash`...) when the agent knows the
+    /// controller object (ReplicaSet, hence Deployment), else the pod's stable labels; empty
+    /// for a pod without a controller.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub selector: BTreeMap<String, String>,
     /// `ns/name` of the Service the flow was sent to (destination only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service: Option<String>,
@@ -227,6 +233,7 @@ impl Endpoint {
             pod: None,
             workload: None,
             labels: BTreeMap::new(),
+            selector: BTreeMap::new(),
             service: None,
             service_port: None,
         }

@@ -120,6 +120,8 @@ impl Evidence {
 pub struct WorkloadSeen {
     /// Its pods' labels as the flows carried them, rollout labels left out.
     pub labels: Labels,
+    /// Its controller's selector as the flows carried it (empty when they did not).
+    pub selector: Labels,
     pub ips: BTreeSet<IpAddr>,
     pub first_seen: DateTime<Utc>,
     pub last_seen: DateTime<Utc>,
@@ -361,6 +363,7 @@ pub fn observe_counted<'f>(
                     .entry(k.clone())
                     .or_insert_with(|| WorkloadSeen {
                         labels: Labels::new(),
+                        selector: Labels::new(),
                         ips: BTreeSet::new(),
                         first_seen: evidence.first_seen,
                         last_seen: evidence.last_seen,
@@ -404,6 +407,7 @@ fn note_workload(obs: &mut Observation, peer: &Peer, e: &Endpoint, evidence: &Ev
         .entry(key.clone())
         .or_insert_with(|| WorkloadSeen {
             labels: Labels::new(),
+            selector: Labels::new(),
             ips: BTreeSet::new(),
             first_seen: evidence.first_seen,
             last_seen: evidence.last_seen,
@@ -411,6 +415,9 @@ fn note_workload(obs: &mut Observation, peer: &Peer, e: &Endpoint, evidence: &Ev
         });
     if seen.labels.is_empty() && !e.labels.is_empty() {
         seen.labels = stable_labels(&e.labels);
+    }
+    if seen.selector.is_empty() && !e.selector.is_empty() {
+        seen.selector = stable_labels(&e.selector);
     }
     seen.ips.insert(e.ip);
     seen.first_seen = seen.first_seen.min(evidence.first_seen);

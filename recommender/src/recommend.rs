@@ -194,8 +194,9 @@ fn workload_labels(cluster: &Cluster, obs: &Observation, key: &WorkloadKey) -> L
         .unwrap_or_default()
 }
 
-/// The labels that select a workload's pods: its controller's selector, else its pods'
-/// stable labels.
+/// The labels that select a workload's pods: its controller's selector (from the cluster
+/// state, else as the flows recorded it, for a workload gone since), else its pods' stable
+/// labels.
 pub fn selector_labels(cluster: &Cluster, obs: &Observation, key: &WorkloadKey) -> Labels {
     if let Some(w) = model_workload(cluster, key)
         && let Some(sel) = &w.selector
@@ -205,6 +206,12 @@ pub fn selector_labels(cluster: &Cluster, obs: &Observation, key: &WorkloadKey) 
         if !stable.is_empty() {
             return stable;
         }
+    }
+    if model_workload(cluster, key).is_none()
+        && let Some(seen) = obs.workloads.get(key)
+        && !seen.selector.is_empty()
+    {
+        return seen.selector.clone();
     }
     workload_labels(cluster, obs, key)
 }

@@ -610,6 +610,12 @@ fn audit_flags_exactly_the_flows_each_mistake_breaks_and_its_fixes_clear_them() 
         peer[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"],
         "taskapi"
     );
+    // The peer is selected as recommend selects it: by the Deployment's selector, not by
+    // every label its pods carry (they also have tier: backend).
+    assert_eq!(
+        peer[0]["podSelector"]["matchLabels"],
+        serde_json::json!({"app": "task-api"})
+    );
     // Apply every suggested policy: nothing is denied any more.
     let fixes: Vec<LoadedObject> = result
         .groups
@@ -749,4 +755,41 @@ fn a_service_cluster_ip_is_resolved_to_the_backend_pod_port() {
     let edge = obs.edges.keys().next().unwrap();
     assert_eq!(edge.dst.to_string(), "taskapi/task-api[Deployment]");
     assert_eq!(edge.port, 8080);
+}
+
+#[test]
+fn a_workload_gone_from_the_cluster_is_selected_by_the_selector_its_flows_recorded() {
+    // Only the namespaces are left: every workload was deleted after its flows were recorded.
+    let objects =
+        manifest::load_paths(&[examples().join("task-api").join("namespaces.yaml")]).unwrap();
+    let cluster = Cluster::from_objects(objects).unwrap();
+    let with_selector = |mut e: Endpoint| {
+        if e.workload.as_ref().is_some_and(|w| w.name == "task-api") {
+            e.selector = [("app".to_string(), "task-api".to_string())].into();
+        }
+        e
+    };
+    let flows: Vec<FlowRecord> = task_api_flows()
+        .into_iter()
+        .map(|mut f| {
+            f.src = with_selector(f.src);
+            f.dst = with_selector(f.dst);
+            f
+        })
+        .collect();
+    let obs = observe(&flows, &cluster);
+    let rec = recommend(&obs, &cluster, &Options::default());
+    let api = policy(&rec, "taskapi", "allow-task-api");
+    assert_eq!(
+        api["spec"]["podSelector"],
+        serde_json::json!({"matchLabels": {"app": "task-api"}})
+    );
+    // Without a recorded selector, the pods' stable labels are all there is.
+    let obs = observe(&task_api_flows(), &cluster);
+    let rec = recommend(&obs, &cluster, &Options::default());
+    let api = policy(&rec, "taskapi", "allow-task-api");
+    assert_eq!(
+        api["spec"]["podSelector"],
+        serde_json::json!({"matchLabels": {"app": "task-api", "tier": "backend"}})
+    );
 }

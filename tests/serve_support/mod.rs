@@ -196,4 +196,17 @@ impl TestAgent {
             s.shutdown().await;
         }
     }
+
+    /// An agent restart: the server stops (open follow streams end) and serves
+    /// again on the same address.
+    #[allow(dead_code)] // not every test binary that shares this module restarts
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        self.state.shutdown = shutdown;
+        let server = Server::start(self.addr, self.state.clone(), stop)
+            .await
+            .unwrap();
+        self.server = Some(server);
+    }
 }

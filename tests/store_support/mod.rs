@@ -25,6 +25,7 @@ pub fn pod(ip: &str, port: u16, ns: &str, workload: &str) -> Endpoint {
         ("app".to_string(), workload.to_string()),
         ("tier".to_string(), "backend".to_string()),
     ]);
+    e.selector = BTreeMap::from([("app".to_string(), workload.to_string())]);
     e
 }
 

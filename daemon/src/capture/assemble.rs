@@ -12,6 +12,7 @@
 //! * tc flows are only kept when no socket saw the same tuple.
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use flowpol_common::{
@@ -29,6 +30,71 @@ pub struct RawDrain {
     pub tc: Vec<(FlowKey, Vec<FlowStats>)>,
     pub drops: Vec<(DropKey, Vec<DropStats>)>,
     pub overflow: Vec<OverflowEvent>,
+}
+
+/// An address and port (ICMP: type or code).
+pub type Addr = (IpAddr, u16);
+
+/// One assembled flow record without identity: about 130 bytes and no heap
+/// (drop reasons are shared), so a drain of 100 000 flows can be kept whole
+/// for its one transaction and its retries while full [`FlowRecord`]s are made
+/// a chunk at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompactFlow {
+    pub src: Addr,
+    pub dst: Addr,
+    pub protocol: Protocol,
+    pub packets: u64,
+    pub bytes: u64,
+    pub reply_packets: u64,
+    pub reply_bytes: u64,
+    pub first_seen: DateTime<Utc>,
+    pub last_seen: DateTime<Utc>,
+    pub verdict: Verdict,
+    pub drop_reason: Option<Arc<str>>,
+    pub tcp_flags: u8,
+    pub cgroup_id: Option<u64>,
+}
+
+impl CompactFlow {
+    /// The full record (no identity yet: enrichment adds it).
+    pub fn to_record(&self) -> FlowRecord {
+        FlowRecord {
+            src: Endpoint::new(self.src.0, self.src.1),
+            dst: Endpoint::new(self.dst.0, self.dst.1),
+            protocol: self.protocol,
+            packets: self.packets,
+            bytes: self.bytes,
+            reply_packets: self.reply_packets,
+            reply_bytes: self.reply_bytes,
+            first_seen: self.first_seen,
+            last_seen: self.last_seen,
+            verdict: self.verdict,
+            drop_reason: self.drop_reason.as_deref().map(str::to_string),
+            tcp_flags: TcpFlags(self.tcp_flags),
+            cgroup_id: self.cgroup_id,
+            node: None,
+        }
+    }
+
+    /// The capture fields of `r` (its identity fields are not kept).
+    pub fn from_record(r: &FlowRecord) -> Self {
+        Self {
+            src: (r.src.ip, r.src.port),
+            dst: (r.dst.ip, r.dst.port),
+            protocol: r.protocol,
+            packets: r.packets,
+            bytes: r.bytes,
+            reply_packets: r.reply_packets,
+            reply_bytes: r.reply_bytes,
+            first_seen: r.first_seen,
+            last_seen: r.last_seen,
+            verdict: r.verdict,
+            drop_reason: r.drop_reason.as_deref().map(Arc::from),
+            tcp_flags: r.tcp_flags.0,
+            cgroup_id: r.cgroup_id,
+        }
+    }
 }
 
 /// Monotonic "now" of the drain and the offset turning `bpf_ktime_get_ns()`
@@ -202,12 +268,15 @@ fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
 /// Which end opened a flow, remembered across drains.
 #[derive(Debug, Clone, Copy)]
 struct Opener {
-    /// The flow as the opener's socket keys it (local side = opener).
-    key: FlowKey,
+    /// The opener is the local side of the canonical key (else of its mirror).
+    /// A flag rather than the key: this is kept per flow for minutes.
+    canonical_opens: bool,
     /// Earliest observation of the flow so far (either direction, either hook).
     first_ns: u64,
     /// Decided by the TCP handshake rather than by the first packet.
     by_handshake: bool,
+    /// Both ends are local sockets (both were seen in one drain so far).
+    local_pair: bool,
     last_seen_mono: u64,
 }
 
@@ -224,13 +293,14 @@ const MAX_REMEMBERED: usize = 1_000_000;
 pub struct Assembler {
     syn_timeout_ns: u64,
     pair_ttl_ns: u64,
-    /// Canonical key of flows seen by local sockets at both ends → last seen.
-    local_pairs: HashMap<FlowKey, u64>,
     pending: HashMap<FlowKey, Agg>,
-    /// Socket flow, canonical key → its opener.
+    /// Socket flow, canonical key → its opener, and whether both ends are local
+    /// (one compact entry per live flow: 64 bytes with its key).
     openers: HashMap<FlowKey, Opener>,
     /// tc flow, canonical key → (key in the opener's direction, last seen).
     tc_forward: HashMap<FlowKey, (FlowKey, u64)>,
+    /// Drop reason names, one shared copy each.
+    reason_names: HashMap<u32, Arc<str>>,
 }
 
 impl Assembler {
@@ -238,10 +308,10 @@ impl Assembler {
         Self {
             syn_timeout_ns: syn_timeout.as_nanos() as u64,
             pair_ttl_ns: 300 * 1_000_000_000,
-            local_pairs: HashMap::new(),
             pending: HashMap::new(),
             openers: HashMap::new(),
             tc_forward: HashMap::new(),
+            reason_names: HashMap::new(),
         }
     }
 
@@ -255,12 +325,15 @@ impl Assembler {
     ///    unless an entry now shows an even earlier packet (written to the map
     ///    copy just drained after an earlier drain read it, so a later drain may
     ///    see the reply before the request).
+    ///
+    /// Also returns whether both ends are local sockets: both entries are
+    /// here (`entries.len() == 2`), or were in an earlier drain.
     fn orient_socket(
         &mut self,
         canonical: FlowKey,
         entries: &[(FlowKey, Agg)],
         now: u64,
-    ) -> FlowKey {
+    ) -> (FlowKey, bool) {
         let mut handshake = entries.iter().filter_map(|(k, a)| {
             a.syn_orientation(k.protocol)
                 .map(|local| if local { *k } else { mirror(k) })
@@ -281,26 +354,35 @@ impl Assembler {
             .expect("at least one entry");
         let prev = self.openers.get(&canonical).copied();
         let earliest = prev.map_or(first_ns, |p| p.first_ns.min(first_ns));
+        let local_pair = entries.len() == 2 || prev.is_some_and(|p| p.local_pair);
         let opener = match (by_handshake, prev) {
             (Some(key), _) => Opener {
-                key,
+                canonical_opens: key == canonical,
                 first_ns: earliest,
                 by_handshake: true,
+                local_pair,
                 last_seen_mono: now,
             },
             (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
+                local_pair,
                 last_seen_mono: now,
                 ..p
             },
             _ => Opener {
-                key: by_first,
+                canonical_opens: by_first == canonical,
                 first_ns: earliest,
                 by_handshake: false,
+                local_pair,
                 last_seen_mono: now,
             },
         };
         self.openers.insert(canonical, opener);
-        opener.key
+        let key = if opener.canonical_opens {
+            canonical
+        } else {
+            mirror(&canonical)
+        };
+        (key, local_pair)
     }
 
     /// The opener's direction of a tc flow seen as `key` and maybe its mirror.
@@ -324,15 +406,17 @@ impl Assembler {
 
     fn forget_idle(&mut self, now: u64) {
         let ttl = self.pair_ttl_ns;
-        self.local_pairs
-            .retain(|_, seen| now.saturating_sub(*seen) < ttl);
         let keep = if self.openers.len() + self.tc_forward.len() > MAX_REMEMBERED {
             60 * 1_000_000_000
         } else {
             ttl
         };
-        self.openers
-            .retain(|_, o| now.saturating_sub(o.last_seen_mono) < keep);
+        // A local pair is remembered for the full TTL even when memory is
+        // short: forgetting it would count its non-opener side as a new flow.
+        self.openers.retain(|_, o| {
+            let idle = now.saturating_sub(o.last_seen_mono);
+            idle < keep || (o.local_pair && idle < ttl)
+        });
         self.tc_forward
             .retain(|_, (_, seen)| now.saturating_sub(*seen) < keep);
     }
@@ -342,7 +426,8 @@ impl Assembler {
         self.pending.len()
     }
 
-    /// Assembles one drain. With `final_drain` nothing is held back.
+    /// Assembles one drain read from in-memory copies of the maps. With
+    /// `final_drain` nothing is held back.
     pub fn assemble(
         &mut self,
         raw: RawDrain,
@@ -350,29 +435,161 @@ impl Assembler {
         reasons: &DropReasons,
         final_drain: bool,
     ) -> Vec<FlowRecord> {
-        let mut out = Vec::new();
+        self.assemble_chunked(raw, clock, reasons, final_drain, usize::MAX)
+            .iter()
+            .map(CompactFlow::to_record)
+            .collect()
+    }
 
-        // 1. Socket flows: per-CPU merge, ring-buffer overflow, held-back flows.
-        let mut current: BTreeMap<FlowKey, Agg> = BTreeMap::new();
-        for (key, slots) in &raw.sockets {
-            if let Some(a) = Agg::merge_slots(slots) {
-                merge_into(&mut current, *key, a);
+    /// [`Assembler::assemble`] reading at most `chunk` map entries per step, as
+    /// the agent reads the kernel maps.
+    pub fn assemble_chunked(
+        &mut self,
+        raw: RawDrain,
+        clock: Clock,
+        reasons: &DropReasons,
+        final_drain: bool,
+        chunk: usize,
+    ) -> Vec<CompactFlow> {
+        let mut sockets = MemorySource::from(raw.sockets);
+        let mut tc = MemorySource::from(raw.tc);
+        let mut drops = MemorySource::from(raw.drops);
+        let sources = Sources {
+            sockets: &mut sockets,
+            tc: &mut tc,
+            drops: &mut drops,
+        };
+        match self.drain(sources, &raw.overflow, clock, reasons, final_drain, chunk) {
+            Ok(out) => out.flows,
+            Err(never) => match never {},
+        }
+    }
+
+    /// Empties the three maps of one drain, `chunk` entries at a time (each
+    /// entry with its mirror, so both sockets of a local flow meet), and
+    /// assembles them. Besides the compact output, a drain holds at most about
+    /// `2 * chunk` entries. With `final_drain` nothing is held back.
+    pub fn drain<E, S, T, D>(
+        &mut self,
+        sources: Sources<'_, S, T, D>,
+        overflow: &[OverflowEvent],
+        clock: Clock,
+        reasons: &DropReasons,
+        final_drain: bool,
+        chunk: usize,
+    ) -> Result<DrainOutput, E>
+    where
+        S: DrainSource<FlowKey, FlowStats, Error = E>,
+        T: DrainSource<FlowKey, FlowStats, Error = E>,
+        D: DrainSource<DropKey, DropStats, Error = E>,
+    {
+        let Sources { sockets, tc, drops } = sources;
+        let chunk = chunk.max(1);
+        // Ring-buffer overflow and flows held back at the last drain: they join
+        // their map entries (if any) in whichever chunk those land.
+        let mut extra: BTreeMap<FlowKey, Agg> = BTreeMap::new();
+        for ev in overflow {
+            merge_into(&mut extra, ev.key, Agg::from_event(ev));
+        }
+        for (key, a) in std::mem::take(&mut self.pending) {
+            merge_into(&mut extra, key, a);
+        }
+
+        // tc first, while the socket map still holds everything a socket saw.
+        let mut tc_out = Vec::new();
+        let mut tc_entries = 0;
+        loop {
+            let (current, took) = take_chunk(tc, chunk, None)?;
+            if took == 0 {
+                break;
+            }
+            tc_entries += took;
+            let mut tc_done: HashSet<FlowKey> = HashSet::new();
+            for (key, agg) in &current {
+                if seen_by_socket(key, &*sockets, &extra)?
+                    || !tc_done.insert((*key).min(mirror(key)))
+                {
+                    continue;
+                }
+                let reply_key = mirror(key);
+                let reply = current.get(&reply_key).filter(|_| reply_key != *key);
+                let forward = self.orient_tc(key, agg, reply, clock.mono_now_ns);
+                let (fwd, back) = if forward == *key {
+                    (Some(agg), reply)
+                } else {
+                    (reply, Some(agg))
+                };
+                tc_out.push(tc_record(&forward, fwd, back, &clock, self.syn_timeout_ns));
             }
         }
-        for ev in &raw.overflow {
-            merge_into(&mut current, ev.key, Agg::from_event(ev));
+
+        // Socket flows: per-CPU merge, overflow and held-back flows, orientation.
+        let mut out = Vec::new();
+        let mut socket_entries = 0;
+        loop {
+            let (current, took) = take_chunk(sockets, chunk, Some(&mut extra))?;
+            socket_entries += took;
+            self.orient_chunk(&current, &clock, final_drain, &mut out);
+            if took == 0 {
+                break;
+            }
         }
-        for (key, a) in self.pending.drain() {
-            merge_into(&mut current, key, a);
+        // Overflow and held-back flows whose map entries were not in this drain.
+        while !extra.is_empty() {
+            let keys: Vec<FlowKey> = extra.keys().take(chunk).copied().collect();
+            let mut current = BTreeMap::new();
+            for k in keys {
+                for key in with_mirror(k) {
+                    if let Some(a) = extra.remove(&key) {
+                        merge_into(&mut current, key, a);
+                    }
+                }
+            }
+            self.orient_chunk(&current, &clock, final_drain, &mut out);
         }
 
-        // 2. Orientation; local-local pairs: keep the opener's socket entry only
-        // (it counted every packet of the flow, once, on egress or ingress).
+        // Drops.
+        loop {
+            let keys = drops.keys(chunk)?;
+            let mut took = 0;
+            for dk in keys {
+                let Some(slots) = drops.take(&dk)? else {
+                    continue;
+                };
+                took += 1;
+                if let Some(d) = merge_drop_slots(&slots) {
+                    let reason = self.reason_name(reasons, dk.reason);
+                    out.push(drop_record(&dk, &d, reason, &clock));
+                }
+            }
+            if took == 0 {
+                break;
+            }
+        }
+        out.append(&mut tc_out);
+        self.forget_idle(clock.mono_now_ns);
+        Ok(DrainOutput {
+            flows: out,
+            socket_entries,
+            tc_entries,
+        })
+    }
+
+    /// Orientation of one chunk's socket flows (both sockets of a local pair are
+    /// in the same chunk); local-local pairs keep the opener's socket entry only
+    /// (it counted every packet of the flow, once, on egress or ingress);
+    /// unanswered SYNs are held back until the timeout.
+    fn orient_chunk(
+        &mut self,
+        current: &BTreeMap<FlowKey, Agg>,
+        clock: &Clock,
+        final_drain: bool,
+        out: &mut Vec<CompactFlow>,
+    ) {
         let now = clock.mono_now_ns;
-        let socket_keys: HashSet<FlowKey> = current.keys().copied().collect();
         let mut kept: Vec<(FlowKey, Agg, bool)> = Vec::new();
         let mut done: HashSet<FlowKey> = HashSet::new();
-        for (key, agg) in &current {
+        for (key, agg) in current {
             let other = mirror(key);
             let canonical = (*key).min(other);
             if !done.insert(canonical) {
@@ -381,21 +598,17 @@ impl Assembler {
             let mut entries = vec![(*key, *agg)];
             if let Some(o) = current.get(&other).filter(|_| other != *key) {
                 entries.push((other, *o));
-                self.local_pairs.insert(canonical, now);
-            } else if let Some(seen) = self.local_pairs.get_mut(&canonical) {
-                *seen = now;
             }
-            let opener = self.orient_socket(canonical, &entries, now);
+            let (opener, local_pair) = self.orient_socket(canonical, &entries, now);
             if let Some((k, a)) = entries.iter().find(|(k, _)| *k == opener) {
                 kept.push((*k, *a, true));
-            } else if !self.local_pairs.contains_key(&canonical) {
+            } else if !local_pair {
                 // The remote end opened; only this end is a local socket.
                 kept.push((*key, *agg, false));
             }
             // Else both ends are local and the opener's socket saw nothing this
             // interval: what the other socket saw was counted by the opener's.
         }
-        // 3. Unanswered SYNs: hold back until the timeout, then say so.
         for (key, agg, local_is_src) in kept {
             let mut verdict = Verdict::Forwarded;
             if local_is_src && agg.syn_unanswered(key.protocol) {
@@ -407,67 +620,179 @@ impl Assembler {
                     continue;
                 }
             }
-            out.push(socket_record(&key, &agg, local_is_src, verdict, &clock));
+            out.push(socket_record(&key, &agg, local_is_src, verdict, clock));
         }
+    }
 
-        // 4. Drops.
-        for (dk, slots) in &raw.drops {
-            let mut agg: Option<DropStats> = None;
-            for s in slots.iter().filter(|s| s.first_ns != 0) {
-                match &mut agg {
-                    None => agg = Some(*s),
-                    Some(a) => {
-                        a.first_ns = a.first_ns.min(s.first_ns);
-                        a.last_ns = a.last_ns.max(s.last_ns);
-                        a.packets += s.packets;
-                        a.bytes += s.bytes;
-                        a.tcp_flags |= s.tcp_flags;
-                    }
+    /// The kernel's name of a drop reason, shared by every record of that reason.
+    fn reason_name(&mut self, reasons: &DropReasons, reason: u32) -> Arc<str> {
+        self.reason_names
+            .entry(reason)
+            .or_insert_with(|| reasons.name(reason).into())
+            .clone()
+    }
+}
+
+/// The three maps one drain empties.
+pub struct Sources<'a, S, T, D> {
+    pub sockets: &'a mut S,
+    pub tc: &'a mut T,
+    pub drops: &'a mut D,
+}
+
+/// What one drain assembled, and how many map entries it read.
+#[derive(Debug, Default)]
+pub struct DrainOutput {
+    pub flows: Vec<CompactFlow>,
+    pub socket_entries: usize,
+    pub tc_entries: usize,
+}
+
+/// A map one drain empties entry by entry: a kernel per-CPU hash map, or (tests)
+/// one in memory.
+pub trait DrainSource<K, V> {
+    type Error;
+    /// Up to `n` keys still in the map, in any order.
+    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error>;
+    /// Reads and removes one entry (its per-CPU slots); `None` when absent.
+    fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error>;
+    /// Reads one entry without removing it.
+    fn peek(&self, key: &K) -> Result<Option<Vec<V>>, Self::Error>;
+}
+
+/// A map in memory: keys come out in the order they were first inserted.
+#[derive(Debug)]
+pub struct MemorySource<K, V> {
+    entries: HashMap<K, Vec<V>>,
+    order: std::collections::VecDeque<K>,
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V> From<Vec<(K, Vec<V>)>> for MemorySource<K, V> {
+    fn from(items: Vec<(K, Vec<V>)>) -> Self {
+        let mut entries: HashMap<K, Vec<V>> = HashMap::new();
+        let mut order = std::collections::VecDeque::new();
+        for (k, slots) in items {
+            match entries.get_mut(&k) {
+                Some(v) => v.extend(slots),
+                None => {
+                    order.push_back(k);
+                    entries.insert(k, slots);
                 }
             }
-            if let Some(d) = agg {
-                out.push(drop_record(dk, &d, reasons, &clock));
-            }
         }
-
-        // 5. tc flows nobody's socket saw, paired with their replies.
-        let mut tc: BTreeMap<FlowKey, Agg> = BTreeMap::new();
-        for (key, slots) in &raw.tc {
-            if let Some(a) = Agg::merge_slots(slots) {
-                merge_into(&mut tc, *key, a);
-            }
-        }
-        let seen_by_socket = |k: &FlowKey, pending: &HashMap<FlowKey, Agg>| {
-            socket_keys.contains(k)
-                || socket_keys.contains(&mirror(k))
-                || pending.contains_key(k)
-                || pending.contains_key(&mirror(k))
-        };
-        let mut tc_done: HashSet<FlowKey> = HashSet::new();
-        for (key, agg) in &tc {
-            if seen_by_socket(key, &self.pending) || !tc_done.insert((*key).min(mirror(key))) {
-                continue;
-            }
-            let reply_key = mirror(key);
-            let reply = tc.get(&reply_key).filter(|_| reply_key != *key);
-            let forward = self.orient_tc(key, agg, reply, clock.mono_now_ns);
-            let (fwd, back) = if forward == *key {
-                (Some(agg), reply)
-            } else {
-                (reply, Some(agg))
-            };
-            out.push(tc_record(&forward, fwd, back, &clock, self.syn_timeout_ns));
-        }
-        self.forget_idle(clock.mono_now_ns);
-        out
+        Self { entries, order }
     }
+}
+
+impl<K: Copy + Eq + std::hash::Hash, V: Clone> DrainSource<K, V> for MemorySource<K, V> {
+    type Error = std::convert::Infallible;
+
+    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error> {
+        while self
+            .order
+            .front()
+            .is_some_and(|k| !self.entries.contains_key(k))
+        {
+            self.order.pop_front();
+        }
+        Ok(self
+            .order
+            .iter()
+            .filter(|k| self.entries.contains_key(k))
+            .take(n)
+            .copied()
+            .collect())
+    }
+
+    fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error> {
+        Ok(self.entries.remove(key))
+    }
+
+    fn peek(&self, key: &K) -> Result<Option<Vec<V>>, Self::Error> {
+        Ok(self.entries.get(key).cloned())
+    }
+}
+
+/// `k` and, unless it is its own mirror, `mirror(k)`.
+fn with_mirror(k: FlowKey) -> impl Iterator<Item = FlowKey> {
+    let m = mirror(&k);
+    std::iter::once(k).chain((m != k).then_some(m))
+}
+
+/// Takes up to `chunk` keys and their mirrors out of `source` (and out of
+/// `extra`, when given), merged per key. Returns them and how many map entries
+/// were taken: 0 when the map is empty (or, were it to list keys it cannot
+/// read, stuck: then the drain stops rather than loop).
+fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
+    source: &mut S,
+    chunk: usize,
+    mut extra: Option<&mut BTreeMap<FlowKey, Agg>>,
+) -> Result<(BTreeMap<FlowKey, Agg>, usize), S::Error> {
+    let mut current = BTreeMap::new();
+    let mut took = 0;
+    let keys = source.keys(chunk)?;
+    if keys.is_empty() {
+        return Ok((current, 0));
+    }
+    for k in keys {
+        for key in with_mirror(k) {
+            if let Some(slots) = source.take(&key)? {
+                took += 1;
+                if let Some(a) = Agg::merge_slots(&slots) {
+                    merge_into(&mut current, key, a);
+                }
+            }
+            if let Some(a) = extra.as_deref_mut().and_then(|e| e.remove(&key)) {
+                merge_into(&mut current, key, a);
+            }
+        }
+    }
+    Ok((current, took))
+}
+
+/// Whether a local socket saw `key` (either way round) in this drain: its map
+/// entry (not yet taken), or overflow / a held-back flow.
+fn seen_by_socket<S: DrainSource<FlowKey, FlowStats>>(
+    key: &FlowKey,
+    sockets: &S,
+    extra: &BTreeMap<FlowKey, Agg>,
+) -> Result<bool, S::Error> {
+    for k in with_mirror(*key) {
+        if extra.contains_key(&k) {
+            return Ok(true);
+        }
+        if let Some(slots) = sockets.peek(&k)?
+            && Agg::merge_slots(&slots).is_some()
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Sums the per-CPU slots of one drop entry; `None` when none was written.
+fn merge_drop_slots(slots: &[DropStats]) -> Option<DropStats> {
+    let mut agg: Option<DropStats> = None;
+    for s in slots.iter().filter(|s| s.first_ns != 0) {
+        match &mut agg {
+            None => agg = Some(*s),
+            Some(a) => {
+                a.first_ns = a.first_ns.min(s.first_ns);
+                a.last_ns = a.last_ns.max(s.last_ns);
+                a.packets += s.packets;
+                a.bytes += s.bytes;
+                a.tcp_flags |= s.tcp_flags;
+            }
+        }
+    }
+    agg
 }
 
 fn merge_into(map: &mut BTreeMap<FlowKey, Agg>, key: FlowKey, a: Agg) {
     map.entry(key).and_modify(|e| e.add(&a)).or_insert(a);
 }
 
-fn endpoints(key: &FlowKey, local_is_src: bool) -> (Endpoint, Endpoint) {
+fn endpoints(key: &FlowKey, local_is_src: bool) -> (Addr, Addr) {
     let local = ip(key.family, &key.local_addr);
     let remote = ip(key.family, &key.remote_addr);
     if is_icmp(key.protocol) {
@@ -477,21 +802,12 @@ fn endpoints(key: &FlowKey, local_is_src: bool) -> (Endpoint, Endpoint) {
         } else {
             (remote, local)
         };
-        return (
-            Endpoint::new(s, key.local_port),
-            Endpoint::new(d, key.remote_port),
-        );
+        return ((s, key.local_port), (d, key.remote_port));
     }
     if local_is_src {
-        (
-            Endpoint::new(local, key.local_port),
-            Endpoint::new(remote, key.remote_port),
-        )
+        ((local, key.local_port), (remote, key.remote_port))
     } else {
-        (
-            Endpoint::new(remote, key.remote_port),
-            Endpoint::new(local, key.local_port),
-        )
+        ((remote, key.remote_port), (local, key.local_port))
     }
 }
 
@@ -501,14 +817,14 @@ fn socket_record(
     local_is_src: bool,
     verdict: Verdict,
     clock: &Clock,
-) -> FlowRecord {
+) -> CompactFlow {
     let (src, dst) = endpoints(key, local_is_src);
     let (packets, bytes, reply_packets, reply_bytes) = if local_is_src {
         (a.tx_packets, a.tx_bytes, a.rx_packets, a.rx_bytes)
     } else {
         (a.rx_packets, a.rx_bytes, a.tx_packets, a.tx_bytes)
     };
-    FlowRecord {
+    CompactFlow {
         src,
         dst,
         protocol: Protocol::from_number(key.protocol),
@@ -520,15 +836,14 @@ fn socket_record(
         last_seen: clock.wall(a.last_ns),
         verdict,
         drop_reason: None,
-        tcp_flags: TcpFlags(a.tx_flags | a.rx_flags),
+        tcp_flags: a.tx_flags | a.rx_flags,
         cgroup_id: (a.cgroup_id != 0).then_some(a.cgroup_id),
-        node: None,
     }
 }
 
-fn drop_record(k: &DropKey, d: &DropStats, reasons: &DropReasons, clock: &Clock) -> FlowRecord {
+fn drop_record(k: &DropKey, d: &DropStats, reason: Arc<str>, clock: &Clock) -> CompactFlow {
     let (src, dst) = endpoints(&k.flow, true);
-    FlowRecord {
+    CompactFlow {
         src,
         dst,
         protocol: Protocol::from_number(k.flow.protocol),
@@ -539,10 +854,9 @@ fn drop_record(k: &DropKey, d: &DropStats, reasons: &DropReasons, clock: &Clock)
         first_seen: clock.wall(d.first_ns),
         last_seen: clock.wall(d.last_ns),
         verdict: Verdict::Dropped,
-        drop_reason: Some(reasons.name(k.reason)),
-        tcp_flags: TcpFlags(d.tcp_flags),
+        drop_reason: Some(reason),
+        tcp_flags: d.tcp_flags,
         cgroup_id: None,
-        node: None,
     }
 }
 
@@ -552,7 +866,7 @@ fn tc_record(
     back: Option<&Agg>,
     clock: &Clock,
     syn_timeout_ns: u64,
-) -> FlowRecord {
+) -> CompactFlow {
     let (src, dst) = endpoints(fwd_key, true);
     let fwd_flags = fwd.map_or(0, |f| f.tx_flags);
     let back_flags = back.map_or(0, |b| b.tx_flags);
@@ -567,7 +881,7 @@ fn tc_record(
     {
         verdict = Verdict::Unanswered;
     }
-    FlowRecord {
+    CompactFlow {
         src,
         dst,
         protocol: Protocol::from_number(fwd_key.protocol),
@@ -579,9 +893,8 @@ fn tc_record(
         last_seen: clock.wall(last_ns),
         verdict,
         drop_reason: None,
-        tcp_flags: TcpFlags(fwd_flags | back_flags),
+        tcp_flags: fwd_flags | back_flags,
         cgroup_id: None,
-        node: None,
     }
 }
 
@@ -1158,5 +1471,175 @@ mod tests {
         );
         assert_eq!((out[0].src.port, out[0].dst.port), (41234, 2379));
         assert_eq!((out[0].packets, out[0].reply_packets), (2, 1));
+    }
+
+    /// Two drains with every kind of entry: local-local pairs, one-ended flows,
+    /// unanswered SYNs (held back into the second drain), overflow events, drops
+    /// and tc flows with and without a socket entry.
+    fn mixed_drains(n: u16) -> [RawDrain; 2] {
+        let mut first = RawDrain::default();
+        let mut second = RawDrain::default();
+        let ip = |i: u16| [10, 1, (i >> 8) as u8, i as u8];
+        for i in 0..n {
+            let (a, b) = (ip(i), ip(i.wrapping_add(7000)));
+            let port = 10_000 + i;
+            match i % 6 {
+                0 => {
+                    // Both ends local: the opener's entry is kept.
+                    let c = key(a, port, b, 80, 6);
+                    first.sockets.push((
+                        c,
+                        vec![slot(
+                            100 + u64::from(i),
+                            (3, 180),
+                            (2, 120),
+                            TCP_SYN,
+                            TCP_SYN_ACK,
+                            DIR_EGRESS,
+                            5,
+                        )],
+                    ));
+                    first.sockets.push((
+                        mirror(&c),
+                        vec![slot(
+                            110 + u64::from(i),
+                            (2, 120),
+                            (3, 180),
+                            TCP_SYN_ACK,
+                            TCP_SYN,
+                            DIR_INGRESS,
+                            6,
+                        )],
+                    ));
+                    // Later only the server side: counted by the client's already.
+                    second.sockets.push((
+                        mirror(&c),
+                        vec![slot(2 * SEC, (1, 52), (0, 0), 0, 0, DIR_EGRESS, 6)],
+                    ));
+                }
+                1 => first.sockets.push((
+                    key(a, port, b, 53, 17),
+                    vec![
+                        slot(200, (1, 60), (1, 90), 0, 0, DIR_EGRESS, 3),
+                        slot(220, (2, 120), (0, 0), 0, 0, DIR_EGRESS, 3),
+                    ],
+                )),
+                2 => {
+                    // SYN without answer: held back, answered in the second drain.
+                    let c = key(a, port, b, 443, 6);
+                    first.sockets.push((
+                        c,
+                        vec![slot(SEC / 2, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 4)],
+                    ));
+                    if i % 4 == 0 {
+                        second.sockets.push((
+                            c,
+                            vec![slot(
+                                SEC + 1,
+                                (1, 52),
+                                (1, 60),
+                                0,
+                                TCP_SYN_ACK,
+                                DIR_INGRESS,
+                                4,
+                            )],
+                        ));
+                    }
+                }
+                3 => first.drops.push((
+                    DropKey {
+                        flow: key(a, port, b, 8080, 6),
+                        reason: u32::from(i % 3) + 2,
+                        _pad: 0,
+                    },
+                    vec![DropStats {
+                        first_ns: 300,
+                        last_ns: 400,
+                        packets: 2,
+                        bytes: 120,
+                        tcp_flags: TCP_SYN,
+                        _pad: [0; 7],
+                    }],
+                )),
+                4 => {
+                    // tc: a forwarded pair, and one a socket also saw.
+                    let f = key(a, port, b, 8443, 6);
+                    first.tc.push((
+                        f,
+                        vec![slot(100, (1, 60), (0, 0), TCP_SYN, 0, DIR_EGRESS, 0)],
+                    ));
+                    first.tc.push((
+                        mirror(&f),
+                        vec![slot(120, (1, 60), (0, 0), TCP_SYN_ACK, 0, DIR_EGRESS, 0)],
+                    ));
+                    let seen = key(a, port, b, 9000, 17);
+                    first
+                        .tc
+                        .push((seen, vec![slot(100, (1, 60), (0, 0), 0, 0, DIR_EGRESS, 0)]));
+                    first.sockets.push((
+                        mirror(&seen),
+                        vec![slot(100, (0, 0), (1, 60), 0, 0, DIR_INGRESS, 8)],
+                    ));
+                }
+                _ => {
+                    // Ring-buffer overflow for a key also in the map, and one not.
+                    let k = key(a, port, b, 5000, 17);
+                    first
+                        .sockets
+                        .push((k, vec![slot(100, (1, 60), (0, 0), 0, 0, DIR_EGRESS, 2)]));
+                    for (ek, ts) in [(k, 150), (key(a, port, b, 5001, 17), 160)] {
+                        first.overflow.push(OverflowEvent {
+                            key: ek,
+                            ts_ns: ts,
+                            cgroup_id: 2,
+                            bytes: 70,
+                            packets: 1,
+                            dir: DIR_EGRESS,
+                            tcp_flags: 0,
+                        });
+                    }
+                }
+            }
+        }
+        [first, second]
+    }
+
+    fn sorted(mut flows: Vec<CompactFlow>) -> Vec<String> {
+        let mut out: Vec<String> = flows.drain(..).map(|f| format!("{f:?}")).collect();
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn draining_in_chunks_assembles_exactly_what_one_batch_does() {
+        let mut reasons = DropReasons::default();
+        reasons.not_specified = 2;
+        for chunk in [1, 3, 64] {
+            let mut whole = Assembler::new(Duration::from_secs(3));
+            let mut chunked = Assembler::new(Duration::from_secs(3));
+            let mut totals = [(0u64, 0u64); 2];
+            for (i, raw) in mixed_drains(600).into_iter().enumerate() {
+                let now = clock((i as u64 + 1) * 2 * SEC);
+                let a = whole.assemble_chunked(raw.clone(), now, &reasons, false, usize::MAX);
+                let b = chunked.assemble_chunked(raw, now, &reasons, false, chunk);
+                assert!(!a.is_empty());
+                for (t, flows) in totals.iter_mut().zip([&a, &b]) {
+                    for f in flows {
+                        t.0 += f.packets + f.reply_packets;
+                        t.1 += f.bytes + f.reply_bytes;
+                    }
+                }
+                assert_eq!(a.len(), b.len(), "chunk {chunk}, drain {i}");
+                assert_eq!(sorted(a), sorted(b), "chunk {chunk}, drain {i}");
+                assert_eq!(whole.pending_len(), chunked.pending_len());
+            }
+            assert_eq!(totals[0], totals[1]);
+            // Nothing left behind: a final drain flushes the same held-back flows.
+            let now = clock(10 * SEC);
+            let a = whole.assemble_chunked(RawDrain::default(), now, &reasons, true, usize::MAX);
+            let b = chunked.assemble_chunked(RawDrain::default(), now, &reasons, true, chunk);
+            assert_eq!(sorted(a), sorted(b));
+            assert_eq!(chunked.pending_len(), 0);
+        }
     }
 }

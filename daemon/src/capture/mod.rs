@@ -14,20 +14,18 @@ use std::fs::File;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use assemble::{Assembler, Clock, CompactFlow, DrainSource, Sources};
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, SchedClassifier,
     TcAttachType, TestRun, TestRunOptions,
 };
 use aya::{Ebpf, EbpfLoader};
+use btf::{Btf, BtfError, DropReasons, SkbOffsets};
 use flowpol_common::{
     CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey, FlowStats,
     OverflowEvent,
 };
-use flowpol_recommender::flow::FlowRecord;
-
-use assemble::{Assembler, Clock, RawDrain};
-use btf::{Btf, BtfError, DropReasons, SkbOffsets};
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
 
@@ -282,9 +280,10 @@ impl Capture {
     }
 
     /// Reads and empties the maps the programs wrote since the last drain and
-    /// assembles them into records. `final_drain` flushes flows held back
-    /// waiting for a SYN-ACK.
-    pub fn drain(&mut self, final_drain: bool) -> Result<Vec<FlowRecord>, CaptureError> {
+    /// assembles them into records, [`DRAIN_CHUNK`] map entries at a time: the
+    /// maps are never copied whole into memory. `final_drain` flushes flows held
+    /// back waiting for a SYN-ACK.
+    pub fn drain(&mut self, final_drain: bool) -> Result<Vec<CompactFlow>, CaptureError> {
         let idle = self.active as usize;
         self.active ^= 1;
         self.control
@@ -296,25 +295,40 @@ impl Capture {
         // A program that read the old index before the flip finishes within
         // microseconds; give it ample time before reading the idle copy.
         std::thread::sleep(Duration::from_millis(5));
-        let mut raw = RawDrain {
-            sockets: drain_map(&mut self.flows[idle], "FLOWS")?,
-            tc: drain_map(&mut self.tc_flows[idle], "TC_FLOWS")?,
-            drops: drain_map(&mut self.drops[idle], "DROPS")?,
-            overflow: Vec::new(),
-        };
+        let mut overflow = Vec::new();
         while let Some(item) = self.overflow.next() {
             if item.len() >= size_of::<OverflowEvent>() {
                 // SAFETY: the kernel wrote an OverflowEvent (repr(C), plain data);
                 // read_unaligned copes with any alignment of the ring slot.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OverflowEvent>()) };
-                raw.overflow.push(ev);
+                overflow.push(ev);
             }
         }
-        self.last_drained = [raw.sockets.len(), raw.tc.len()];
         let clock = Clock::now();
-        Ok(self
-            .assembler
-            .assemble(raw, clock, &self.reasons, final_drain))
+        let sources = Sources {
+            sockets: &mut KernelMap {
+                map: &mut self.flows[idle],
+                name: "FLOWS",
+            },
+            tc: &mut KernelMap {
+                map: &mut self.tc_flows[idle],
+                name: "TC_FLOWS",
+            },
+            drops: &mut KernelMap {
+                map: &mut self.drops[idle],
+                name: "DROPS",
+            },
+        };
+        let out = self.assembler.drain(
+            sources,
+            &overflow,
+            clock,
+            &self.reasons,
+            final_drain,
+            DRAIN_CHUNK,
+        )?;
+        self.last_drained = [out.socket_entries, out.tc_entries];
+        Ok(out.flows)
     }
 
     /// How full the socket and tc flow maps were at the last drain (entries
@@ -426,26 +440,50 @@ where
     T::try_from(map).map_err(|source| CaptureError::Map { name, source })
 }
 
-type Drained<K, V> = Vec<(K, Vec<V>)>;
+/// Map entries a drain reads per step (plus their mirrors): bounds the memory
+/// of a drain besides its compact output.
+pub const DRAIN_CHUNK: usize = 4096;
 
-fn drain_map<K: aya::Pod + Copy, V: aya::Pod + Copy>(
-    map: &mut PerCpuHashMap<MapData, K, V>,
+/// The idle copy of a per-CPU hash map, emptied by one drain. The programs
+/// write the other copy meanwhile, so nothing changes it but the drain.
+struct KernelMap<'a, K: aya::Pod, V: aya::Pod> {
+    map: &'a mut PerCpuHashMap<MapData, K, V>,
     name: &'static str,
-) -> Result<Drained<K, V>, CaptureError> {
-    let keys: Vec<K> = map.keys().filter_map(Result::ok).collect();
-    let mut out = Vec::with_capacity(keys.len());
-    for k in keys {
-        match map.get(&k, 0) {
-            Ok(values) => out.push((k, values.iter().copied().collect())),
-            Err(MapError::KeyNotFound) => continue,
-            Err(source) => return Err(CaptureError::Map { name, source }),
-        }
-        match map.remove(&k) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(source) => return Err(CaptureError::Map { name, source }),
+}
+
+impl<K: aya::Pod + Copy, V: aya::Pod + Copy> DrainSource<K, V> for KernelMap<'_, K, V> {
+    type Error = CaptureError;
+
+    fn keys(&mut self, n: usize) -> Result<Vec<K>, CaptureError> {
+        // A fresh walk from the first key each time: every key of the last
+        // step was removed, so this lists what is left.
+        // Keys the walk cannot read are skipped (and read at a later step).
+        Ok(self.map.keys().filter_map(Result::ok).take(n).collect())
+    }
+
+    fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, CaptureError> {
+        let Some(values) = self.peek(key)? else {
+            return Ok(None);
+        };
+        match self.map.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(Some(values)),
+            Err(source) => Err(CaptureError::Map {
+                name: self.name,
+                source,
+            }),
         }
     }
-    Ok(out)
+
+    fn peek(&self, key: &K) -> Result<Option<Vec<V>>, CaptureError> {
+        match self.map.get(key, 0) {
+            Ok(values) => Ok(Some(values.iter().copied().collect())),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(source) => Err(CaptureError::Map {
+                name: self.name,
+                source,
+            }),
+        }
+    }
 }
 
 /// Interfaces of the agent's network namespace (from /proc/net/dev, which,

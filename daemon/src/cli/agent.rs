@@ -41,6 +41,10 @@ pub struct AgentArgs {
         default_values = flowpol_common::DEFAULT_ROUTINE_DROP_REASONS
     )]
     pub routine_drop_reasons: Vec<String>,
+    /// Name of the node the agent runs on, stored with every flow, drain and
+    /// capture loss it records (the DaemonSet sets NODE_NAME from spec.nodeName).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
     /// Also (or, without --db, only) write each drained record as a JSON line to
     /// this file (`-` for stdout).
     #[arg(long, value_name = "PATH", env = "FLOWPOL_JSON_OUT")]
@@ -79,6 +83,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 .collect(),
         },
         interval: args.interval,
+        node: args.node_name.clone().filter(|n| !n.is_empty()),
     };
     let retention = args.retention.retention();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -90,7 +95,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let mut identity_pool = None;
         if let Some(db) = &args.db {
             // Open (and validate) the database before loading anything into the kernel.
-            let store = crate::store::Store::open(db).await?;
+            // A small page cache: a drain's transaction spills to the WAL
+            // rather than growing the agent's memory (8 MiB per connection by default).
+            let options = crate::store::StoreOptions {
+                cache_kib: 2 * 1024,
+                ..crate::store::StoreOptions::default()
+            };
+            let store = crate::store::Store::open_with(db, &options).await?;
             // identity: the ownership time line lives in the same database.
             identity_pool = Some(store.pool().clone());
             sinks.push(Box::new(crate::agent::StoreSink::new(store, retention)));

@@ -136,20 +136,23 @@ pub struct EnrichingSink<S> {
 }
 
 #[cfg(feature = "agent")]
+impl crate::agent::EnrichRecords for Enricher {
+    fn enrich_records(&self, records: &mut [flowpol_recommender::flow::FlowRecord]) {
+        self.enrich(records);
+    }
+}
+
+#[cfg(feature = "agent")]
 impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<S> {
     fn write<'a>(
         &'a mut self,
         batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            // Enriching is idempotent, so a batch the store retries resolves the same.
-            let mut records = batch.records.clone();
-            self.enricher.enrich(&mut records);
-            let enriched = crate::agent::DrainBatch {
-                records,
-                losses: batch.losses.clone(),
-                recorded_at: batch.recorded_at,
-            };
+            // Enriching is idempotent, so a batch the store retries resolves the
+            // same. The sinks enrich a chunk of records at a time as they write.
+            let mut enriched = batch.clone();
+            enriched.enrich = Some(self.enricher.clone());
             self.inner.write(&enriched).await
         })
     }

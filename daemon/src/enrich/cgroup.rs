@@ -173,9 +173,22 @@ impl FsCgroupTree {
     }
 }
 
+/// A cgroup's id is the inode number of its cgroup2 directory.
+#[cfg(unix)]
+fn cgroup_id(meta: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.ino()
+}
+
+/// Never reached off Unix: `FsCgroupTree::new` finds no cgroup2 mount there (the CLI still
+/// builds, so a laptop can read databases and talk to agents).
+#[cfg(not(unix))]
+fn cgroup_id(_: &std::fs::Metadata) -> u64 {
+    0
+}
+
 impl CgroupTree for FsCgroupTree {
     fn walk(&self) -> Result<Vec<(u64, String)>, CgroupError> {
-        use std::os::unix::fs::MetadataExt;
         let mut out = Vec::new();
         let mut stack = vec![self.root.clone()];
         while let Some(dir) = stack.pop() {
@@ -189,7 +202,7 @@ impl CgroupTree for FsCgroupTree {
                 .strip_prefix(&self.root)
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_else(|_| "/".into());
-            out.push((meta.ino(), rel));
+            out.push((cgroup_id(&meta), rel));
             let entries = match std::fs::read_dir(&dir) {
                 Ok(e) => e,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -421,13 +434,13 @@ mod tests {
     }
 
     #[test]
+    #[cfg(target_os = "linux")]
     fn real_cgroup2_root_walk_finds_its_own_inode() {
         // Not privileged: reading the cgroup tree needs no root.
         let Ok(tree) = FsCgroupTree::from_proc_mounts() else {
             panic!("this machine has no cgroup2 mount in /proc/mounts");
         };
-        use std::os::unix::fs::MetadataExt;
-        let root_ino = std::fs::metadata(&tree.root).unwrap().ino();
+        let root_ino = cgroup_id(&std::fs::metadata(&tree.root).unwrap());
         let all = tree.walk().unwrap();
         assert!(all.iter().any(|(i, p)| *i == root_ino && p == "/"));
     }

@@ -184,6 +184,7 @@ fn fill_pod(ep: &mut Endpoint, p: &PodOwner) {
     ep.pod = Some(p.name.clone());
     ep.workload = p.workload.clone();
     ep.labels = p.labels.as_ref().clone();
+    ep.selector = p.selector.as_ref().clone();
 }
 
 fn resolve_with(tl: &Timeline, ep: &mut Endpoint, protocol: Protocol, t: Millis, is_dst: bool) {
@@ -308,6 +309,7 @@ fn resolve_service(
             labels.retain(|k, v| p.labels.get(k) == Some(v));
         }
         ep.labels = labels;
+        ep.selector = first.selector.as_ref().clone();
     }
 }
 

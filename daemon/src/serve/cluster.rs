@@ -2,6 +2,7 @@
 //! `/api/v1/flows` through the API server's pod proxy, and merge the per-node
 //! answers into one list. A node that does not answer is reported, not fatal.
 use std::collections::HashMap;
+use std::time::Duration;
 
 use chrono::Utc;
 use flowpol_recommender::flow::FlowRecord;
@@ -360,9 +361,20 @@ pub enum FollowEvent {
     Failed(NodeFailure),
 }
 
-/// Streams new flows from every agent into `tx` until every stream ended or
-/// the receiver is gone. A node that fails (or whose stream breaks) is sent as
-/// [`FollowEvent::Failed`]; the others go on.
+/// First wait before a node's follow stream is opened again; it doubles after
+/// each failure up to [`FOLLOW_RETRY_MAX`].
+pub const FOLLOW_RETRY_FIRST: Duration = Duration::from_millis(500);
+/// Longest wait between two attempts to reopen a node's follow stream.
+pub const FOLLOW_RETRY_MAX: Duration = Duration::from_secs(30);
+/// A stream that stayed open this long (or delivered a flow) was healthy: the
+/// next failure waits [`FOLLOW_RETRY_FIRST`] again.
+const FOLLOW_STABLE: Duration = Duration::from_secs(10);
+
+/// Streams new flows from every agent into `tx` until the receiver is gone. A
+/// node that fails, or whose stream breaks or ends (an agent restarting), is
+/// sent as [`FollowEvent::Failed`] saying when it is tried again, and its stream
+/// is reopened with exponential backoff; the others go on. Only an agent that
+/// can never be reached (`unusable`, e.g. no API port) is given up at once.
 pub async fn follow_flows(
     client: &kube::Client,
     target: &AgentTarget,
@@ -388,38 +400,58 @@ pub async fn follow_flows(
                     let _ = tx.send(fail(why.clone())).await;
                     return;
                 }
-                let reader = match client.request_stream(request(target, &path)).await {
-                    Ok(r) => r,
-                    Err(e) => {
-                        let _ = tx.send(fail(describe(&e))).await;
-                        return;
-                    }
-                };
-                let mut lines = reader.lines();
-                while let Some(line) = lines.next().await {
-                    let event = match line {
-                        Ok(l) if l.trim().is_empty() => continue,
-                        Ok(l) => match serde_json::from_str::<FlowRecord>(&l) {
-                            Ok(flow) => FollowEvent::Flow {
-                                node: agent.node.clone(),
-                                flow: Box::new(flow),
-                            },
-                            Err(e) => {
-                                fail(format!("the agent sent a line that is not a flow: {e}"))
+                let mut wait = FOLLOW_RETRY_FIRST;
+                loop {
+                    let opened = std::time::Instant::now();
+                    let mut delivered = false;
+                    let why = match client.request_stream(request(target, &path)).await {
+                        Err(e) => describe(&e),
+                        Ok(reader) => {
+                            let mut lines = reader.lines();
+                            let mut why = "the agent ended the stream (restarting?)".to_string();
+                            while let Some(line) = lines.next().await {
+                                let event = match line {
+                                    Ok(l) if l.trim().is_empty() => continue,
+                                    Ok(l) => match serde_json::from_str::<FlowRecord>(&l) {
+                                        Ok(flow) => {
+                                            delivered = true;
+                                            FollowEvent::Flow {
+                                                node: agent.node.clone(),
+                                                flow: Box::new(flow),
+                                            }
+                                        }
+                                        Err(e) => fail(format!(
+                                            "the agent sent a line that is not a flow: {e}"
+                                        )),
+                                    },
+                                    Err(e) => {
+                                        why = format!("stream broke: {e}");
+                                        break;
+                                    }
+                                };
+                                if tx.send(event).await.is_err() {
+                                    return;
+                                }
                             }
-                        },
-                        Err(e) => {
-                            let _ = tx.send(fail(format!("stream broke: {e}"))).await;
-                            return;
+                            why
                         }
                     };
-                    if tx.send(event).await.is_err() {
+                    if delivered || opened.elapsed() >= FOLLOW_STABLE {
+                        wait = FOLLOW_RETRY_FIRST;
+                    }
+                    let report = format!(
+                        "{why}; reconnecting in {}",
+                        humantime::format_duration(wait)
+                    );
+                    if tx.send(fail(report)).await.is_err() {
                         return;
                     }
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = tx.closed() => return,
+                    }
+                    wait = (wait * 2).min(FOLLOW_RETRY_MAX);
                 }
-                let _ = tx
-                    .send(fail("the agent ended the stream (shutting down?)".into()))
-                    .await;
             }
         })
         .collect();

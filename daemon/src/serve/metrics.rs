@@ -253,11 +253,17 @@ impl crate::agent::FlowSink for ServeSink {
         batch: &'a crate::agent::DrainBatch,
     ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
-            self.metrics.record_batch(&batch.records, &batch.losses);
-            if self.live.receiver_count() > 0 && !batch.records.is_empty() {
-                // No receiver left is not an error: nobody follows.
-                let _ = self.live.send(Arc::new(batch.records.clone()));
+            // A chunk of full records at a time, each its own follow message.
+            for chunk in batch.record_chunks() {
+                self.metrics.record_batch(&chunk, &[]);
+                if self.live.receiver_count() > 0 && !chunk.is_empty() {
+                    // No receiver left is not an error: nobody follows.
+                    let _ = self.live.send(Arc::new(chunk));
+                    // Let follow streams take this chunk before the next.
+                    tokio::task::yield_now().await;
+                }
             }
+            self.metrics.record_batch(&[], &batch.losses);
             Ok(())
         })
     }

@@ -177,6 +177,7 @@ struct Identity {
     pod: Option<String>,
     workload: Option<WorkloadRef>,
     labels: std::collections::BTreeMap<String, String>,
+    selector: std::collections::BTreeMap<String, String>,
     service: Option<String>,
     service_port: Option<u16>,
 }
@@ -202,6 +203,7 @@ impl Identity {
         e.pod = self.pod.clone();
         e.workload = self.workload.clone();
         e.labels = self.labels.clone();
+        e.selector = self.selector.clone();
         e.service = self.service.clone();
         e.service_port = self.service_port;
         e
@@ -483,11 +485,12 @@ struct ReadConnection {
 
 impl ReadConnection {
     fn open(path: &std::path::Path) -> Result<Self, RawError> {
-        use std::os::unix::ffi::OsStrExt;
-        let c_path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| RawError {
-            code: ffi::SQLITE_CANTOPEN,
-            message: "the path holds a NUL byte".to_string(),
-        })?;
+        // The path's own bytes on Unix; UTF-8 (what SQLite expects) on Windows.
+        let c_path =
+            std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| RawError {
+                code: ffi::SQLITE_CANTOPEN,
+                message: "the path holds a NUL byte".to_string(),
+            })?;
         let mut db = std::ptr::null_mut();
         // SAFETY: c_path is NUL-terminated and outlives the call; the out-pointer is a
         // valid local; a null VFS name picks the default VFS.
@@ -732,7 +735,7 @@ impl Store {
     async fn identity_rows(&self) -> Result<HashMap<i64, Identity>, StoreError> {
         let rows = sqlx::query(
             "SELECT id, kind, namespace, pod, workload_kind, workload_name, labels, service, \
-             service_port FROM identities",
+             service_port, selector FROM identities",
         )
         .fetch_all(self.pool())
         .await
@@ -758,6 +761,7 @@ impl Store {
             let wn: Option<String> = r.try_get(5).map_err(get)?;
             let labels: Option<String> = r.try_get(6).map_err(get)?;
             let sp: Option<i64> = r.try_get(8).map_err(get)?;
+            let selector: Option<String> = r.try_get(9).map_err(get)?;
             let identity = Identity {
                 kind,
                 namespace: r.try_get(2).map_err(get)?,
@@ -768,6 +772,8 @@ impl Store {
                 },
                 labels: codec::labels_from_db(labels.as_deref())
                     .map_err(|e| bad(format!("labels are not a JSON object of strings: {e}")))?,
+                selector: codec::labels_from_db(selector.as_deref())
+                    .map_err(|e| bad(format!("selector is not a JSON object of strings: {e}")))?,
                 service: r.try_get(7).map_err(get)?,
                 service_port: match sp {
                     None => None,

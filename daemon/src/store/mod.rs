@@ -386,12 +386,34 @@ impl Store {
         recorded_at: DateTime<Utc>,
         node: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.write_drain_chunks(std::iter::once(flows), losses, recorded_at, node)
+            .await
+    }
+
+    /// [`Store::write_drain`] for flows made a chunk at a time (the agent turns
+    /// its compact records into full ones chunk by chunk): still one drain
+    /// interval in one transaction, one `drains` row; each chunk is inserted and
+    /// dropped before the next is made.
+    pub async fn write_drain_chunks<I, C>(
+        &self,
+        chunks: I,
+        losses: &[CaptureLoss],
+        recorded_at: DateTime<Utc>,
+        node: Option<&str>,
+    ) -> Result<(), StoreError>
+    where
+        I: Iterator<Item = C> + Send,
+        C: AsRef<[FlowRecord]>,
+    {
         let path = &self.path;
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(|e| write_error(path, "starting a transaction", e))?;
+        let mut count: i64 = 0;
+        let mut min_last_seen: Option<i64> = None;
+        let mut max_last_seen: Option<i64> = None;
         let (first_id, last_id, learned) = {
             let mut handle = tx
                 .lock_handle()
@@ -408,18 +430,23 @@ impl Store {
                 .map_err(|e| raw_error(path, "preparing the flow insert", e))?;
             let mut first = None;
             let mut last = None;
-            for f in flows {
-                let id = writer
-                    .insert(f)
-                    .map_err(|e| raw_error(path, "inserting flows", e))?;
-                first.get_or_insert(id);
-                last = Some(id);
+            for chunk in chunks {
+                for f in chunk.as_ref() {
+                    let id = writer
+                        .insert(f)
+                        .map_err(|e| raw_error(path, "inserting flows", e))?;
+                    first.get_or_insert(id);
+                    last = Some(id);
+                    count += 1;
+                    let seen = codec::time_to_ns(&f.last_seen);
+                    min_last_seen = Some(min_last_seen.map_or(seen, |m: i64| m.min(seen)));
+                    max_last_seen = Some(max_last_seen.map_or(seen, |m: i64| m.max(seen)));
+                }
             }
             (first, last, std::mem::take(&mut writer.learned))
         };
         let recorded_ns = codec::time_to_ns(&recorded_at);
-        if !flows.is_empty() || !losses.is_empty() {
-            let last_seen = flows.iter().map(|f| codec::time_to_ns(&f.last_seen));
+        if count > 0 || !losses.is_empty() {
             sqlx::query(
                 "INSERT INTO drains (recorded_ns, node, first_flow_id, last_flow_id, flow_count, \
                  min_last_seen_ns, max_last_seen_ns) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -428,9 +455,9 @@ impl Store {
             .bind(node)
             .bind(first_id)
             .bind(last_id)
-            .bind(flows.len() as i64)
-            .bind(last_seen.clone().min())
-            .bind(last_seen.max())
+            .bind(count)
+            .bind(min_last_seen)
+            .bind(max_last_seen)
             .execute(&mut *tx)
             .await
             .map_err(|e| write_error(path, "recording the drain", e))?;

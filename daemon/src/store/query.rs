@@ -37,8 +37,8 @@ const KEY_COLUMNS: &str = "f.protocol, f.src_ip, f.src_port, f.dst_ip, f.dst_por
 
 /// Both ends' identity columns, from the joins `s` (source) and `d`.
 const IDENTITY_COLUMNS: &str = "s.kind, s.namespace, s.pod, s.workload_kind, s.workload_name, \
-    s.labels, s.service, s.service_port, d.kind, d.namespace, d.pod, d.workload_kind, \
-    d.workload_name, d.labels, d.service, d.service_port";
+    s.labels, s.service, s.service_port, s.selector, d.kind, d.namespace, d.pod, \
+    d.workload_kind, d.workload_name, d.labels, d.service, d.service_port, d.selector";
 
 const IDENTITY_JOINS: &str = "LEFT JOIN identities s ON s.id = f.src_identity \
     LEFT JOIN identities d ON d.id = f.dst_identity";
@@ -363,7 +363,7 @@ fn decode_row(store: &Store, r: &SqliteRow) -> Result<StoredFlow, StoreError> {
         u8::try_from(flags).map_err(|_| bad(format!("tcp_flags {flags} is out of range")))?;
     let cgroup_id: Option<i64> = r.try_get(15).map_err(get_err)?;
     let src = decode_endpoint(r, 4, 5, 17, &bad)?;
-    let dst = decode_endpoint(r, 6, 7, 25, &bad)?;
+    let dst = decode_endpoint(r, 6, 7, 26, &bad)?;
     Ok(StoredFlow {
         id,
         record: FlowRecord {
@@ -385,9 +385,9 @@ fn decode_row(store: &Store, r: &SqliteRow) -> Result<StoredFlow, StoreError> {
     })
 }
 
-/// Decodes one end: address and port columns, then the 8 identity columns
+/// Decodes one end: address and port columns, then the 9 identity columns
 /// starting at `ident` (kind, namespace, pod, workload kind, workload name,
-/// labels, service, service port).
+/// labels, service, service port, selector).
 fn decode_endpoint(
     r: &SqliteRow,
     ip_col: usize,
@@ -432,6 +432,9 @@ fn decode_endpoint(
             Some(u16::try_from(p).map_err(|_| bad(format!("service port {p} is out of range")))?)
         }
     };
+    let selector: Option<String> = r.try_get(ident + 8).map_err(get_err)?;
+    e.selector = codec::labels_from_db(selector.as_deref())
+        .map_err(|err| bad(format!("selector is not a JSON object of strings: {err}")))?;
     Ok(e)
 }
 
@@ -463,9 +466,9 @@ mod tests {
             }
             n
         };
-        // id + 16 flow columns, then 8 identity columns per end.
+        // id + 16 flow columns, then 9 identity columns per end.
         assert_eq!(count(ROW_COLUMNS), 17);
-        assert_eq!(count(IDENTITY_COLUMNS), 16);
+        assert_eq!(count(IDENTITY_COLUMNS), 18);
         assert_eq!(count(MERGED_COLUMNS), 19);
         for (i, col) in INSERT_COLUMNS.iter().take(16).enumerate() {
             let row_col = ROW_COLUMNS.split(',').nth(i + 1).unwrap().trim();

@@ -181,6 +181,7 @@ struct Identity {
     pod: Option<String>,
     workload: Option<WorkloadRef>,
     labels: BTreeMap<String, String>,
+    selector: BTreeMap<String, String>,
     service: Option<String>,
     service_port: Option<u16>,
 }
@@ -193,6 +194,7 @@ impl Identity {
             pod: e.pod.clone(),
             workload: e.workload.clone(),
             labels: e.labels.clone(),
+            selector: e.selector.clone(),
             service: e.service.clone(),
             service_port: e.service_port,
         }
@@ -204,6 +206,7 @@ impl Identity {
             && self.pod == e.pod
             && self.workload == e.workload
             && self.labels == e.labels
+            && self.selector == e.selector
             && self.service == e.service
             && self.service_port == e.service_port
     }
@@ -216,6 +219,7 @@ pub fn has_identity(e: &Endpoint) -> bool {
         || e.pod.is_some()
         || e.workload.is_some()
         || !e.labels.is_empty()
+        || !e.selector.is_empty()
         || e.service.is_some()
         || e.service_port.is_some()
 }
@@ -244,14 +248,16 @@ fn identity_hash(e: &Endpoint) -> u64 {
     e.pod.hash(&mut h);
     e.workload.hash(&mut h);
     e.labels.hash(&mut h);
+    e.selector.hash(&mut h);
     e.service.hash(&mut h);
     e.service_port.hash(&mut h);
     h.finish()
 }
 
-/// The canonical text of an identity: the `identities.key` column.
+/// The canonical text of an identity: the `identities.key` column. The selector joins it
+/// only when set, so identities without one keep the key they had before it existed.
 fn identity_key(e: &Endpoint) -> String {
-    serde_json::json!([
+    let mut key = serde_json::json!([
         e.kind.map(codec::kind_to_db),
         e.namespace,
         e.pod,
@@ -260,8 +266,13 @@ fn identity_key(e: &Endpoint) -> String {
         e.labels,
         e.service,
         e.service_port,
-    ])
-    .to_string()
+    ]);
+    if !e.selector.is_empty()
+        && let Some(parts) = key.as_array_mut()
+    {
+        parts.push(serde_json::json!(e.selector));
+    }
+    key.to_string()
 }
 
 /// Identity ids by identity, so that most rows need no lookup in SQLite.
@@ -337,8 +348,8 @@ impl<'c> FlowWriter<'c> {
                 insert_identity: Stmt::prepare(
                     db,
                     "INSERT INTO identities (key, kind, namespace, pod, workload_kind, \
-                     workload_name, labels, service, service_port) \
-                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     workload_name, labels, service, service_port, selector) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )?,
                 known,
                 learned: IdentityCache::default(),
@@ -364,7 +375,9 @@ impl<'c> FlowWriter<'c> {
         let id = match self.find_identity.finish()? {
             Some(id) => id,
             None => {
+                // Bound without a copy: the texts must outlive the statement's step.
                 let labels = codec::labels_to_db(&e.labels);
+                let selector = codec::labels_to_db(&e.selector);
                 let s = &mut self.insert_identity;
                 s.text(1, Some(&key))?;
                 s.text(2, e.kind.map(codec::kind_to_db))?;
@@ -375,6 +388,7 @@ impl<'c> FlowWriter<'c> {
                 s.text(7, labels.as_deref())?;
                 s.text(8, e.service.as_deref())?;
                 s.opt_int(9, e.service_port.map(i64::from))?;
+                s.text(10, selector.as_deref())?;
                 s.finish()?;
                 s.last_insert_rowid()
             }
