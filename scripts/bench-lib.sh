@@ -89,3 +89,14 @@ in_pod() {
   local ns cg; ns=$(pod "$1" "$2" netns); cg=$(pod "$1" "$2" cgroup); shift 2
   sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" ip netns exec "$ns" "$@"
 }
+
+# scope_args SCOPE: the agent flags for SCOPE `root` (attached at the cgroup v2 root, as deployed:
+# it sees every process on the machine) or `lab` (only the lab's cgroup slice, where in_pod puts
+# the load: other work on a shared machine does not fill its maps).
+scope_args() {
+  case $1 in
+    root) ;;
+    lab) echo "--cgroup $LAB_CG2/$(jq -r .cgroup_root "$LAB_PLAN")" ;;
+    *) echo "scope $1: want root or lab" >&2; return 1 ;;
+  esac
+}

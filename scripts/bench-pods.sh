@@ -10,7 +10,8 @@
 # eBPF program cost per run (bpf_stats) is reported for the lab TCP rounds and for the storm.
 # Needs root. Env: ROUNDS (3), SECONDS_PER_RUN (5), STORM_SECONDS (30), STORM_CLIENTS (2),
 # STORM_THREADS (8 per client pod), STORM_AGENT_ARGS (extra `flowpol agent` flags, e.g.
-# "--flow-map-entries 262144"), FLOWPOL_BIN, BENCH_RESULTS (see scripts/bench-lib.sh).
+# "--flow-map-entries 262144"), STORM_SCOPE (root: the agent at the cgroup v2 root, as deployed,
+# the default; lab: only the lab's cgroup slice), FLOWPOL_BIN, BENCH_RESULTS (scripts/bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -100,8 +101,9 @@ fi
 
 # The storm: agent recording with its default settings (plus STORM_AGENT_ARGS).
 echo "connection storm: $CLIENTS client pods x $STORM_THREADS threads flat-out for ${STORM_SECONDS}s, agent recording"
+scope=$(scope_args "${STORM_SCOPE:-root}")
 # shellcheck disable=SC2086
-start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" ${STORM_AGENT_ARGS:-}
+start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope ${STORM_AGENT_ARGS:-}
 pids=()
 for i in $(seq 0 $((CLIENTS - 1))); do
   in_pod client "$i" "$CONN" client --server "$SERVER_IP" --ports 9100-9107 --seconds "$STORM_SECONDS" \
