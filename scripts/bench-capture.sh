@@ -30,7 +30,8 @@ cleanup() {
   sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE"
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # run the EXIT cleanup once, then stop
 
 ip netns add "$HUB"; ip netns add "$A"; ip netns add "$B"
 ip -n "$HUB" link add br0 type bridge && ip -n "$HUB" link set br0 up

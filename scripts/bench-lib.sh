@@ -29,7 +29,7 @@ ip_hex() { local IFS=.; set -- $1; printf "%02X%02X%02X%02X" "$1" "$2" "$3" "$4"
 # agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log
 # lines (`program stats`, kernel.bpf_stats_enabled=1), summed over the runs in LOG.
 agent_prog_stats() {
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "program stats" |
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | { grep "program stats" || true; } |
     sed -E 's/.*program="?([a-z_0-9]+)"?.*run_count=([0-9]+).*run_time_ns=([0-9]+).*/\1 \2 \3/' |
     awk '{c[$1]+=$2; t[$1]+=$3} END {for (p in c) if (c[p] > 0) printf "%s %d %.1f\n", p, c[p], t[p]/c[p]}' | sort
 }
@@ -88,4 +88,15 @@ pod() {
 in_pod() {
   local ns cg; ns=$(pod "$1" "$2" netns); cg=$(pod "$1" "$2" cgroup); shift 2
   sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" ip netns exec "$ns" "$@"
+}
+
+# scope_args SCOPE: the agent flags for SCOPE `root` (attached at the cgroup v2 root, as deployed:
+# it sees every process on the machine) or `lab` (only the lab's cgroup slice, where in_pod puts
+# the load: other work on a shared machine does not fill its maps).
+scope_args() {
+  case $1 in
+    root) ;;
+    lab) echo "--cgroup $LAB_CG2/$(jq -r .cgroup_root "$LAB_PLAN")" ;;
+    *) echo "scope $1: want root or lab" >&2; return 1 ;;
+  esac
 }

@@ -8,14 +8,14 @@
 # Root is needed for the kernel parts (capture, pods, the agent's RSS, lab): without it they
 # are skipped and their figures show as NOT MEASURED.
 #
-# Env knobs (defaults finish in ~15-20 min on the 2-core build machine):
+# Env knobs (the defaults finish in ~8 min on the 2-core build machine):
 #   BENCH_PARTS        parts, in order (default: capture pods store api recommend engine identity lab)
 #   BENCH_RESULTS      results file (default target/bench/results-<UTC time>.txt)
-#   ROUNDS, SECONDS_PER_RUN   alternating without/with agent rounds between lab pods (3, 5 s)
+#   ROUNDS, SECONDS_PER_RUN   alternating without/with agent rounds between lab pods (5, 5 s)
 #   STORM_SECONDS, STORM_CLIENTS, STORM_THREADS, STORM_AGENT_ARGS   the connection storm (30 s, 2, 8)
 #   INGEST_ROWS        SQLite ingest rows (1 000 000)
 #   RECOMMEND_PODS     cluster sizes for recommend/audit/connectivity ("1000 10000")
-#   RECOMMEND_ROWS, RECOMMEND_DISTINCT   stored rows and distinct flows (1 000 000, 100 000;
+#   RECOMMEND_ROWS, RECOMMEND_DISTINCT   stored rows and distinct flows (2 000 000, 200 000;
 #                      the recommend target is defined on 10 000 000 rows: RECOMMEND_ROWS=10000000)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,13 +53,13 @@ for part in $PARTS; do
       else not_measured prog.flow_egress.ns_per_packet.udp200 ns/pkt "<=100" \
         prog.flow_ingress.ns_per_packet.udp200 ns/pkt "<=100" prog.drop_kfree_skb.ns_per_packet.udp200 ns/pkt "<=100"; fi ;;
     pods)
-      if [ "$ROOT" = 1 ]; then bash scripts/bench-pods.sh || st=$?
+      if [ "$ROOT" = 1 ]; then ROUNDS=${ROUNDS:-5} bash scripts/bench-pods.sh || st=$?
       else not_measured pods.tcp_throughput.ratio ratio ">=0.97" pods.conn_rate.ratio ratio ">=0.95" \
         storm.recorded_share % ">=100"; fi ;;
     store) bash scripts/bench-store.sh || st=$? ;;
     api) bash scripts/bench-api.sh || st=$? ;;
     recommend)
-      PODS=${RECOMMEND_PODS:-1000 10000} ROWS=${RECOMMEND_ROWS:-1000000} DISTINCT=${RECOMMEND_DISTINCT:-100000} \
+      PODS=${RECOMMEND_PODS:-1000 10000} ROWS=${RECOMMEND_ROWS:-2000000} DISTINCT=${RECOMMEND_DISTINCT:-200000} \
         bash scripts/bench-recommend.sh || st=$? ;;
     engine) bash scripts/bench-engine.sh || st=$? ;;
     identity) bash scripts/bench-identity.sh || st=$? ;;

@@ -9,7 +9,9 @@
 # a pair comes back only after minutes (longer than TIME_WAIT and than a drain interval).
 # Needs root. Env: SOAK_SECONDS, SOAK_RATE, SOAK_SAMPLE, SOAK_CLIENTS (2), SOAK_PORTS (16),
 # SOAK_CSV (default target/soak/soak-<UTC time>.csv), SOAK_AGENT_ARGS (extra agent flags),
-# FLOWPOL_BIN.
+# SOAK_SCOPE (root: the agent at the cgroup v2 root, as deployed, the default; lab: only the
+# lab's cgroup slice, so other work on a shared machine stays out), SOAK_PORT_BASE (9100: the
+# server ports are SOAK_PORT_BASE..+SOAK_PORTS-1), FLOWPOL_BIN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
@@ -22,6 +24,8 @@ SAMPLE=${SOAK_SAMPLE:-60}
 CLIENTS=${SOAK_CLIENTS:-2}
 PORTS=${SOAK_PORTS:-16}
 SLACK=${SOAK_RSS_SLACK:-1.10}
+SCOPE=${SOAK_SCOPE:-root}
+BASE=${SOAK_PORT_BASE:-9100}
 mkdir -p target/soak
 CSV=${SOAK_CSV:-target/soak/soak-$(date -u +%Y%m%dT%H%M%SZ).csv}
 [ -x "$BIN" ] || { echo "soak: $BIN missing: run 'make build'" >&2; exit 1; }
@@ -37,23 +41,25 @@ cleanup() {
   "$BIN" lab down --lab "$LAB" >/dev/null 2>&1
   rm -rf "$WORK"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM # run the EXIT cleanup once, then stop
 
 lab_pods_up "$BIN" "$LAB" "$WORK" "$CLIENTS"
 SERVER_IP=$(pod server 0 ip)
-LAST_PORT=$((9100 + PORTS - 1))
-in_pod server 0 "$CONN" server --listen "$SERVER_IP" --ports "9100-$LAST_PORT" --threads 2 > "$WORK/server.log" 2>&1 &
+LAST_PORT=$((BASE + PORTS - 1))
+in_pod server 0 "$CONN" server --listen "$SERVER_IP" --ports "$BASE-$LAST_PORT" --threads 2 > "$WORK/server.log" 2>&1 &
 sleep 1
 
+scope=$(scope_args "$SCOPE")
 # shellcheck disable=SC2086
-"$BIN" agent --db "$WORK/soak.db" ${SOAK_AGENT_ARGS:-} 2> "$WORK/agent.log" &
+"$BIN" agent --db "$WORK/soak.db" $scope ${SOAK_AGENT_ARGS:-} 2> "$WORK/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 150); do grep -q "capture attached" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "capture attached" "$WORK/agent.log" || { cat "$WORK/agent.log" >&2; exit 1; }
-echo "soak: agent pid $AGENT_PID, $RATE new flows/s from $CLIENTS client pods to $SERVER_IP:9100-$LAST_PORT for ${SECS}s; CSV $CSV"
+echo "soak: agent pid $AGENT_PID, $RATE new flows/s from $CLIENTS client pods to $SERVER_IP:$BASE-$LAST_PORT for ${SECS}s, agent scope $SCOPE; CSV $CSV"
 
 for i in $(seq 0 $((CLIENTS - 1))); do
-  in_pod client "$i" "$CONN" client --server "$SERVER_IP" --ports "9100-$LAST_PORT" --seconds "$SECS" \
+  in_pod client "$i" "$CONN" client --server "$SERVER_IP" --ports "$BASE-$LAST_PORT" --seconds "$SECS" \
     --threads 4 --bind "$(pod client "$i" ip)" --unique --wrap --rate $((RATE / CLIENTS)) \
     --progress "$WORK/progress-$i" > "$WORK/client-$i.out" &
   CLIENT_PIDS+=($!)
@@ -95,7 +101,7 @@ srcs=""
 for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
 # A connection's SYN is in exactly one stored row (the interval that saw it open).
 stored=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
-  AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND $LAST_PORT
+  AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN $BASE AND $LAST_PORT
   AND src_ip IN ($srcs) AND (tcp_flags & 1) != 0")
 losses=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT counter || '=' || sum(delta) FROM capture_losses GROUP BY counter" | tr '\n' ' ')
 echo
