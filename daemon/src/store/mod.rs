@@ -415,6 +415,9 @@ impl Store {
                 first.get_or_insert(id);
                 last = Some(id);
             }
+            writer
+                .finish()
+                .map_err(|e| raw_error(path, "recording the highest flow id", e))?;
             (first, last, std::mem::take(&mut writer.learned))
         };
         let recorded_ns = codec::time_to_ns(&recorded_at);
