@@ -338,11 +338,17 @@ impl<'c> FlowWriter<'c> {
         );
         // SAFETY: forwarded from the caller.
         unsafe {
-            // MAX(id) too: a row written some other way must not be overwritten.
+            // A write first, like the INSERT that used to come first: a
+            // transaction that starts by reading gets SQLITE_BUSY at once,
+            // without the busy timeout, when it then needs the write lock
+            // another connection holds (SQLite never waits while it holds a
+            // read snapshot). MAX(id) too: a row written some other way must
+            // not be overwritten.
             let mut high_water = Stmt::prepare(
                 db,
-                "SELECT MAX(last_id, COALESCE((SELECT MAX(id) FROM flows), 0)) \
-                 FROM flow_id_high_water",
+                "UPDATE flow_id_high_water \
+                 SET last_id = MAX(last_id, COALESCE((SELECT MAX(id) FROM flows), 0)) \
+                 WHERE only_row = 1 RETURNING last_id",
             )?;
             let last_id = high_water.finish()?.unwrap_or(0);
             let next_flow_id = last_id.checked_add(1).ok_or_else(|| RawError {
