@@ -420,3 +420,135 @@ async fn capture_losses_are_summed_per_counter() {
             .is_empty()
     );
 }
+
+/// Ids of every stored row, oldest first.
+async fn stored_ids(store: &Store) -> Vec<i64> {
+    store
+        .query_flow_page(&FlowQuery::default())
+        .await
+        .unwrap()
+        .flows
+        .iter()
+        .map(|f| f.id)
+        .collect()
+}
+
+#[tokio::test]
+async fn flow_ids_are_never_reused_even_after_the_table_was_emptied() {
+    let (_dir, path) = db();
+    let store = Store::open(&path).await.unwrap();
+    store
+        .write_flows(&[full_record(), full_record()])
+        .await
+        .unwrap();
+    assert_eq!(stored_ids(&store).await, vec![1, 2]);
+    // What retention does when every row is old.
+    sqlx::query("DELETE FROM flows")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    store.write_flows(&[full_record()]).await.unwrap();
+    store.close().await;
+    let store = Store::open(&path).await.unwrap();
+    store.write_flows(&[full_record()]).await.unwrap();
+    assert_eq!(stored_ids(&store).await, vec![3, 4]);
+}
+
+#[tokio::test]
+async fn a_failed_write_hands_out_its_ids_again() {
+    let (_dir, path) = db();
+    let store = Store::open(&path).await.unwrap();
+    store.write_flows(&[full_record()]).await.unwrap();
+    // A trigger refusing the second row makes the whole transaction fail;
+    // nothing of it stays, not even the ids it had handed out.
+    sqlx::query(
+        "CREATE TRIGGER refuse_port_9 BEFORE INSERT ON flows WHEN NEW.src_port = 9 \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut refused = full_record();
+    refused.src.port = 9;
+    assert!(store.write_flows(&[full_record(), refused]).await.is_err());
+    store.write_flows(&[full_record()]).await.unwrap();
+    assert_eq!(stored_ids(&store).await, vec![1, 2]);
+}
+
+#[tokio::test]
+async fn a_database_of_schema_3_is_migrated_keeping_its_rows_and_ids() {
+    use sqlx::Connection;
+    use sqlx::sqlite::{SqliteConnectOptions, SqliteConnection};
+    let (_dir, path) = db();
+    {
+        // The layout before migration 4: flows with AUTOINCREMENT.
+        let mut conn = SqliteConnection::connect_with(
+            &SqliteConnectOptions::new()
+                .filename(&path)
+                .create_if_missing(true),
+        )
+        .await
+        .unwrap();
+        sqlx::query(&format!(
+            "PRAGMA application_id = {}",
+            flowpol::store::APPLICATION_ID
+        ))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let schema_3 = sqlx::migrate::Migrator {
+            migrations: std::borrow::Cow::Owned(
+                flowpol::store::MIGRATOR
+                    .iter()
+                    .filter(|m| m.version <= 3)
+                    .cloned()
+                    .collect(),
+            ),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        schema_3.run(&mut conn).await.unwrap();
+        for (port, verdict) in [(1, "forwarded"), (2, "dropped"), (3, "unanswered")] {
+            sqlx::query(
+                "INSERT INTO flows (first_seen_ns, last_seen_ns, protocol, src_ip, src_port, \
+                 dst_ip, dst_port, packets, bytes, reply_packets, reply_bytes, verdict, \
+                 tcp_flags) VALUES (1, 2, 6, x'0a000001', ?, x'0a000002', 80, 3, 4, 5, 6, ?, 1)",
+            )
+            .bind(port)
+            .bind(verdict)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+        // AUTOINCREMENT remembers id 3 after its row is gone.
+        sqlx::query("DELETE FROM flows WHERE id = 3")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        conn.close().await.unwrap();
+    }
+    let store = Store::open(&path).await.unwrap();
+    assert!(store.schema_version() >= 4);
+    let before = store.query_flow_page(&FlowQuery::default()).await.unwrap();
+    let ports: Vec<(i64, u16, Verdict)> = before
+        .flows
+        .iter()
+        .map(|f| (f.id, f.record.src.port, f.record.verdict))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![(1, 1, Verdict::Forwarded), (2, 2, Verdict::Dropped)]
+    );
+    assert_eq!(before.flows[0].record.packets, 3);
+    assert_eq!(before.flows[0].record.reply_bytes, 6);
+    store.write_flows(&[full_record()]).await.unwrap();
+    assert_eq!(stored_ids(&store).await, vec![1, 2, 4]);
+    // The schema's CHECK still refuses a verdict it does not know.
+    let bad = sqlx::query(
+        "INSERT INTO flows (first_seen_ns, last_seen_ns, protocol, src_ip, src_port, dst_ip, \
+         dst_port, packets, bytes, reply_packets, reply_bytes, verdict, tcp_flags) \
+         VALUES (1, 2, 6, x'0a000001', 1, x'0a000002', 80, 1, 1, 1, 1, 'maybe', 0)",
+    )
+    .execute(store.pool())
+    .await;
+    assert!(bad.is_err(), "{bad:?}");
+}

@@ -443,6 +443,9 @@ impl Store {
                     max_last_seen = Some(max_last_seen.map_or(seen, |m: i64| m.max(seen)));
                 }
             }
+            writer
+                .finish()
+                .map_err(|e| raw_error(path, "recording the highest flow id", e))?;
             (first, last, std::mem::take(&mut writer.learned))
         };
         let recorded_ns = codec::time_to_ns(&recorded_at);

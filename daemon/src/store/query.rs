@@ -9,7 +9,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 
 use super::{Store, StoreError, codec, write_error};
 
-/// Columns written per flow, in bind order (`id` is assigned by SQLite).
+/// Columns written per flow, in bind order (`id` comes from `flow_id_high_water`, migration 0004).
 pub const INSERT_COLUMNS: [&str; 18] = [
     "first_seen_ns",
     "last_seen_ns",

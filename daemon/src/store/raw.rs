@@ -11,7 +11,8 @@
 //! cleared right after each step).
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_int};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::net::IpAddr;
 use std::ptr::NonNull;
 
 use flowpol_recommender::flow::{Endpoint, EndpointKind, FlowRecord, WorkloadRef};
@@ -224,25 +225,12 @@ pub fn has_identity(e: &Endpoint) -> bool {
         || e.service_port.is_some()
 }
 
-/// FNV-1a: the cache is keyed by our own identities, not by untrusted
-/// input that could be crafted to collide, so a fast hash will do.
-struct Fnv(u64);
-
-impl Hasher for Fnv {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0 ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-}
-
 /// Hash of the identity fields of `e`, computed without allocating.
+/// foldhash (fixed seed): the cache is keyed by our own identities, not by
+/// untrusted input crafted to collide, and it reads 16 bytes a step where
+/// the FNV used before read one (a tenth of the ingest cost went to hashing).
 fn identity_hash(e: &Endpoint) -> u64 {
-    let mut h = Fnv(0xcbf2_9ce4_8422_2325);
+    let mut h = foldhash::fast::FixedState::default().build_hasher();
     e.kind.hash(&mut h);
     e.namespace.hash(&mut h);
     e.pod.hash(&mut h);
@@ -278,7 +266,9 @@ fn identity_key(e: &Endpoint) -> String {
 /// Identity ids by identity, so that most rows need no lookup in SQLite.
 #[derive(Debug, Default)]
 pub struct IdentityCache {
-    by_hash: HashMap<u64, Vec<(Identity, i64)>>,
+    /// Keyed by `identity_hash`, already a hash: hashed again by foldhash
+    /// rather than the default SipHash.
+    by_hash: HashMap<u64, Vec<(Identity, i64)>, foldhash::fast::FixedState>,
     len: usize,
 }
 
@@ -319,6 +309,11 @@ impl IdentityCache {
 /// Writes flows (and the identities they name) on one locked connection.
 pub struct FlowWriter<'c> {
     insert_flow: Stmt,
+    /// The id the next flow gets: one above the highest ever handed out
+    /// (`flow_id_high_water`, migration 0004), so ids are never reused.
+    next_flow_id: i64,
+    /// Set when this write handed out ids: `finish` records the new high water.
+    high_water_moved: bool,
     find_identity: Stmt,
     insert_identity: Stmt,
     /// Identities known committed before this write.
@@ -335,15 +330,35 @@ impl<'c> FlowWriter<'c> {
         db: NonNull<ffi::sqlite3>,
         known: &'c IdentityCache,
     ) -> Result<Self, RawError> {
+        // The id is the last parameter, after INSERT_COLUMNS.
         let insert_flow = format!(
-            "INSERT INTO flows ({}) VALUES ({})",
+            "INSERT INTO flows ({}, id) VALUES ({})",
             INSERT_COLUMNS.join(", "),
-            vec!["?"; INSERT_COLUMNS.len()].join(", ")
+            vec!["?"; INSERT_COLUMNS.len() + 1].join(", ")
         );
         // SAFETY: forwarded from the caller.
         unsafe {
+            // A write first, like the INSERT that used to come first: a
+            // transaction that starts by reading gets SQLITE_BUSY at once,
+            // without the busy timeout, when it then needs the write lock
+            // another connection holds (SQLite never waits while it holds a
+            // read snapshot). MAX(id) too: a row written some other way must
+            // not be overwritten.
+            let mut high_water = Stmt::prepare(
+                db,
+                "UPDATE flow_id_high_water \
+                 SET last_id = MAX(last_id, COALESCE((SELECT MAX(id) FROM flows), 0)) \
+                 WHERE only_row = 1 RETURNING last_id",
+            )?;
+            let last_id = high_water.finish()?.unwrap_or(0);
+            let next_flow_id = last_id.checked_add(1).ok_or_else(|| RawError {
+                code: ffi::SQLITE_FULL,
+                message: "every flow id up to 2^63-1 has been used".into(),
+            })?;
             Ok(Self {
                 insert_flow: Stmt::prepare(db, &insert_flow)?,
+                next_flow_id,
+                high_water_moved: false,
                 find_identity: Stmt::prepare(db, "SELECT id FROM identities WHERE key = ?")?,
                 insert_identity: Stmt::prepare(
                     db,
@@ -399,18 +414,23 @@ impl<'c> FlowWriter<'c> {
 
     /// Inserts one flow; returns its id.
     pub fn insert(&mut self, f: &FlowRecord) -> Result<i64, RawError> {
+        let id = self.next_flow_id;
+        let after = id.checked_add(1).ok_or_else(|| RawError {
+            code: ffi::SQLITE_FULL,
+            message: "every flow id up to 2^63-1 has been used".into(),
+        })?;
         let src_identity = self.identity(&f.src)?;
         let dst_identity = self.identity(&f.dst)?;
-        let src_ip = codec::ip_to_db(&f.src.ip);
-        let dst_ip = codec::ip_to_db(&f.dst.ip);
+        let src_ip = IpBytes::of(&f.src.ip);
+        let dst_ip = IpBytes::of(&f.dst.ip);
         let s = &mut self.insert_flow;
         // Parameter numbers follow INSERT_COLUMNS (1-based).
         s.int(1, codec::time_to_ns(&f.first_seen))?;
         s.int(2, codec::time_to_ns(&f.last_seen))?;
         s.int(3, i64::from(f.protocol.number()))?;
-        s.blob(4, &src_ip)?;
+        s.blob(4, src_ip.as_slice())?;
         s.int(5, i64::from(f.src.port))?;
-        s.blob(6, &dst_ip)?;
+        s.blob(6, dst_ip.as_slice())?;
         s.int(7, i64::from(f.dst.port))?;
         s.int(8, codec::counter_to_db(f.packets))?;
         s.int(9, codec::counter_to_db(f.bytes))?;
@@ -423,8 +443,57 @@ impl<'c> FlowWriter<'c> {
         s.text(16, f.node.as_deref())?;
         s.opt_int(17, src_identity)?;
         s.opt_int(18, dst_identity)?;
+        s.int(19, id)?;
         s.finish()?;
-        Ok(s.last_insert_rowid())
+        self.next_flow_id = after;
+        self.high_water_moved = true;
+        Ok(id)
+    }
+
+    /// Records the highest id this write handed out; call once, after the
+    /// last `insert`, in the same transaction.
+    pub fn finish(&mut self) -> Result<(), RawError> {
+        if !self.high_water_moved {
+            return Ok(());
+        }
+        // SAFETY: the connection is the one `new` was given (same contract).
+        let mut update = unsafe {
+            Stmt::prepare(
+                self.insert_flow.db,
+                "UPDATE flow_id_high_water SET last_id = ? WHERE only_row = 1",
+            )?
+        };
+        update.int(1, self.next_flow_id - 1)?;
+        update.finish()?;
+        self.high_water_moved = false;
+        Ok(())
+    }
+}
+
+/// An address in its column encoding (`codec::ip_to_db`), without allocating.
+struct IpBytes {
+    bytes: [u8; 16],
+    len: usize,
+}
+
+impl IpBytes {
+    fn of(ip: &IpAddr) -> Self {
+        let mut bytes = [0u8; 16];
+        let len = match ip {
+            IpAddr::V4(v4) => {
+                bytes[..4].copy_from_slice(&v4.octets());
+                4
+            }
+            IpAddr::V6(v6) => {
+                bytes = v6.octets();
+                16
+            }
+        };
+        Self { bytes, len }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len]
     }
 }
 
