@@ -351,11 +351,24 @@ impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
 }
 
 /// The SQLite store: each batch in one transaction (`Store::write_drain_chunks`), with
-/// retention applied at most once a minute after a write.
+/// retention started at most once a minute after a write. Retention runs as a task of its
+/// own: pruning a full database takes seconds, and the drain loop awaits this sink, so an
+/// awaited prune would delay the next drain while the kernel maps fill (the soak run lost
+/// packets to full maps each time retention ran inline).
 pub struct StoreSink {
     store: crate::store::Store,
     retention: crate::store::Retention,
     last_prune: Option<std::time::Instant>,
+    prune_task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for StoreSink {
+    fn drop(&mut self) {
+        // Each prune step is its own short transaction: stopping between them loses nothing.
+        if let Some(task) = self.prune_task.take() {
+            task.abort();
+        }
+    }
 }
 
 const PRUNE_EVERY: Duration = Duration::from_secs(60);
@@ -366,6 +379,7 @@ impl StoreSink {
             store,
             retention,
             last_prune: None,
+            prune_task: None,
         }
     }
 }
@@ -389,21 +403,25 @@ impl FlowSink for StoreSink {
                     batch.node.as_deref(),
                 )
                 .await?;
-            if self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+            let pruning = self.prune_task.as_ref().is_some_and(|t| !t.is_finished());
+            if !pruning && self.last_prune.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                 self.last_prune = Some(std::time::Instant::now());
+                let (store, retention) = (self.store.clone(), self.retention);
                 // A failed prune must not fail (and re-send) a batch already stored.
-                match self.store.prune(&self.retention, Utc::now()).await {
-                    Ok(r) if r.rows_deleted_by_age + r.rows_deleted_by_size > 0 => {
-                        tracing::info!(
-                            by_age = r.rows_deleted_by_age,
-                            by_size = r.rows_deleted_by_size,
-                            used_bytes = r.used_bytes,
-                            "retention pruned flows"
-                        );
+                self.prune_task = Some(tokio::spawn(async move {
+                    match store.prune(&retention, Utc::now()).await {
+                        Ok(r) if r.rows_deleted_by_age + r.rows_deleted_by_size > 0 => {
+                            tracing::info!(
+                                by_age = r.rows_deleted_by_age,
+                                by_size = r.rows_deleted_by_size,
+                                used_bytes = r.used_bytes,
+                                "retention pruned flows"
+                            );
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "retention failed; retrying later"),
                     }
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "retention failed; retrying later"),
-                }
+                }));
             }
             Ok(())
         })
@@ -475,6 +493,54 @@ mod tests {
             .collect()
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retention_runs_beside_the_writes_and_prunes_the_oldest_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("flows.db"))
+            .await
+            .unwrap();
+        let template = batch(1).flows[0].clone();
+        let interval = |k: usize| {
+            let flows: Vec<CompactFlow> = (0..20_000)
+                .map(|i| {
+                    let mut f = template.clone();
+                    f.src.1 = (i % 60_000) as u16;
+                    f.dst.0 = std::net::IpAddr::from([10, k as u8, (i >> 8) as u8, i as u8]);
+                    f
+                })
+                .collect();
+            DrainBatch::new(flows, vec![], Utc::now())
+        };
+        // Past 1 MiB of pages the oldest rows go.
+        let retention = crate::store::Retention {
+            max_age: None,
+            max_size_bytes: Some(1 << 20),
+        };
+        let mut sink = StoreSink::new(store.clone(), retention);
+        // The write returns with the prune it started still running beside it, or done.
+        sink.write(&interval(1)).await.unwrap();
+        assert!(
+            sink.prune_task.is_some(),
+            "the first write starts retention"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while sink.prune_task.as_ref().is_some_and(|t| !t.is_finished()) {
+            assert!(std::time::Instant::now() < deadline, "prune never ended");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after_prune = store.count_rows().await.unwrap();
+        assert!(
+            after_prune > 0 && after_prune < 20_000,
+            "1 MiB keeps some of the 20 000 rows, not all: {after_prune}"
+        );
+        assert!(store.used_bytes().await.unwrap() <= 1 << 20);
+        // Within the minute, a write starts no other prune.
+        sink.write(&interval(2)).await.unwrap();
+        assert!(sink.prune_task.as_ref().is_some_and(|t| t.is_finished()));
+        assert_eq!(store.count_rows().await.unwrap(), after_prune + 20_000);
+        drop(sink);
+        store.close().await;
+    }
     #[tokio::test]
     async fn the_store_sink_writes_a_batch_chunk_by_chunk_exactly_as_one_batch() {
         let dir = tempfile::tempdir().unwrap();
