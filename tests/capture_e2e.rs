@@ -119,6 +119,10 @@ struct Kernel {
     udp6_in: u64,
     ip4_out_octets: u64,
     ip4_in_octets: u64,
+    /// IPv4 packets the IP layer received but handed to no transport (e.g. a bridge's
+    /// flooded frame for another host, dropped as OTHERHOST: counted in `InOctets`, never
+    /// seen by a socket).
+    ip4_undelivered: u64,
 }
 
 fn kernel_counters(ns: &support::netns::Netns) -> Kernel {
@@ -131,6 +135,8 @@ fn kernel_counters(ns: &support::netns::Netns) -> Kernel {
         udp6_in: net_counter("snmp6", "", "Udp6InDatagrams"),
         ip4_out_octets: net_counter("netstat", "IpExt", "OutOctets"),
         ip4_in_octets: net_counter("netstat", "IpExt", "InOctets"),
+        ip4_undelivered: net_counter("snmp", "Ip", "InReceives")
+            - net_counter("snmp", "Ip", "InDelivers"),
     })
 }
 
@@ -266,11 +272,23 @@ fn privileged_e2e_tcp_and_udp_both_ways_over_ipv4_and_ipv6_are_counted_exactly()
         after.ip4_out_octets - before.ip4_out_octets,
         "IPv4 octets sent by A; A's counters that moved: {changed}"
     );
-    assert_eq!(
-        a_v4_in_bytes,
-        after.ip4_in_octets - before.ip4_in_octets,
-        "IPv4 octets received by A; A's counters that moved: {changed}"
-    );
+    // Exact, except for packets the kernel itself received but delivered to no transport:
+    // those are not A's traffic, and the counters say how many there were.
+    let in_octets = after.ip4_in_octets - before.ip4_in_octets;
+    let undelivered = after.ip4_undelivered.wrapping_sub(before.ip4_undelivered);
+    if undelivered == 0 {
+        assert_eq!(
+            a_v4_in_bytes, in_octets,
+            "IPv4 octets received by A; A's counters that moved: {changed}"
+        );
+    } else {
+        assert!(
+            a_v4_in_bytes < in_octets && in_octets - a_v4_in_bytes <= undelivered * 1500,
+            "IPv4 octets received by A: {a_v4_in_bytes} recorded, {in_octets} by the kernel, \
+             of which {undelivered} packet(s) never reached a transport; A's counters that \
+             moved: {changed}"
+        );
+    }
 }
 
 #[test]

@@ -144,7 +144,8 @@ fn same_workload(e: &Endpoint, key: &str) -> bool {
 }
 
 /// Checks recorded flows against `traffic.yaml`: each connection recorded once per attempt,
-/// both ends named, the destination at the pod port (after Service DNAT); and no other flow
+/// both ends named, the destination at the pod port (the backend's view after Service DNAT,
+/// or the client's view of the cluster IP resolved to the pod port); and no other flow
 /// between pods except DNS lookups to kube-dns. Returns the problems found.
 pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<String> {
     use std::collections::BTreeSet;
@@ -182,6 +183,11 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
                 {
                     for e in &p.endpoints {
                         dsts.insert((e.ip, e.port));
+                        // The client's view (to the cluster IP, the pod port once resolved):
+                        // what the agent keeps when client and backend share the node.
+                        for cip in &svc.cluster_ips {
+                            dsts.insert((*cip, e.port));
+                        }
                     }
                 }
             }
