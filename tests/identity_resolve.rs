@@ -175,11 +175,9 @@ fn web_backends() -> Vec<Value> {
     all
 }
 
-#[test]
-fn service_port_80_resolves_to_the_backend_and_target_port_8080_numeric_or_named() {
-    let id = Identity::new();
+/// The web pods behind Service `shop/web` (10.96.0.20:80 → targetPort 8080), with its slice.
+fn web_behind_service() -> Vec<Value> {
     let mut all = web_backends();
-    // Numeric targetPort.
     all.push(objects::service(
         "shop",
         "web",
@@ -193,6 +191,14 @@ fn service_port_80_resolves_to_the_backend_and_target_port_8080_numeric_or_named
         &["10.244.0.5", "10.244.0.6"],
         8080,
     ));
+    all
+}
+
+#[test]
+fn service_port_80_resolves_to_the_backend_and_target_port_8080_numeric_or_named() {
+    let id = Identity::new();
+    // Numeric targetPort.
+    let mut all = web_behind_service();
     // Named targetPort: the EndpointSlice port named `http` says 8080.
     let mut named = objects::service("shop", "web-named", "10.96.0.21", 80, json!("http"));
     named["spec"]["selector"] = json!({"app": "web"});
@@ -752,21 +758,7 @@ fn dual_stack_pods_and_services_resolve_over_ipv6_as_over_ipv4() {
 fn a_local_connection_through_a_service_is_kept_once() {
     use flowpol::capture::assemble::CompactFlow;
     let id = Identity::new();
-    let mut all = web_backends();
-    all.push(objects::service(
-        "shop",
-        "web",
-        "10.96.0.20",
-        80,
-        json!(8080),
-    ));
-    all.push(objects::endpoint_slice(
-        "shop",
-        "web",
-        &["10.244.0.5", "10.244.0.6"],
-        8080,
-    ));
-    sync(&id, 0, all);
+    sync(&id, 0, web_behind_service());
     let e = enricher(&id);
     let view = |sport: u16, dst: &str, dport: u16, verdict: Verdict| CompactFlow {
         src: ("10.244.0.2".parse().unwrap(), sport),
