@@ -38,10 +38,48 @@ pub fn id_from_db(v: i64) -> u64 {
     v as u64
 }
 
-pub fn ip_to_db(ip: &IpAddr) -> Vec<u8> {
+/// An address in its column encoding: 4 bytes (IPv4) or 16 (IPv6), kept inline so that
+/// encoding one allocates nothing (the ingest path encodes two per row). The default is
+/// empty (length 0): no address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct IpBytes {
+    len: u8,
+    bytes: [u8; 16],
+}
+
+impl IpBytes {
+    /// A stored address as read back: `None` unless 4 or 16 bytes.
+    pub fn from_db(stored: &[u8]) -> Option<Self> {
+        if stored.len() != 4 && stored.len() != 16 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..stored.len()].copy_from_slice(stored);
+        Some(Self {
+            len: stored.len() as u8,
+            bytes,
+        })
+    }
+}
+
+impl std::ops::Deref for IpBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+pub fn ip_to_db(ip: &IpAddr) -> IpBytes {
     match ip {
-        IpAddr::V4(v4) => v4.octets().to_vec(),
-        IpAddr::V6(v6) => v6.octets().to_vec(),
+        IpAddr::V4(v4) => {
+            let mut bytes = [0u8; 16];
+            bytes[..4].copy_from_slice(&v4.octets());
+            IpBytes { len: 4, bytes }
+        }
+        IpAddr::V6(v6) => IpBytes {
+            len: 16,
+            bytes: v6.octets(),
+        },
     }
 }
 

@@ -88,30 +88,12 @@ const EDGE_SINCE_SQL: &str = " WHERE f.id >= (SELECT COALESCE(MIN(first_flow_id)
 const EDGE_SHARE_SQL: &str = "(f.src_port * 31 + f.dst_port * 7 + \
     IFNULL(f.src_identity, 0) * 13 + IFNULL(f.dst_identity, 0) * 3)";
 
-/// An address as stored (4 or 16 bytes); length 0 when left out of a key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-struct Addr {
-    len: u8,
-    bytes: [u8; 16],
-}
+/// An address as stored (4 or 16 bytes); empty when left out of a key.
+type Addr = codec::IpBytes;
 
-impl Addr {
-    fn of(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() != 4 && bytes.len() != 16 {
-            return None;
-        }
-        let mut a = Addr {
-            len: bytes.len() as u8,
-            bytes: [0; 16],
-        };
-        a.bytes[..bytes.len()].copy_from_slice(bytes);
-        Some(a)
-    }
-
-    fn ip(&self) -> IpAddr {
-        codec::ip_from_db(&self.bytes[..usize::from(self.len)])
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]))
-    }
+/// The address of an edge end; 0.0.0.0 when its key left the address out.
+fn addr_ip(addr: &Addr) -> IpAddr {
+    codec::ip_from_db(addr).unwrap_or(IpAddr::from([0, 0, 0, 0]))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -324,7 +306,7 @@ impl<'c> Folder<'c> {
         };
         let addr = |i: c_int| {
             let b = r.bytes(i, false).unwrap_or(&[]);
-            Addr::of(b)
+            Addr::from_db(b)
                 .ok_or_else(|| format!("address of {} bytes is neither IPv4 nor IPv6", b.len()))
         };
         let src_addr = addr(4)?;
@@ -614,11 +596,7 @@ impl Store {
         let identities = self.identity_rows().await?;
         let context = FoldContext {
             peers: peer_identities(&identities),
-            keep_addresses: q
-                .keep_addresses
-                .iter()
-                .filter_map(|ip| Addr::of(&codec::ip_to_db(ip)))
-                .collect(),
+            keep_addresses: q.keep_addresses.iter().map(codec::ip_to_db).collect(),
             fingerprint: Default::default(),
         };
         let since = q.since.as_ref().map(codec::time_to_ns);
@@ -801,7 +779,7 @@ impl Store {
                 detail,
             };
             let end = |identity: i64, addr: Addr, port: u16| -> Result<Endpoint, StoreError> {
-                let ip = addr.ip();
+                let ip = addr_ip(&addr);
                 match identity {
                     -1 => Ok(Endpoint::new(ip, port)),
                     id => identities

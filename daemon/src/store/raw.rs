@@ -12,7 +12,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{CStr, c_int};
 use std::hash::{BuildHasher, Hash, Hasher};
-use std::net::IpAddr;
 use std::ptr::NonNull;
 
 use flowpol_recommender::flow::{Endpoint, EndpointKind, FlowRecord, WorkloadRef};
@@ -101,12 +100,16 @@ impl Stmt {
         }
     }
 
-    /// Binds `v` without copying: it must stay alive until `finish`.
-    fn text(&mut self, i: c_int, v: Option<&str>) -> Result<(), RawError> {
+    /// Binds `v` without copying.
+    ///
+    /// # Safety
+    /// `v` must stay alive until the next [`Stmt::finish`], which steps the
+    /// statement and clears the bindings: a temporary dropped at the end of
+    /// the binding statement would be read after it is freed.
+    unsafe fn text(&mut self, i: c_int, v: Option<&str>) -> Result<(), RawError> {
         match v {
-            // SAFETY: stmt is live; v outlives the step (callers bind and
-            // step within one borrow); SQLITE_STATIC: SQLite neither copies
-            // nor frees it.
+            // SAFETY: stmt is live; v outlives the step (caller);
+            // SQLITE_STATIC: SQLite neither copies nor frees it.
             Some(v) => self.check(unsafe {
                 ffi::sqlite3_bind_text(
                     self.stmt.as_ptr(),
@@ -121,8 +124,11 @@ impl Stmt {
         }
     }
 
-    /// Binds `v` without copying: it must stay alive until `finish`.
-    fn blob(&mut self, i: c_int, v: &[u8]) -> Result<(), RawError> {
+    /// Binds `v` without copying.
+    ///
+    /// # Safety
+    /// As for [`Stmt::text`]: `v` must stay alive until the next `finish`.
+    unsafe fn blob(&mut self, i: c_int, v: &[u8]) -> Result<(), RawError> {
         // SAFETY: as for `text`.
         self.check(unsafe {
             ffi::sqlite3_bind_blob(
@@ -306,6 +312,14 @@ impl IdentityCache {
     }
 }
 
+/// The flow id that follows `id`; an error once every id has been handed out.
+fn id_after(id: i64) -> Result<i64, RawError> {
+    id.checked_add(1).ok_or_else(|| RawError {
+        code: ffi::SQLITE_FULL,
+        message: "every flow id up to 2^63-1 has been used".into(),
+    })
+}
+
 /// Writes flows (and the identities they name) on one locked connection.
 pub struct FlowWriter<'c> {
     insert_flow: Stmt,
@@ -350,11 +364,7 @@ impl<'c> FlowWriter<'c> {
                  SET last_id = MAX(last_id, COALESCE((SELECT MAX(id) FROM flows), 0)) \
                  WHERE only_row = 1 RETURNING last_id",
             )?;
-            let last_id = high_water.finish()?.unwrap_or(0);
-            let next_flow_id = last_id.checked_add(1).ok_or_else(|| RawError {
-                code: ffi::SQLITE_FULL,
-                message: "every flow id up to 2^63-1 has been used".into(),
-            })?;
+            let next_flow_id = id_after(high_water.finish()?.unwrap_or(0))?;
             Ok(Self {
                 insert_flow: Stmt::prepare(db, &insert_flow)?,
                 next_flow_id,
@@ -386,24 +396,28 @@ impl<'c> FlowWriter<'c> {
             return Ok(Some(id));
         }
         let key = identity_key(e);
-        self.find_identity.text(1, Some(&key))?;
+        // SAFETY: `key` lives until the end of this function, past `finish`.
+        unsafe { self.find_identity.text(1, Some(&key))? };
         let id = match self.find_identity.finish()? {
             Some(id) => id,
             None => {
-                // Bound without a copy: the texts must outlive the statement's step.
                 let labels = codec::labels_to_db(&e.labels);
                 let selector = codec::labels_to_db(&e.selector);
                 let s = &mut self.insert_identity;
-                s.text(1, Some(&key))?;
-                s.text(2, e.kind.map(codec::kind_to_db))?;
-                s.text(3, e.namespace.as_deref())?;
-                s.text(4, e.pod.as_deref())?;
-                s.text(5, e.workload.as_ref().map(|w| w.kind.as_str()))?;
-                s.text(6, e.workload.as_ref().map(|w| w.name.as_str()))?;
-                s.text(7, labels.as_deref())?;
-                s.text(8, e.service.as_deref())?;
+                // SAFETY: every text is `key`, `labels`, `selector` (locals) or
+                // borrowed from `e`: all alive until `finish` below.
+                unsafe {
+                    s.text(1, Some(&key))?;
+                    s.text(2, e.kind.map(codec::kind_to_db))?;
+                    s.text(3, e.namespace.as_deref())?;
+                    s.text(4, e.pod.as_deref())?;
+                    s.text(5, e.workload.as_ref().map(|w| w.kind.as_str()))?;
+                    s.text(6, e.workload.as_ref().map(|w| w.name.as_str()))?;
+                    s.text(7, labels.as_deref())?;
+                    s.text(8, e.service.as_deref())?;
+                    s.text(10, selector.as_deref())?;
+                }
                 s.opt_int(9, e.service_port.map(i64::from))?;
-                s.text(10, selector.as_deref())?;
                 s.finish()?;
                 s.last_insert_rowid()
             }
@@ -415,32 +429,33 @@ impl<'c> FlowWriter<'c> {
     /// Inserts one flow; returns its id.
     pub fn insert(&mut self, f: &FlowRecord) -> Result<i64, RawError> {
         let id = self.next_flow_id;
-        let after = id.checked_add(1).ok_or_else(|| RawError {
-            code: ffi::SQLITE_FULL,
-            message: "every flow id up to 2^63-1 has been used".into(),
-        })?;
+        let after = id_after(id)?;
         let src_identity = self.identity(&f.src)?;
         let dst_identity = self.identity(&f.dst)?;
-        let src_ip = IpBytes::of(&f.src.ip);
-        let dst_ip = IpBytes::of(&f.dst.ip);
+        let src_ip = codec::ip_to_db(&f.src.ip);
+        let dst_ip = codec::ip_to_db(&f.dst.ip);
         let s = &mut self.insert_flow;
         // Parameter numbers follow INSERT_COLUMNS (1-based).
         s.int(1, codec::time_to_ns(&f.first_seen))?;
         s.int(2, codec::time_to_ns(&f.last_seen))?;
         s.int(3, i64::from(f.protocol.number()))?;
-        s.blob(4, src_ip.as_slice())?;
+        // SAFETY: the addresses are locals and the texts static or borrowed
+        // from `f`: all alive until `finish` below.
+        unsafe {
+            s.blob(4, &src_ip)?;
+            s.blob(6, &dst_ip)?;
+            s.text(12, Some(codec::verdict_to_db(f.verdict)))?;
+            s.text(13, f.drop_reason.as_deref())?;
+            s.text(16, f.node.as_deref())?;
+        }
         s.int(5, i64::from(f.src.port))?;
-        s.blob(6, dst_ip.as_slice())?;
         s.int(7, i64::from(f.dst.port))?;
         s.int(8, codec::counter_to_db(f.packets))?;
         s.int(9, codec::counter_to_db(f.bytes))?;
         s.int(10, codec::counter_to_db(f.reply_packets))?;
         s.int(11, codec::counter_to_db(f.reply_bytes))?;
-        s.text(12, Some(codec::verdict_to_db(f.verdict)))?;
-        s.text(13, f.drop_reason.as_deref())?;
         s.int(14, i64::from(f.tcp_flags.0))?;
         s.opt_int(15, f.cgroup_id.map(codec::id_to_db))?;
-        s.text(16, f.node.as_deref())?;
         s.opt_int(17, src_identity)?;
         s.opt_int(18, dst_identity)?;
         s.int(19, id)?;
@@ -467,33 +482,6 @@ impl<'c> FlowWriter<'c> {
         update.finish()?;
         self.high_water_moved = false;
         Ok(())
-    }
-}
-
-/// An address in its column encoding (`codec::ip_to_db`), without allocating.
-struct IpBytes {
-    bytes: [u8; 16],
-    len: usize,
-}
-
-impl IpBytes {
-    fn of(ip: &IpAddr) -> Self {
-        let mut bytes = [0u8; 16];
-        let len = match ip {
-            IpAddr::V4(v4) => {
-                bytes[..4].copy_from_slice(&v4.octets());
-                4
-            }
-            IpAddr::V6(v6) => {
-                bytes = v6.octets();
-                16
-            }
-        };
-        Self { bytes, len }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len]
     }
 }
 
