@@ -358,19 +358,7 @@ pub fn observe_counted<'f>(
                 note_workload(&mut obs, &dst_named, &f.dst, &evidence);
             } else if let Some(k) = dst_named.workload() {
                 // Resolved through a Service: the flow's labels are not the backend's.
-                let seen = obs
-                    .workloads
-                    .entry(k.clone())
-                    .or_insert_with(|| WorkloadSeen {
-                        labels: Labels::new(),
-                        selector: Labels::new(),
-                        ips: BTreeSet::new(),
-                        first_seen: evidence.first_seen,
-                        last_seen: evidence.last_seen,
-                        host_network: false,
-                    });
-                seen.first_seen = seen.first_seen.min(evidence.first_seen);
-                seen.last_seen = seen.last_seen.max(evidence.last_seen);
+                workload_seen(&mut obs, k, &evidence);
             }
             let dst = resolver.as_policy_peer(dst_named.clone(), f.dst.ip);
             if dst != dst_named
@@ -402,6 +390,22 @@ fn note_workload(obs: &mut Observation, peer: &Peer, e: &Endpoint, evidence: &Ev
     let Peer::Workload(key) = peer else {
         return;
     };
+    let seen = workload_seen(obs, key, evidence);
+    if seen.labels.is_empty() && !e.labels.is_empty() {
+        seen.labels = stable_labels(&e.labels);
+    }
+    if seen.selector.is_empty() && !e.selector.is_empty() {
+        seen.selector = stable_labels(&e.selector);
+    }
+    seen.ips.insert(e.ip);
+}
+
+/// What was seen of workload `key`, widened to the time of `evidence`.
+fn workload_seen<'o>(
+    obs: &'o mut Observation,
+    key: &WorkloadKey,
+    evidence: &Evidence,
+) -> &'o mut WorkloadSeen {
     let seen = obs
         .workloads
         .entry(key.clone())
@@ -413,13 +417,7 @@ fn note_workload(obs: &mut Observation, peer: &Peer, e: &Endpoint, evidence: &Ev
             last_seen: evidence.last_seen,
             host_network: false,
         });
-    if seen.labels.is_empty() && !e.labels.is_empty() {
-        seen.labels = stable_labels(&e.labels);
-    }
-    if seen.selector.is_empty() && !e.selector.is_empty() {
-        seen.selector = stable_labels(&e.selector);
-    }
-    seen.ips.insert(e.ip);
     seen.first_seen = seen.first_seen.min(evidence.first_seen);
     seen.last_seen = seen.last_seen.max(evidence.last_seen);
+    seen
 }

@@ -388,11 +388,14 @@ impl Enricher {
         flows: &[crate::capture::assemble::CompactFlow],
     ) -> Option<Vec<crate::capture::assemble::CompactFlow>> {
         use flowpol_recommender::flow::Verdict;
-        type From = (Protocol, crate::capture::assemble::Addr);
-        let forwarded = |i: usize| flows[i].verdict == Verdict::Forwarded;
+        type Opener = (Protocol, crate::capture::assemble::Addr);
         // Flows by their opener: only an opener with two or more flows can have both views.
-        let mut by_opener: HashMap<From, Vec<usize>> = HashMap::new();
-        for (i, f) in flows.iter().enumerate().filter(|(i, _)| forwarded(*i)) {
+        let mut by_opener: HashMap<Opener, Vec<usize>> = HashMap::new();
+        for (i, f) in flows
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.verdict == Verdict::Forwarded)
+        {
             by_opener.entry((f.protocol, f.src)).or_default().push(i);
         }
         by_opener.retain(|_, v| v.len() > 1);
