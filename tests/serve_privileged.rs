@@ -219,33 +219,6 @@ async fn privileged_agent_serves_its_api_while_capturing() {
     );
 }
 
-/// `flowpol flows --db PATH -o json`'s stderr loss report, as counter → total.
-fn reported_losses(db: &std::path::Path) -> std::collections::BTreeMap<String, u64> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
-        .args(["flows", "-o", "json", "--db"])
-        .arg(db)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let Some(list) = stderr.lines().find_map(|l| {
-        l.split_once("undercounted: ")
-            .map(|(_, list)| list.to_string())
-    }) else {
-        return Default::default();
-    };
-    list.split(", ")
-        .map(|kv| {
-            let (k, v) = kv.split_once('=').unwrap();
-            (k.to_string(), v.trim().parse().unwrap())
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn privileged_fault_full_flow_map_and_ring_buffer_are_counted_in_metrics_and_flows_output() {
     require_root();
@@ -319,10 +292,10 @@ async fn privileged_fault_full_flow_map_and_ring_buffer_are_counted_in_metrics_a
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
     // SIGTERM drains once more; every loss is stored with its interval.
-    let records = agent.stop();
+    agent.stop();
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     sink.join().unwrap();
-    let reported = reported_losses(&agent.db);
+    let (records, reported) = netns::stored_flows_and_losses(&agent.db);
     for counter in ["flow_map_full", "ringbuf_full"] {
         let in_metrics = metric(&metrics, &series(counter)) as u64;
         let in_flows = reported.get(counter).copied().unwrap_or(0);

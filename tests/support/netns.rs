@@ -348,6 +348,18 @@ impl Drop for Agent {
 
 /// `flowpol flows --db PATH -o json`, parsed.
 pub fn stored_flows(db: &Path) -> Vec<serde_json::Value> {
+    stored_flows_and_losses(db).0
+}
+
+/// `flowpol flows --db PATH -o json`: the records (stdout, parsed) and the capture losses
+/// its warning reports on stderr, by counter (empty when it reports none).
+#[allow(dead_code)]
+pub fn stored_flows_and_losses(
+    db: &Path,
+) -> (
+    Vec<serde_json::Value>,
+    std::collections::BTreeMap<String, u64>,
+) {
     let out = Command::new(env!("CARGO_BIN_EXE_flowpol"))
         .args(["flows", "-o", "json", "--db"])
         .arg(db)
@@ -359,9 +371,22 @@ pub fn stored_flows(db: &Path) -> Vec<serde_json::Value> {
         String::from_utf8_lossy(&out.stderr)
     );
     let text = String::from_utf8(out.stdout).unwrap();
-    text.lines()
+    let records = text
+        .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
-        .collect()
+        .collect();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let losses = stderr
+        .lines()
+        .find_map(|l| l.split_once("undercounted: ").map(|(_, list)| list))
+        .into_iter()
+        .flat_map(|list| list.split(", "))
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap();
+            (k.to_string(), v.trim().parse().unwrap())
+        })
+        .collect();
+    (records, losses)
 }
 
 /// Sum of the records of one flow (a flow spanning several drains has several).
