@@ -504,3 +504,43 @@ fn privileged_e2e_tc_mode_records_forwarded_traffic_no_socket_saw() {
         }
     }
 }
+
+#[test]
+fn privileged_e2e_tc_mode_attaches_interfaces_that_appear_after_start_and_releases_gone_ones() {
+    require_root();
+    let lab = Lab::new(2);
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let empty = CgroupDir::new();
+    // Nothing matches `q*` at start: a node without pods yet.
+    let mut agent = Agent::start_in(
+        Some(&lab.hub),
+        &[
+            "--interval",
+            "1s",
+            "--cgroup",
+            empty.path.to_str().unwrap(),
+            "--tc-interfaces",
+            "q*",
+        ],
+    );
+    // A pod's interface appears: a0's bridge port, renamed into the pattern.
+    lab.hub.exec("ip", &["link", "set", "p0", "down"]);
+    lab.hub.exec("ip", &["link", "set", "p0", "name", "q0"]);
+    lab.hub.exec("ip", &["link", "set", "q0", "up"]);
+    agent.wait_for_log("tc ingress attached", Duration::from_secs(10));
+    const N: usize = 5;
+    let (ucp, usp) = udp_exchange(&a.ns, &b.ns, b.v4, N, 100, 50);
+    std::thread::sleep(Duration::from_millis(300));
+    // And goes away again: its link is released, capture goes on.
+    lab.hub.exec("ip", &["link", "del", "q0"]);
+    agent.wait_for_log("tc link released", Duration::from_secs(10));
+    let records = agent.stop();
+
+    // Only q0's ingress is attached: a0's datagrams, not b's replies (p1).
+    let u = flow_sum(&records, "UDP", (a.v4, Some(ucp)), (b.v4, Some(usp)));
+    assert_eq!(
+        (u.packets, u.bytes, u.reply_packets),
+        (N as u64, N as u64 * 128, 0),
+        "{u:?}"
+    );
+}

@@ -192,6 +192,8 @@ pub async fn run_observed(
                 let mut batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
                 batch.node = node.clone();
                 observer.drained(started.elapsed(), batch.len(), &capture.map_fill());
+                // tc mode: interfaces (pods' veths) come and go between drains.
+                capture.refresh_tc()?;
                 backlog.push(batch);
                 flush(sink, &mut backlog).await;
                 release_freed_memory();

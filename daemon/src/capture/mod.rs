@@ -9,6 +9,7 @@
 pub mod assemble;
 pub mod btf;
 pub mod preflight;
+pub mod tc;
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use assemble::{Assembler, Clock, CompactFlow, DrainSource, Sources};
 use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, SchedClassifier,
-    TcAttachType, TestRun, TestRunOptions,
+    TestRun, TestRunOptions,
 };
 use aya::{Ebpf, EbpfLoader};
 use btf::{Btf, BtfError, DropReasons, SkbOffsets};
@@ -28,6 +29,7 @@ use flowpol_common::{
     CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey, FlowStats,
     OverflowEvent,
 };
+use tc::TcInterfaces;
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
 
@@ -71,8 +73,6 @@ pub enum CaptureError {
     },
     #[error("eBPF object has no {0} (the embedded programs do not match this binary)")]
     Missing(&'static str),
-    #[error("--tc-interfaces {pattern:?} matches no network interface")]
-    NoInterface { pattern: String },
 }
 
 /// What to load and where to attach it.
@@ -124,6 +124,8 @@ pub struct Capture {
     assembler: Assembler,
     options: CaptureOptions,
     attached: Vec<String>,
+    /// tc mode: the interfaces `flow_tc` is attached to (`--tc-interfaces`).
+    tc: Option<TcInterfaces>,
     /// Entries read from the socket and tc flow maps at the last drain (serve: map fill).
     last_drained: [usize; 2],
 }
@@ -227,6 +229,7 @@ impl Capture {
             assembler: Assembler::new(options.syn_timeout),
             options,
             attached: Vec::new(),
+            tc: None,
             last_drained: [0; 2],
         })
     }
@@ -262,23 +265,59 @@ impl Capture {
             })?;
         self.attached.push("raw_tp/kfree_skb".into());
         if let Some(pattern) = self.options.tc_interfaces.clone() {
-            let ifaces = matching_interfaces(&pattern);
-            if ifaces.is_empty() {
-                return Err(CaptureError::NoInterface { pattern });
+            let mut tc = TcInterfaces::new(pattern);
+            let done = tc.refresh(
+                program::<SchedClassifier>(&mut self.ebpf, "flow_tc")?,
+                &tc::interfaces(),
+            );
+            if let Some((iface, source)) = done.failed.into_iter().next() {
+                return Err(CaptureError::Attach {
+                    what: format!("flow_tc to tc ingress of {iface}"),
+                    source,
+                });
             }
-            for iface in ifaces {
-                // Before tcx (6.6) a clsact qdisc is needed; it may already exist.
-                let _ = aya::programs::tc::qdisc_add_clsact(&iface);
-                program::<SchedClassifier>(&mut self.ebpf, "flow_tc")?
-                    .attach(&iface, TcAttachType::Ingress)
-                    .map_err(|source| CaptureError::Attach {
-                        what: format!("flow_tc to tc ingress of {iface}"),
-                        source,
-                    })?;
+            if done.attached.is_empty() {
+                // A node without pods yet has no pod interfaces: not an error.
+                tracing::warn!(
+                    pattern = tc.pattern(),
+                    "--tc-interfaces matches no interface yet; each one is attached as it appears"
+                );
+            }
+            for iface in done.attached {
                 self.attached.push(format!("tc ingress on {iface}"));
             }
+            self.tc = Some(tc);
         }
         Ok(&self.attached)
+    }
+
+    /// tc mode: attaches `flow_tc` to matching interfaces that appeared since
+    /// the last call and releases the links of those that vanished. Interfaces
+    /// that could not be attached are logged and tried again next time.
+    pub fn refresh_tc(&mut self) -> Result<(), CaptureError> {
+        let Some(tc) = self.tc.as_mut() else {
+            return Ok(());
+        };
+        let prog = program::<SchedClassifier>(&mut self.ebpf, "flow_tc")?;
+        let done = tc.refresh(prog, &tc::interfaces());
+        for iface in &done.attached {
+            tracing::info!(interface = %iface, "tc ingress attached");
+        }
+        for iface in &done.released {
+            tracing::info!(interface = %iface, "interface gone: tc link released");
+        }
+        for (iface, error) in &done.failed {
+            tracing::warn!(interface = %iface, %error, "attaching tc ingress failed; retrying at the next drain");
+        }
+        Ok(())
+    }
+
+    /// tc mode: the interfaces `flow_tc` is attached to now.
+    pub fn tc_interfaces(&self) -> Vec<String> {
+        self.tc
+            .as_ref()
+            .map(|t| t.names().map(str::to_string).collect())
+            .unwrap_or_default()
     }
 
     /// Reads and empties the maps the programs wrote since the last drain and
@@ -491,64 +530,5 @@ impl<K: aya::Pod + Copy, V: aya::Pod + Copy> DrainSource<K, V> for KernelMap<'_,
                 source,
             }),
         }
-    }
-}
-
-/// Interfaces of the agent's network namespace (from /proc/net/dev, which,
-/// unlike /sys/class/net, follows the process's namespace) matching `pattern`.
-fn matching_interfaces(pattern: &str) -> Vec<String> {
-    let text = std::fs::read_to_string("/proc/net/dev").unwrap_or_default();
-    let mut names: Vec<String> = interface_names(&text)
-        .into_iter()
-        .filter(|n| glob_match(pattern, n))
-        .collect();
-    names.sort();
-    names
-}
-
-/// Interface names in the text of /proc/net/dev (two header lines, then `name: counters`).
-fn interface_names(proc_net_dev: &str) -> Vec<String> {
-    proc_net_dev
-        .lines()
-        .skip(2)
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.trim().to_string()))
-        .filter(|n| !n.is_empty())
-        .collect()
-}
-
-/// `*` matches any run of characters, `?` one character; `,` separates alternatives.
-pub fn glob_match(pattern: &str, name: &str) -> bool {
-    fn one(p: &[u8], n: &[u8]) -> bool {
-        match (p.first(), n.first()) {
-            (None, None) => true,
-            (Some(b'*'), _) => one(&p[1..], n) || (!n.is_empty() && one(p, &n[1..])),
-            (Some(b'?'), Some(_)) => one(&p[1..], &n[1..]),
-            (Some(a), Some(b)) if a == b => one(&p[1..], &n[1..]),
-            _ => false,
-        }
-    }
-    pattern
-        .split(',')
-        .any(|alt| one(alt.trim().as_bytes(), name.as_bytes()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn interface_patterns() {
-        assert!(glob_match("veth*", "veth12ab"));
-        assert!(glob_match("cali*,lxc*", "lxc_health"));
-        assert!(glob_match("eth?", "eth0"));
-        assert!(!glob_match("eth?", "eth10"));
-        assert!(!glob_match("veth*", "eth0"));
-        assert!(glob_match("*", "lo"));
-    }
-
-    #[test]
-    fn reads_interface_names_from_proc_net_dev() {
-        let text = "Inter-|   Receive |  Transmit\n face |bytes packets|bytes\n    lo: 1 2 3\n  eth0: 4 5 6\nveth1a2b: 7 8 9\n";
-        assert_eq!(interface_names(text), vec!["lo", "eth0", "veth1a2b"]);
     }
 }
