@@ -5,7 +5,9 @@
 #  2. TCP throughput between two network namespaces without and with the agent
 #     attached, alternating in one run (iperf3), as a ratio (ROUNDS=0 skips it: scripts/bench.sh
 #     measures throughput between lab pods instead, scripts/bench-pods.sh);
-#  3. the socket programs' intrinsic cost, BPF_PROG_TEST_RUN (examples/capture_prog_cost.rs).
+#  3. the socket programs' cost by stage, from a `return 1` floor to the production programs,
+#     with BPF_PROG_TEST_RUN and with bpf_stats on 200-byte UDP over loopback
+#     (examples/capture_prog_cost.rs).
 # Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN, BENCH_RESULTS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -100,9 +102,12 @@ done
 # tc programs run only with --tc-interfaces on interfaces of the root netns; this bench makes
 # traffic only inside its own namespaces, so it attaches none.
 echo
-echo "socket programs' intrinsic cost (BPF_PROG_TEST_RUN, 1 460-byte TCP segment of an existing flow):"
+echo "socket programs by stage (examples/capture_prog_cost.rs: test-run, then bpf_stats on loopback UDP):"
 cargo build -q --release -p flowpol --example capture_prog_cost
 target/release/examples/capture_prog_cost | tee "$WORK/test-run.txt"
-sed -nE 's/^(flow_[a-z]+): ([0-9]+) ns.*/\1 \2/p' "$WORK/test-run.txt" | while read -r p ns; do
-  result "prog.$p.ns_per_packet.test_run" "$ns" ns/pkt "<=100"
+# Lines "  NAME  N ns/run ...": the first block is test-run, the second bpf_stats.
+awk '/^BPF_PROG_TEST_RUN/ {m="test_run"} /^bpf_stats/ {m="loopback_udp200"}
+     /ns\/run/ {print m, $1, $2}' "$WORK/test-run.txt" | while read -r m p ns; do
+  target="<=100"; case $p in bench_*) target=-;; esac
+  result "prog.$p.ns_per_packet.$m" "$ns" ns/pkt "$target"
 done
