@@ -98,8 +98,8 @@ fn count(index: u32) {
 
 /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC at the last tick), read once
 /// per jiffy and CPU. The coarse clock helper cost 16 ns per packet in
-/// BPF_PROG_TEST_RUN and ~35 ns under `bpf_stats` (its seqcount loop over
-/// the timekeeper); `bpf_jiffies64` is one load. The coarse clock only moves
+/// BPF_PROG_TEST_RUN and ~35 ns under `bpf_stats` (it reads the timekeeper
+/// under its seqcount); `bpf_jiffies64` is one load. The coarse clock only moves
 /// at a tick, so within one jiffy the cached value is what the helper would
 /// return (up to the instant of the tick itself: at most one tick off).
 #[inline(always)]
@@ -295,10 +295,10 @@ fn add_packet<C: Fn() -> u64>(
     clock: bool,
 ) {
     // Coarse clock (tick resolution, 4 ms at HZ=250), cached per jiffy: a
-    // load instead of a clock read per packet, good enough for `last_ns`. `first_ns` decides which
-    // end opened a flow (the request and its reply often fall in the same tick,
-    // on different CPUs' slots), so it is read from the precise clock, once per
-    // flow and CPU.
+    // load instead of a clock read per packet, good enough for `last_ns`.
+    // `first_ns` decides which end opened a flow (the request and its reply
+    // often fall in the same tick, on different CPUs' slots), so it is read
+    // from the precise clock, once per flow and CPU.
     // `clock` false: benchmark stage without it (constant-folded away).
     let now = if clock { coarse_now() } else { 0 };
     let precise = || unsafe { bpf_ktime_get_ns() };
