@@ -5,7 +5,11 @@
 #  2. TCP throughput between two network namespaces without and with the agent
 #     attached, alternating in one run (iperf3), as a ratio (ROUNDS=0 skips it: scripts/bench.sh
 #     measures throughput between lab pods instead, scripts/bench-pods.sh);
-#  3. the socket programs' intrinsic cost, BPF_PROG_TEST_RUN (examples/capture_prog_cost.rs).
+#  3. the socket programs' cost by stage, from a `return 1` floor to the production programs,
+#     with BPF_PROG_TEST_RUN and with bpf_stats on 200-byte UDP over loopback
+#     (examples/capture_prog_cost.rs);
+#  4. the tc program's cost (bpf_stats): 200-byte UDP forwarded by a router namespace whose
+#     interfaces the agent, running in that namespace, watches with --tc-interfaces.
 # Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN, BENCH_RESULTS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,15 +22,16 @@ need_root bench-capture
 [ -x "$BIN" ] || { echo "bench-capture: $BIN missing: run 'make build'" >&2; exit 1; }
 command -v iperf3 >/dev/null || { echo "bench-capture: iperf3 missing: run 'make setup'" >&2; exit 1; }
 
-ID="fpcb$$"; HUB="${ID}h"; A="${ID}a"; B="${ID}b"
+ID="fpcb$$"; HUB="${ID}h"; A="${ID}a"; B="${ID}b"; R="${ID}r"; RA="${ID}c"; RB="${ID}d"
 WORK=$(mktemp -d /tmp/flowpol-bench.XXXXXX)
 STATS_BEFORE=$(sysctl -n kernel.bpf_stats_enabled)
-AGENT_PID=""; SERVER_PID=""
+AGENT_PID=""; SERVER_PID=""; TC_SERVER_PID=""; AGENT_ARGS=()
 cleanup() {
   set +e
   [ -n "$AGENT_PID" ] && kill -TERM "$AGENT_PID" 2>/dev/null && wait "$AGENT_PID" 2>/dev/null
   [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null && wait "$SERVER_PID" 2>/dev/null
-  for ns in "$A" "$B" "$HUB"; do ip netns del "$ns" 2>/dev/null; done
+  [ -n "$TC_SERVER_PID" ] && kill "$TC_SERVER_PID" 2>/dev/null && wait "$TC_SERVER_PID" 2>/dev/null
+  for ns in "$A" "$B" "$HUB" "$R" "$RA" "$RB"; do ip netns del "$ns" 2>/dev/null; done
   sysctl -qw kernel.bpf_stats_enabled="$STATS_BEFORE"
   rm -rf "$WORK"
 }
@@ -52,8 +57,9 @@ gbps() {
     jq '.end.sum_received.bits_per_second / 1e9'
 }
 
+# start_agent [PREFIX...]: the agent, run through PREFIX (e.g. nsenter into a namespace).
 start_agent() {
-  "$BIN" agent --json-out /dev/null --interval 5s 2> "$WORK/agent.log" &
+  "$@" "$BIN" agent --json-out /dev/null --interval 5s "${AGENT_ARGS[@]}" 2> "$WORK/agent.log" &
   AGENT_PID=$!
   for _ in $(seq 100); do grep -q "capture attached" "$WORK/agent.log" && return; sleep 0.1; done
   cat "$WORK/agent.log" >&2; exit 1
@@ -97,12 +103,43 @@ prog_stats "$WORK/agent-all.log"
 agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
   result "prog.$p.ns_per_packet.udp200" "$ns" ns/pkt "<=100"
 done
-# tc programs run only with --tc-interfaces on interfaces of the root netns; this bench makes
-# traffic only inside its own namespaces, so it attaches none.
 echo
-echo "socket programs' intrinsic cost (BPF_PROG_TEST_RUN, 1 460-byte TCP segment of an existing flow):"
+echo "socket programs by stage (examples/capture_prog_cost.rs: test-run, then bpf_stats on loopback UDP):"
 cargo build -q --release -p flowpol --example capture_prog_cost
 target/release/examples/capture_prog_cost | tee "$WORK/test-run.txt"
-sed -nE 's/^(flow_[a-z]+): ([0-9]+) ns.*/\1 \2/p' "$WORK/test-run.txt" | while read -r p ns; do
-  result "prog.$p.ns_per_packet.test_run" "$ns" ns/pkt "<=100"
+# Lines "  NAME  N ns/run ...": the first block is test-run, the second bpf_stats.
+awk '/^BPF_PROG_TEST_RUN/ {m="test_run"} /^bpf_stats/ {m="loopback_udp200"}
+     /ns\/run/ {print m, $1, $2}' "$WORK/test-run.txt" | while read -r m p ns; do
+  target="<=100"; case $p in bench_*) target=-;; esac
+  result "prog.$p.ns_per_packet.$m" "$ns" ns/pkt "$target"
+done
+
+# The tc program: RA -> router R -> RB, 200-byte UDP forwarded by R; the agent runs in R's network
+# namespace (nsenter: same mounts, so it finds cgroup v2) and attaches flow_tc to R's two interfaces.
+ip netns add "$R"; ip netns add "$RA"; ip netns add "$RB"
+ip netns exec "$R" sysctl -qw net.ipv4.ip_forward=1
+i=1
+for ns in "$RA" "$RB"; do
+  ip -n "$R" link add "${ID}x$i" type veth peer name eth0 netns "$ns"
+  ip -n "$R" addr add "10.214.$((9 + i)).254/24" dev "${ID}x$i"
+  ip -n "$R" link set "${ID}x$i" up
+  ip -n "$ns" addr add "10.214.$((9 + i)).1/24" dev eth0
+  ip -n "$ns" link set eth0 up; ip -n "$ns" link set lo up
+  ip -n "$ns" route add default via "10.214.$((9 + i)).254"
+  i=$((i + 1))
+done
+ip netns exec "$RB" iperf3 -s -B 10.214.11.1 -p 5202 >/dev/null 2>&1 &
+TC_SERVER_PID=$!
+sleep 0.5
+: > "$WORK/agent-all.log"
+AGENT_ARGS=(--tc-interfaces "${ID}x*")
+start_agent nsenter --net="/run/netns/$R"
+ip netns exec "$RA" iperf3 -c 10.214.11.1 -p 5202 -u -b 0 -l 200 -t "$DUR" >/dev/null
+stop_agent
+kill "$TC_SERVER_PID" 2>/dev/null; wait "$TC_SERVER_PID" 2>/dev/null || true; TC_SERVER_PID=""
+echo
+echo "tc program cost with 200-byte UDP forwarded through a router namespace for ${DUR}s (bpf_stats):"
+prog_stats "$WORK/agent-all.log"
+agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
+  [ "$p" = flow_tc ] && result "prog.flow_tc.ns_per_packet.forwarded_udp200" "$ns" ns/pkt "<=100"
 done

@@ -333,3 +333,51 @@ fn privileged_parse_full_flow_map_spills_to_the_ring_buffer_and_is_counted() {
             .all(|r| r.packets == 1 && r.bytes == 20 + 8 + 10)
     );
 }
+
+#[test]
+fn privileged_parse_last_seen_follows_the_clock_on_both_paths() {
+    // `last_ns` comes from the coarse clock cached per jiffy and CPU: a later
+    // packet must still move it forward, on the IPv4 fast path and on the
+    // general parser (IPv6) alike.
+    let mut cap = loaded();
+    let (a, b) = ([192, 0, 2, 31], [192, 0, 2, 32]);
+    let v4 = eth(ETH_IPV4, &ipv4(6, a, b, &tcp(41000, 443, 0x10, 10)));
+    let v6 = eth(ETH_IPV6, &ipv6(17, v6(31), v6(32), &udp(41001, 53, 10)));
+    let start = chrono::Utc::now();
+    send(&mut cap, true, &v4);
+    send(&mut cap, true, &v6);
+    std::thread::sleep(Duration::from_millis(120));
+    let second = chrono::Utc::now();
+    send(&mut cap, true, &v4);
+    send(&mut cap, true, &v6);
+    let end = chrono::Utc::now();
+    let records = cap.drain(true).unwrap();
+    // One tick (10 ms at HZ=100) of coarse resolution plus the drain's
+    // monotonic-to-wall conversion.
+    let slack = chrono::Duration::milliseconds(30);
+    for r in [
+        find(
+            &records,
+            Protocol::Tcp,
+            "192.0.2.31:41000",
+            "192.0.2.32:443",
+        ),
+        find(
+            &records,
+            Protocol::Udp,
+            "2001:db8::1f:41001",
+            "2001:db8::20:53",
+        ),
+    ] {
+        assert_eq!(r.packets, 2, "{r:#?}");
+        assert!(
+            r.first_seen >= start - slack && r.first_seen <= second,
+            "{r:#?}"
+        );
+        assert!(
+            r.last_seen >= second - slack && r.last_seen <= end + slack,
+            "last_seen {} not between {second} and {end}: {r:#?}",
+            r.last_seen
+        );
+    }
+}
