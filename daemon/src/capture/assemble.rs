@@ -563,13 +563,9 @@ impl Assembler {
 
         // Drops.
         loop {
-            let keys = drops.keys(chunk)?;
-            let mut took = 0;
-            for dk in keys {
-                let Some(slots) = drops.take(&dk)? else {
-                    continue;
-                };
-                took += 1;
+            let batch = drops.take_many(chunk)?;
+            let took = batch.len();
+            for (dk, slots) in batch {
                 if let Some(d) = merge_drop_slots(&slots) {
                     let reason = self.reason_name(reasons, dk.reason);
                     out.push(drop_record(&dk, &d, reason, &clock));
@@ -665,8 +661,9 @@ pub struct DrainOutput {
 /// one in memory.
 pub trait DrainSource<K, V> {
     type Error;
-    /// Up to `n` keys still in the map, in any order.
-    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error>;
+    /// Reads and removes up to `n` entries (each with its per-CPU slots), in
+    /// any order; none when the map is empty.
+    fn take_many(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, Self::Error>;
     /// Reads and removes one entry (its per-CPU slots); `None` when absent.
     fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error>;
     /// Reads one entry without removing it.
@@ -700,21 +697,16 @@ impl<K: Copy + Eq + std::hash::Hash, V> From<Vec<(K, Vec<V>)>> for MemorySource<
 impl<K: Copy + Eq + std::hash::Hash, V: Clone> DrainSource<K, V> for MemorySource<K, V> {
     type Error = std::convert::Infallible;
 
-    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error> {
-        while self
-            .order
-            .front()
-            .is_some_and(|k| !self.entries.contains_key(k))
+    fn take_many(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, Self::Error> {
+        let mut out = Vec::new();
+        while out.len() < n
+            && let Some(k) = self.order.pop_front()
         {
-            self.order.pop_front();
+            if let Some(v) = self.entries.remove(&k) {
+                out.push((k, v));
+            }
         }
-        Ok(self
-            .order
-            .iter()
-            .filter(|k| self.entries.contains_key(k))
-            .take(n)
-            .copied()
-            .collect())
+        Ok(out)
     }
 
     fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error> {
@@ -732,31 +724,45 @@ fn with_mirror(k: FlowKey) -> impl Iterator<Item = FlowKey> {
     std::iter::once(k).chain((m != k).then_some(m))
 }
 
-/// Takes up to `chunk` keys and their mirrors out of `source` (and out of
-/// `extra`, when given), merged per key. Returns them and how many map entries
-/// were taken: 0 when the map is empty (or, were it to list keys it cannot
-/// read, stuck: then the drain stops rather than loop).
+/// Takes up to `chunk` entries and their mirrors out of `source` (and out of
+/// `extra`, when given), merged per key. The entries come in one batch; a
+/// mirror that was not in it is taken on its own, so both sockets of a local
+/// flow meet in the chunk. Returns them and how many map entries were taken:
+/// 0 when the map is empty.
 fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
     source: &mut S,
     chunk: usize,
-    mut extra: Option<&mut BTreeMap<FlowKey, Agg>>,
+    extra: Option<&mut BTreeMap<FlowKey, Agg>>,
 ) -> Result<(BTreeMap<FlowKey, Agg>, usize), S::Error> {
     let mut current = BTreeMap::new();
-    let mut took = 0;
-    let keys = source.keys(chunk)?;
-    if keys.is_empty() {
+    let batch = source.take_many(chunk)?;
+    let mut took = batch.len();
+    if took == 0 {
         return Ok((current, 0));
     }
-    for k in keys {
-        for key in with_mirror(k) {
-            if let Some(slots) = source.take(&key)? {
-                took += 1;
-                if let Some(a) = Agg::merge_slots(&slots) {
-                    merge_into(&mut current, key, a);
-                }
+    let in_batch: HashSet<FlowKey> = batch.iter().map(|(k, _)| *k).collect();
+    let mut mirrors = Vec::new();
+    for (key, slots) in batch {
+        if let Some(a) = Agg::merge_slots(&slots) {
+            merge_into(&mut current, key, a);
+        }
+        let m = mirror(&key);
+        if m != key && !in_batch.contains(&m) {
+            mirrors.push(m);
+        }
+    }
+    for m in &mirrors {
+        if let Some(slots) = source.take(m)? {
+            took += 1;
+            if let Some(a) = Agg::merge_slots(&slots) {
+                merge_into(&mut current, *m, a);
             }
-            if let Some(a) = extra.as_deref_mut().and_then(|e| e.remove(&key)) {
-                merge_into(&mut current, key, a);
+        }
+    }
+    if let Some(extra) = extra {
+        for key in in_batch.iter().chain(&mirrors) {
+            if let Some(a) = extra.remove(key) {
+                merge_into(&mut current, *key, a);
             }
         }
     }
