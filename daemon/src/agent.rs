@@ -693,6 +693,100 @@ mod tests {
         assert_eq!(sink.written[0].len(), 2);
     }
 
+    #[test]
+    fn the_map_filling_to_half_drains_before_the_interval_which_stays_the_upper_bound() {
+        let t0 = std::time::Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut trigger = DrainTrigger::new(Duration::from_secs(5), 1024, 10_000, t0);
+        // 511 inserts since the flip: not yet; 512 (half of 1024): due.
+        assert_eq!(trigger.due(10_511, t0 + sec), None);
+        assert_eq!(trigger.due(10_512, t0 + sec), Some(DrainReason::MapFill));
+        // After the flip the count starts again from there.
+        trigger.flipping(10_512, t0 + sec);
+        assert_eq!(trigger.due(10_900, t0 + 2 * sec), None);
+        // Quiet maps still drain every interval, counted from the last drain.
+        assert_eq!(trigger.due(10_600, t0 + 5 * sec), None);
+        assert_eq!(
+            trigger.due(10_600, t0 + 6 * sec),
+            Some(DrainReason::Interval)
+        );
+        // A counter that wrapped around still counts forward.
+        let mut wrapped = DrainTrigger::new(Duration::from_secs(5), 1024, u64::MAX - 100, t0);
+        assert_eq!(wrapped.due(411, t0), Some(DrainReason::MapFill));
+        wrapped.flipping(411, t0);
+        assert_eq!(wrapped.due(412, t0), None);
+        // A map of one entry drains at every insert.
+        let tiny = DrainTrigger::new(Duration::from_secs(5), 1, 0, t0);
+        assert_eq!(tiny.due(1, t0), Some(DrainReason::MapFill));
+    }
+
+    /// Holds each write until the test lets it go; records what it wrote.
+    struct GatedSink {
+        gate: Arc<tokio::sync::Semaphore>,
+        started: Arc<std::sync::atomic::AtomicUsize>,
+        written: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl FlowSink for GatedSink {
+        fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                self.started
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.gate.acquire().await.unwrap().forget();
+                self.written.lock().unwrap().push(batch.len());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_handed_over_during_a_slow_write_wait_and_are_written_in_order() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sink = GatedSink {
+            gate: gate.clone(),
+            started: started.clone(),
+            written: written.clone(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = write_loop(&mut sink, rx, Duration::from_secs(3600));
+        let drains = async {
+            tx.send(batch(1)).unwrap();
+            // The first write is stuck; the drain side goes on handing over.
+            while started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            for n in 2..=4 {
+                tx.send(batch(n)).unwrap();
+            }
+            assert!(written.lock().unwrap().is_empty());
+            gate.add_permits(4);
+            drop(tx); // the run ends: everything handed over is written
+        };
+        let (_, result) = futures::join!(drains, writer);
+        result.unwrap();
+        assert_eq!(*written.lock().unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_in_records_and_says_what_it_dropped() {
+        let mut backlog = Vec::new();
+        let big = MAX_BACKLOG_RECORDS / 2 + 1;
+        let template = batch(1).flows[0].clone();
+        let sized = |n: usize| DrainBatch::new(vec![template.clone(); n], vec![], Utc::now());
+        push_bounded(&mut backlog, sized(big));
+        push_bounded(&mut backlog, sized(big - 2));
+        assert_eq!(backlog.len(), 2);
+        push_bounded(&mut backlog, sized(3));
+        assert_eq!(backlog.len(), 2, "the oldest went");
+        assert_eq!(backlog[0].losses, vec![("unwritten_records", big as u64)]);
+        // One batch is always kept, however large.
+        let mut single = Vec::new();
+        push_bounded(&mut single, sized(MAX_BACKLOG_RECORDS + 1));
+        assert_eq!(single.len(), 1);
+    }
+
     /// Sums over one table of the database at `db`.
     async fn sums(store: &crate::store::Store, sql: &str) -> Vec<i64> {
         use sqlx::Row;
