@@ -65,7 +65,10 @@ fn privileged_a_storm_into_a_small_map_is_stored_whole_by_early_drains() {
 
     let server = std::thread::spawn(move || {
         for _ in 0..CONNECTIONS {
-            let (s, _) = listener.accept().unwrap();
+            // Close after the client: its end keeps the port (TIME_WAIT), so
+            // every connection has its own source port.
+            let (mut s, _) = listener.accept().unwrap();
+            let _ = std::io::Read::read(&mut s, &mut [0u8; 1]);
             drop(s);
         }
     });
@@ -90,7 +93,14 @@ fn privileged_a_storm_into_a_small_map_is_stored_whole_by_early_drains() {
     });
     server.join().unwrap();
     let took = started.elapsed();
-    assert_eq!(ports.len(), CONNECTIONS, "each connection its own port");
+    // The kernel may hand a port out again once its earlier connection is
+    // fully closed: two connections with one 5-tuple are one flow. Nearly
+    // all have their own.
+    assert!(
+        ports.len() >= CONNECTIONS * 9 / 10,
+        "{} distinct source ports for {CONNECTIONS} connections",
+        ports.len()
+    );
     // Let the last FINs pass before the final drain.
     std::thread::sleep(Duration::from_millis(500));
     agent.stop();
@@ -114,10 +124,11 @@ fn privileged_a_storm_into_a_small_map_is_stored_whole_by_early_drains() {
         );
     }
     let missing: Vec<&u16> = ports.difference(&stored).take(10).collect();
-    assert_eq!(
-        stored.len(),
-        CONNECTIONS,
-        "connections stored after {took:?}; first missing source ports {missing:?}; losses {losses:?}"
+    assert!(
+        stored == ports,
+        "{} of {} 5-tuples stored after {took:?}; first missing source ports {missing:?}; losses {losses:?}",
+        stored.intersection(&ports).count(),
+        ports.len()
     );
     assert_eq!(
         losses.get("flow_map_full").copied().unwrap_or(0),

@@ -397,12 +397,18 @@ mod tests {
             }
             self.batch_calls += 1;
             let from = token.unwrap_or(0);
-            let taken: Vec<[u8; 4]> = self
+            // Keys are little-endian u32s: walk them in numeric order.
+            let mut from_here: Vec<u32> = self
                 .entries
                 .keys()
-                .filter(|k| u32::from_le_bytes(**k) >= from)
+                .map(|k| u32::from_le_bytes(*k))
+                .filter(|k| *k >= from)
+                .collect();
+            from_here.sort_unstable();
+            let taken: Vec<[u8; 4]> = from_here
+                .iter()
                 .take(count as usize)
-                .copied()
+                .map(|k| k.to_le_bytes())
                 .collect();
             for (i, k) in taken.iter().enumerate() {
                 let v = self.entries.remove(k).unwrap();
