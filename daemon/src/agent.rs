@@ -155,6 +155,11 @@ impl AgentObserver for NoObserver {}
 /// active flow map copy is filling before the interval ends.
 pub const FILL_POLL: Duration = Duration::from_millis(100);
 
+/// Early drains come at most this often: each is a flip, a read of the ring
+/// buffer and one SQLite transaction, and a drain cadence far below the
+/// kernel's delivery lag splits more local pairs over two drains.
+pub const MIN_DRAIN_GAP: Duration = Duration::from_millis(250);
+
 /// Share of one flow map copy that, once inserted since the last flip, starts
 /// a drain before the interval ends: the other half is the headroom the drain
 /// has to empty the idle copy before the active one is full.
@@ -213,7 +218,9 @@ impl DrainTrigger {
     pub fn due(&self, inserts_now: u64, now: std::time::Instant) -> Option<DrainReason> {
         if now.saturating_duration_since(self.flipped_at) >= self.interval {
             Some(DrainReason::Interval)
-        } else if inserts_now.wrapping_sub(self.inserts_at_flip) >= self.fill_threshold {
+        } else if inserts_now.wrapping_sub(self.inserts_at_flip) >= self.fill_threshold
+            && now.saturating_duration_since(self.flipped_at) >= MIN_DRAIN_GAP.min(self.interval)
+        {
             Some(DrainReason::MapFill)
         } else {
             None
@@ -698,8 +705,10 @@ mod tests {
         let t0 = std::time::Instant::now();
         let sec = Duration::from_secs(1);
         let mut trigger = DrainTrigger::new(Duration::from_secs(5), 1024, 10_000, t0);
-        // 511 inserts since the flip: not yet; 512 (half of 1024): due.
+        // 511 inserts since the flip: not yet; 512 (half of 1024): due, though
+        // no sooner than MIN_DRAIN_GAP after the last drain.
         assert_eq!(trigger.due(10_511, t0 + sec), None);
+        assert_eq!(trigger.due(10_512, t0 + MIN_DRAIN_GAP / 2), None);
         assert_eq!(trigger.due(10_512, t0 + sec), Some(DrainReason::MapFill));
         // After the flip the count starts again from there.
         trigger.flipping(10_512, t0 + sec);
@@ -712,12 +721,12 @@ mod tests {
         );
         // A counter that wrapped around still counts forward.
         let mut wrapped = DrainTrigger::new(Duration::from_secs(5), 1024, u64::MAX - 100, t0);
-        assert_eq!(wrapped.due(411, t0), Some(DrainReason::MapFill));
-        wrapped.flipping(411, t0);
-        assert_eq!(wrapped.due(412, t0), None);
-        // A map of one entry drains at every insert.
+        assert_eq!(wrapped.due(411, t0 + sec), Some(DrainReason::MapFill));
+        wrapped.flipping(411, t0 + sec);
+        assert_eq!(wrapped.due(412, t0 + 2 * sec), None);
+        // A map of one entry drains at every insert (at most every MIN_DRAIN_GAP).
         let tiny = DrainTrigger::new(Duration::from_secs(5), 1, 0, t0);
-        assert_eq!(tiny.due(1, t0), Some(DrainReason::MapFill));
+        assert_eq!(tiny.due(1, t0 + MIN_DRAIN_GAP), Some(DrainReason::MapFill));
     }
 
     /// Holds each write until the test lets it go; records what it wrote.

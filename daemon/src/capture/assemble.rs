@@ -275,8 +275,14 @@ struct Opener {
     first_ns: u64,
     /// Decided by the TCP handshake rather than by the first packet.
     by_handshake: bool,
-    /// Both ends are local sockets (both were seen in one drain so far).
+    /// Both ends are local sockets (both were seen, in one drain or in
+    /// different ones).
     local_pair: bool,
+    /// Which ends were seen as local sockets so far: 1 the canonical key's,
+    /// 2 its mirror's. Frequent (early) drains often split a local pair, the
+    /// sender's socket in one drain and the receiver's, lagging behind, in
+    /// the next: the second must not be stored again.
+    ends_seen: u8,
     last_seen_mono: u64,
 }
 
@@ -362,17 +368,24 @@ impl Assembler {
             .expect("at least one entry");
         let prev = self.openers.get(&canonical).copied();
         let earliest = prev.map_or(first_ns, |p| p.first_ns.min(first_ns));
-        let local_pair = entries.len() == 2 || prev.is_some_and(|p| p.local_pair);
+        let ends_seen = entries
+            .iter()
+            .fold(prev.map_or(0, |p| p.ends_seen), |seen, (k, _)| {
+                seen | if *k == canonical { 1 } else { 2 } | if mirror(k) == *k { 3 } else { 0 }
+            });
+        let local_pair = entries.len() == 2 || ends_seen == 3 || prev.is_some_and(|p| p.local_pair);
         let opener = match (by_handshake, prev) {
             (Some(key), _) => Opener {
                 canonical_opens: key == canonical,
                 first_ns: earliest,
                 by_handshake: true,
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
             },
             (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
                 ..p
             },
@@ -381,6 +394,7 @@ impl Assembler {
                 first_ns: earliest,
                 by_handshake: false,
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
             },
         };
@@ -1483,6 +1497,48 @@ mod tests {
         assert_eq!((out[0].src.port, out[0].dst.port), (40500, 2380));
         assert_eq!((out[0].packets, out[0].reply_packets), (2, 3));
         assert_eq!(out[0].cgroup_id, Some(7));
+    }
+
+    #[test]
+    fn a_local_pair_split_over_two_drains_is_stored_once() {
+        // Early drains: the sender's socket (100 datagrams) lands in drain 1,
+        // the receiver's, lagging behind, alone in drain 2. Its packets are
+        // the sender's, already stored.
+        let sender = key(A, 40000, B, 9000, 17);
+        let receiver = mirror(&sender);
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let first = RawDrain {
+            sockets: vec![(
+                sender,
+                vec![slot(1_000, (100, 4400), (0, 0), 0, 0, DIR_EGRESS, 7)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(first, clock(SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].packets, 100);
+        let second = RawDrain {
+            sockets: vec![(
+                receiver,
+                vec![slot(2_000, (0, 0), (100, 4400), 0, 0, DIR_INGRESS, 9)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(second, clock(2 * SEC), &DropReasons::default(), false);
+        assert!(out.is_empty(), "counted twice: {out:?}");
+        // A remote peer's flow (only ever one end local) is still stored each drain.
+        let remote = key(A, 40001, B, 9000, 17);
+        for t in 3..5 {
+            let drain = RawDrain {
+                sockets: vec![(
+                    remote,
+                    vec![slot(t * SEC, (1, 44), (0, 0), 0, 0, DIR_EGRESS, 7)],
+                )],
+                ..RawDrain::default()
+            };
+            let out = asm.assemble(drain, clock(t * SEC), &DropReasons::default(), false);
+            assert_eq!(out.len(), 1);
+        }
     }
 
     #[test]
