@@ -83,7 +83,7 @@ fn privileged_a_storm_into_a_small_map_is_stored_whole_by_early_drains() {
             ports.insert(s.local_addr().unwrap().port());
             drop(s);
             if i % 100 == 99 {
-                let due = Duration::from_millis((i as u64 + 1) / 2);
+                let due = Duration::from_micros((i as u64 + 1) * 500);
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait);
                 }
