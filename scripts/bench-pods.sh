@@ -104,6 +104,9 @@ echo "connection storm: $CLIENTS client pods x $STORM_THREADS threads flat-out f
 scope=$(scope_args "${STORM_SCOPE:-root}")
 # shellcheck disable=SC2086
 start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope ${STORM_AGENT_ARGS:-}
+# CPU the agent gets during the storm (utime + stime in clock ticks, /proc/PID/stat fields 14, 15).
+agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
+cpu_before=$(agent_cpu_ticks); storm_started=$(date +%s.%N)
 pids=()
 for i in $(seq 0 $((CLIENTS - 1))); do
   in_pod client "$i" "$CONN" client --server "$SERVER_IP" --ports 9100-9107 --seconds "$STORM_SECONDS" \
@@ -111,6 +114,7 @@ for i in $(seq 0 $((CLIENTS - 1))); do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done
+cpu_after=$(agent_cpu_ticks); storm_ended=$(date +%s.%N)
 sleep 1
 stop_agent
 cat "$WORK"/storm-client-*.out
@@ -131,6 +135,13 @@ result storm.connections_completed "$completed" conn -
 result storm.connections_failed "$failed" conn -
 result storm.flows_stored "$stored" flows -
 result storm.recorded_share "$(awk -v s="$stored" -v c="$completed" 'BEGIN {printf "%.2f", (c > 0 ? 100*s/c : 0)}')" % ">=100"
+agent_cpu=$(awk -v a="$cpu_before" -v b="$cpu_after" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / t}')
+result storm.agent_cpu_seconds "$agent_cpu" s -
+result storm.agent_cpu_share "$(awk -v c="$agent_cpu" -v a="$storm_started" -v b="$storm_ended" 'BEGIN {printf "%.1f", 100 * c / (b - a)}')" %core -
+early=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.*early_drains=([0-9]+).*/\1/' || true)
+drains=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.* drains=([0-9]+).*/\1/' || true)
+result storm.drains "${drains:-?}" drains -
+result storm.early_drains "${early:-?}" drains -
 for l in $losses; do result "storm.loss.${l%%=*}" "${l#*=}" count -; done
 [ -n "$losses" ] || result storm.loss.total 0 count -
 echo "agent loss counters stored in the database: ${losses:-none}"

@@ -123,6 +123,8 @@ pub struct AgentConfig {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RunSummary {
     pub drains: u64,
+    /// Drains started before the interval because the flow map was filling.
+    pub early_drains: u64,
     pub records: u64,
     pub counters: Vec<(&'static str, u64)>,
 }
@@ -149,6 +151,91 @@ pub trait AgentObserver: Send + Sync {
 struct NoObserver;
 impl AgentObserver for NoObserver {}
 
+/// How often the agent reads the kernel's insert counter to see whether the
+/// active flow map copy is filling before the interval ends.
+pub const FILL_POLL: Duration = Duration::from_millis(100);
+
+/// Early drains come at most this often: each is a flip, a read of the ring
+/// buffer and one SQLite transaction, and a drain cadence far below the
+/// kernel's delivery lag splits more local pairs over two drains.
+pub const MIN_DRAIN_GAP: Duration = Duration::from_millis(250);
+
+/// Share of one flow map copy that, once inserted since the last flip, starts
+/// a drain before the interval ends: the other half is the headroom the drain
+/// has to empty the idle copy before the active one is full.
+pub const EARLY_DRAIN_SHARE: f64 = 0.5;
+
+/// Why a drain ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainReason {
+    /// `--interval` elapsed.
+    Interval,
+    /// The active flow map copy filled to [`EARLY_DRAIN_SHARE`] first.
+    MapFill,
+    /// SIGINT/SIGTERM.
+    Final,
+}
+
+impl DrainReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Interval => "interval",
+            Self::MapFill => "map_fill",
+            Self::Final => "final",
+        }
+    }
+}
+
+/// Decides when to drain: at the latest every interval, earlier when the
+/// kernel's insert counter says the active copy is filling.
+#[derive(Debug, Clone)]
+pub struct DrainTrigger {
+    interval: Duration,
+    /// Inserts since the flip that make a drain due.
+    fill_threshold: u64,
+    /// The insert counter at the last flip, and when that was.
+    inserts_at_flip: u64,
+    flipped_at: std::time::Instant,
+}
+
+impl DrainTrigger {
+    pub fn new(
+        interval: Duration,
+        map_capacity: u32,
+        inserts_now: u64,
+        now: std::time::Instant,
+    ) -> Self {
+        let fill_threshold = ((f64::from(map_capacity) * EARLY_DRAIN_SHARE) as u64).max(1);
+        Self {
+            interval,
+            fill_threshold,
+            inserts_at_flip: inserts_now,
+            flipped_at: now,
+        }
+    }
+
+    /// Whether a drain is due now, and why.
+    pub fn due(&self, inserts_now: u64, now: std::time::Instant) -> Option<DrainReason> {
+        if now.saturating_duration_since(self.flipped_at) >= self.interval {
+            Some(DrainReason::Interval)
+        } else if inserts_now.wrapping_sub(self.inserts_at_flip) >= self.fill_threshold
+            && now.saturating_duration_since(self.flipped_at) >= MIN_DRAIN_GAP.min(self.interval)
+        {
+            Some(DrainReason::MapFill)
+        } else {
+            None
+        }
+    }
+
+    /// A drain is about to flip the copies: count inserts from here. (Read
+    /// before the flip, so inserts racing the flip count against the new copy:
+    /// the next early drain comes a little sooner, never later.)
+    pub fn flipping(&mut self, inserts_now: u64, now: std::time::Instant) {
+        self.inserts_at_flip = inserts_now;
+        self.flipped_at = now;
+    }
+}
+
 /// Runs until SIGINT/SIGTERM. Write failures are retried at the next interval;
 /// only a failure of the final write is an error.
 pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSummary, AgentError> {
@@ -156,6 +243,11 @@ pub async fn run(config: AgentConfig, sink: &mut dyn FlowSink) -> Result<RunSumm
 }
 
 /// [`run`], reporting to `observer`.
+///
+/// Draining and writing run side by side: the drain loop hands each batch to
+/// the writer and never waits for SQLite, so a slow write cannot hold the
+/// kernel maps unread. (A drain itself is synchronous; while it runs the
+/// writer waits, for the drain's duration only.)
 pub async fn run_observed(
     config: AgentConfig,
     sink: &mut dyn FlowSink,
@@ -179,49 +271,83 @@ pub async fn run_observed(
     // Loading parsed the kernel's BTF and the eBPF object: give that back.
     release_freed_memory();
 
-    let mut summary = RunSummary::default();
-    let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
-    let mut backlog: Vec<DrainBatch> = Vec::new();
-    let mut ticker = tokio::time::interval(config.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await; // the first tick fires at once
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let started = std::time::Instant::now();
-                let mut batch = drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
-                batch.node = node.clone();
-                observer.drained(started.elapsed(), batch.len(), &capture.map_fill());
-                // tc mode: interfaces (pods' veths) come and go between drains.
-                capture.refresh_tc()?;
-                backlog.push(batch);
-                flush(sink, &mut backlog).await;
-                release_freed_memory();
+    let (to_writer, from_drains) = tokio::sync::mpsc::unbounded_channel::<DrainBatch>();
+    let writer = write_loop(sink, from_drains, config.interval);
+    let drains = async move {
+        let mut summary = RunSummary::default();
+        let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
+        let mut trigger = DrainTrigger::new(
+            config.interval,
+            capture.flow_map_capacity(),
+            capture.flow_inserts()?,
+            std::time::Instant::now(),
+        );
+        let mut poll = tokio::time::interval(FILL_POLL.min(config.interval));
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut early_in_window = 0u64;
+        let mut window_started = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = poll.tick() => {
+                    let inserts = capture.flow_inserts()?;
+                    let now = std::time::Instant::now();
+                    let Some(reason) = trigger.due(inserts, now) else { continue };
+                    trigger.flipping(inserts, now);
+                    if reason == DrainReason::MapFill {
+                        summary.early_drains += 1;
+                        early_in_window += 1;
+                    }
+                    let mut batch =
+                        drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
+                    batch.node = node.clone();
+                    tracing::debug!(reason = reason.as_str(), records = batch.len(), "drain");
+                    observer.drained(now.elapsed(), batch.len(), &capture.map_fill());
+                    // tc mode: interfaces (pods' veths) come and go between drains.
+                    capture.refresh_tc()?;
+                    // The writer only goes away with the run, after the final drain.
+                    let _ = to_writer.send(batch);
+                    if window_started.elapsed() >= EARLY_DRAIN_REPORT {
+                        if early_in_window > 0 {
+                            tracing::warn!(
+                                early_drains = early_in_window,
+                                flow_map_entries = capture.flow_map_capacity(),
+                                interval = ?config.interval,
+                                "flow map half full before the interval ended: drained early \
+                                 (raise --flow-map-entries to drain less often)"
+                            );
+                        }
+                        early_in_window = 0;
+                        window_started = std::time::Instant::now();
+                    }
+                }
+                _ = sigterm.recv() => { tracing::info!("SIGTERM: final drain"); break; }
+                _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
             }
-            _ = sigterm.recv() => { tracing::info!("SIGTERM: final drain"); break; }
-            _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
         }
-    }
-    let mut batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
-    batch.node = node.clone();
-    backlog.push(batch);
-    summary.counters = capture.counters()?;
-    for p in capture.program_stats() {
-        if let Some(mean) = p.mean_ns() {
-            tracing::info!(
-                program = p.name,
-                run_count = p.run_count,
-                run_time_ns = p.run_time_ns,
-                mean_ns = format!("{mean:.1}"),
-                "program stats"
-            );
+        let mut batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
+        batch.node = node.clone();
+        let _ = to_writer.send(batch);
+        summary.counters = capture.counters()?;
+        for p in capture.program_stats() {
+            if let Some(mean) = p.mean_ns() {
+                tracing::info!(
+                    program = p.name,
+                    run_count = p.run_count,
+                    run_time_ns = p.run_time_ns,
+                    mean_ns = format!("{mean:.1}"),
+                    "program stats"
+                );
+            }
         }
-    }
-    drop(capture); // detaches every program
-    if let Some(err) = flush(sink, &mut backlog).await {
-        let count = backlog.iter().map(DrainBatch::len).sum();
-        return Err(AgentError::Sink { count, source: err });
-    }
+        drop(capture); // detaches every program
+        drop(to_writer); // the writer writes what is left, then ends
+        Ok::<_, AgentError>(summary)
+    };
+    // If the drain loop fails, the channel closes and the writer still writes
+    // what it was handed before the error is returned.
+    let (drained, written) = futures::join!(drains, writer);
+    let summary = drained?;
+    written?;
     let counters = summary
         .counters
         .iter()
@@ -230,6 +356,7 @@ pub async fn run_observed(
         .join(" ");
     tracing::info!(
         drains = summary.drains,
+        early_drains = summary.early_drains,
         records = summary.records,
         %counters,
         "capture detached"
@@ -237,41 +364,130 @@ pub async fn run_observed(
     Ok(summary)
 }
 
+/// How often the agent warns (once, with a count) that the flow map filled
+/// before the interval ended.
+const EARLY_DRAIN_REPORT: Duration = Duration::from_secs(60);
+
 /// Batches kept for retry while the sink fails (then the oldest are dropped).
 const MAX_BACKLOG: usize = 120;
 
-/// Writes the backlog in order; stops at the first failure and keeps the rest
-/// for the next interval. Returns that failure.
-async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option<anyhow::Error> {
+/// Compact records the write backlog holds at most (about 140 bytes each):
+/// past it the oldest batches are dropped as `unwritten_records`.
+const MAX_BACKLOG_RECORDS: usize = 500_000;
+
+/// Takes the drain loop's batches and writes them in order. A failed write is
+/// retried after `retry` (or at the next batch); batches wait meanwhile,
+/// bounded by [`MAX_BACKLOG`] and [`MAX_BACKLOG_RECORDS`]. When the drain loop
+/// ends (the channel closes) everything left is written once more; only a
+/// failure of that last write is an error.
+async fn write_loop(
+    sink: &mut dyn FlowSink,
+    mut batches: tokio::sync::mpsc::UnboundedReceiver<DrainBatch>,
+    retry: Duration,
+) -> Result<(), AgentError> {
+    let mut backlog: Vec<DrainBatch> = Vec::new();
+    let mut open = true;
+    let mut retry_at: Option<tokio::time::Instant> = None;
+    loop {
+        while let Ok(batch) = batches.try_recv() {
+            push_bounded(&mut backlog, batch);
+        }
+        if !open {
+            break;
+        }
+        let may_write = retry_at.is_none_or(|t| tokio::time::Instant::now() >= t);
+        if may_write && !backlog.is_empty() {
+            // One batch at a time: between writes new batches join the backlog.
+            match write_first(sink, &mut backlog).await {
+                Some(_) => retry_at = Some(tokio::time::Instant::now() + retry),
+                None => retry_at = None,
+            }
+            release_freed_memory();
+            continue;
+        }
+        tokio::select! {
+            batch = batches.recv() => match batch {
+                Some(batch) => {
+                    push_bounded(&mut backlog, batch);
+                    // A new batch is a retry too (as the old loop retried each interval).
+                    retry_at = None;
+                }
+                None => open = false,
+            },
+            _ = tokio::time::sleep_until(retry_at.unwrap_or_else(tokio::time::Instant::now)),
+                if retry_at.is_some() => {}
+        }
+    }
+    if let Some(err) = flush(sink, &mut backlog).await {
+        let count = backlog.iter().map(DrainBatch::len).sum();
+        return Err(AgentError::Sink { count, source: err });
+    }
+    Ok(())
+}
+
+/// Adds a batch to the backlog, dropping the oldest (as a recorded loss) past
+/// the bounds.
+fn push_bounded(backlog: &mut Vec<DrainBatch>, batch: DrainBatch) {
+    backlog.push(batch);
+    while backlog.len() > 1
+        && (backlog.len() > MAX_BACKLOG + 1
+            || backlog.iter().map(DrainBatch::len).sum::<usize>() > MAX_BACKLOG_RECORDS)
+    {
+        drop_oldest(backlog);
+    }
+}
+
+/// Drops the oldest batch; the next one carries its loss (never silent).
+fn drop_oldest(backlog: &mut Vec<DrainBatch>) {
+    let lost = backlog.remove(0);
+    tracing::error!(
+        records = lost.len(),
+        "write backlog full: oldest batch dropped"
+    );
+    if let Some(next) = backlog.first_mut() {
+        next.losses.push(("unwritten_records", lost.len() as u64));
+        next.losses.extend(lost.losses);
+    }
+}
+
+/// Writes the first batch of the backlog (skipping empty ones). Returns the
+/// failure, after which the batch stays first (bounded by [`MAX_BACKLOG`]).
+async fn write_first(
+    sink: &mut dyn FlowSink,
+    backlog: &mut Vec<DrainBatch>,
+) -> Option<anyhow::Error> {
     while let Some(batch) = backlog.first() {
         if batch.is_empty() && batch.losses.is_empty() {
             backlog.remove(0);
             continue;
         }
-        match sink.write(batch).await {
+        return match sink.write(batch).await {
             Ok(()) => {
                 backlog.remove(0);
+                None
             }
             Err(err) => {
                 tracing::error!(
                     error = format!("{err:#}"),
                     pending_batches = backlog.len(),
-                    "writing flows failed; retrying next interval"
+                    "writing flows failed; retrying"
                 );
                 if backlog.len() > MAX_BACKLOG {
-                    let lost = backlog.remove(0);
-                    tracing::error!(
-                        records = lost.len(),
-                        "write backlog full: oldest batch dropped"
-                    );
-                    // Never silent: the next stored batch carries the loss.
-                    if let Some(next) = backlog.first_mut() {
-                        next.losses.push(("unwritten_records", lost.len() as u64));
-                        next.losses.extend(lost.losses);
-                    }
+                    drop_oldest(backlog);
                 }
-                return Some(err);
+                Some(err)
             }
+        };
+    }
+    None
+}
+
+/// Writes the backlog in order; stops at the first failure and keeps the rest
+/// for the next try. Returns that failure.
+async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option<anyhow::Error> {
+    while !backlog.is_empty() {
+        if let Some(err) = write_first(sink, backlog).await {
+            return Some(err);
         }
     }
     None
@@ -484,6 +700,102 @@ mod tests {
         assert_eq!(sink.written.len(), MAX_BACKLOG + 1);
         assert_eq!(sink.written[0].losses, vec![("unwritten_records", 1)]);
         assert_eq!(sink.written[0].len(), 2);
+    }
+
+    #[test]
+    fn the_map_filling_to_half_drains_before_the_interval_which_stays_the_upper_bound() {
+        let t0 = std::time::Instant::now();
+        let sec = Duration::from_secs(1);
+        let mut trigger = DrainTrigger::new(Duration::from_secs(5), 1024, 10_000, t0);
+        // 511 inserts since the flip: not yet; 512 (half of 1024): due, though
+        // no sooner than MIN_DRAIN_GAP after the last drain.
+        assert_eq!(trigger.due(10_511, t0 + sec), None);
+        assert_eq!(trigger.due(10_512, t0 + MIN_DRAIN_GAP / 2), None);
+        assert_eq!(trigger.due(10_512, t0 + sec), Some(DrainReason::MapFill));
+        // After the flip the count starts again from there.
+        trigger.flipping(10_512, t0 + sec);
+        assert_eq!(trigger.due(10_900, t0 + 2 * sec), None);
+        // Quiet maps still drain every interval, counted from the last drain.
+        assert_eq!(trigger.due(10_600, t0 + 5 * sec), None);
+        assert_eq!(
+            trigger.due(10_600, t0 + 6 * sec),
+            Some(DrainReason::Interval)
+        );
+        // A counter that wrapped around still counts forward.
+        let mut wrapped = DrainTrigger::new(Duration::from_secs(5), 1024, u64::MAX - 100, t0);
+        assert_eq!(wrapped.due(411, t0 + sec), Some(DrainReason::MapFill));
+        wrapped.flipping(411, t0 + sec);
+        assert_eq!(wrapped.due(412, t0 + 2 * sec), None);
+        // A map of one entry drains at every insert (at most every MIN_DRAIN_GAP).
+        let tiny = DrainTrigger::new(Duration::from_secs(5), 1, 0, t0);
+        assert_eq!(tiny.due(1, t0 + MIN_DRAIN_GAP), Some(DrainReason::MapFill));
+    }
+
+    /// Holds each write until the test lets it go; records what it wrote.
+    struct GatedSink {
+        gate: Arc<tokio::sync::Semaphore>,
+        started: Arc<std::sync::atomic::AtomicUsize>,
+        written: Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl FlowSink for GatedSink {
+        fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+            Box::pin(async move {
+                self.started
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                self.gate.acquire().await.unwrap().forget();
+                self.written.lock().unwrap().push(batch.len());
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn batches_handed_over_during_a_slow_write_wait_and_are_written_in_order() {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let written = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sink = GatedSink {
+            gate: gate.clone(),
+            started: started.clone(),
+            written: written.clone(),
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let writer = write_loop(&mut sink, rx, Duration::from_secs(3600));
+        let drains = async {
+            tx.send(batch(1)).unwrap();
+            // The first write is stuck; the drain side goes on handing over.
+            while started.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                tokio::task::yield_now().await;
+            }
+            for n in 2..=4 {
+                tx.send(batch(n)).unwrap();
+            }
+            assert!(written.lock().unwrap().is_empty());
+            gate.add_permits(4);
+            drop(tx); // the run ends: everything handed over is written
+        };
+        let (_, result) = futures::join!(drains, writer);
+        result.unwrap();
+        assert_eq!(*written.lock().unwrap(), vec![1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_in_records_and_says_what_it_dropped() {
+        let mut backlog = Vec::new();
+        let big = MAX_BACKLOG_RECORDS / 2 + 1;
+        let template = batch(1).flows[0].clone();
+        let sized = |n: usize| DrainBatch::new(vec![template.clone(); n], vec![], Utc::now());
+        push_bounded(&mut backlog, sized(big));
+        push_bounded(&mut backlog, sized(big - 2));
+        assert_eq!(backlog.len(), 2);
+        push_bounded(&mut backlog, sized(3));
+        assert_eq!(backlog.len(), 2, "the oldest went");
+        assert_eq!(backlog[0].losses, vec![("unwritten_records", big as u64)]);
+        // One batch is always kept, however large.
+        let mut single = Vec::new();
+        push_bounded(&mut single, sized(MAX_BACKLOG_RECORDS + 1));
+        assert_eq!(single.len(), 1);
     }
 
     /// Sums over one table of the database at `db`.

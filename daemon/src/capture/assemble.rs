@@ -275,8 +275,14 @@ struct Opener {
     first_ns: u64,
     /// Decided by the TCP handshake rather than by the first packet.
     by_handshake: bool,
-    /// Both ends are local sockets (both were seen in one drain so far).
+    /// Both ends are local sockets (both were seen, in one drain or in
+    /// different ones).
     local_pair: bool,
+    /// Which ends were seen as local sockets so far: 1 the canonical key's,
+    /// 2 its mirror's. Frequent (early) drains often split a local pair, the
+    /// sender's socket in one drain and the receiver's, lagging behind, in
+    /// the next: the second must not be stored again.
+    ends_seen: u8,
     last_seen_mono: u64,
 }
 
@@ -362,17 +368,24 @@ impl Assembler {
             .expect("at least one entry");
         let prev = self.openers.get(&canonical).copied();
         let earliest = prev.map_or(first_ns, |p| p.first_ns.min(first_ns));
-        let local_pair = entries.len() == 2 || prev.is_some_and(|p| p.local_pair);
+        let ends_seen = entries
+            .iter()
+            .fold(prev.map_or(0, |p| p.ends_seen), |seen, (k, _)| {
+                seen | if *k == canonical { 1 } else { 2 } | if mirror(k) == *k { 3 } else { 0 }
+            });
+        let local_pair = entries.len() == 2 || ends_seen == 3 || prev.is_some_and(|p| p.local_pair);
         let opener = match (by_handshake, prev) {
             (Some(key), _) => Opener {
                 canonical_opens: key == canonical,
                 first_ns: earliest,
                 by_handshake: true,
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
             },
             (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
                 ..p
             },
@@ -381,6 +394,7 @@ impl Assembler {
                 first_ns: earliest,
                 by_handshake: false,
                 local_pair,
+                ends_seen,
                 last_seen_mono: now,
             },
         };
@@ -563,13 +577,9 @@ impl Assembler {
 
         // Drops.
         loop {
-            let keys = drops.keys(chunk)?;
-            let mut took = 0;
-            for dk in keys {
-                let Some(slots) = drops.take(&dk)? else {
-                    continue;
-                };
-                took += 1;
+            let batch = drops.take_many(chunk)?;
+            let took = batch.len();
+            for (dk, slots) in batch {
                 if let Some(d) = merge_drop_slots(&slots) {
                     let reason = self.reason_name(reasons, dk.reason);
                     out.push(drop_record(&dk, &d, reason, &clock));
@@ -665,8 +675,9 @@ pub struct DrainOutput {
 /// one in memory.
 pub trait DrainSource<K, V> {
     type Error;
-    /// Up to `n` keys still in the map, in any order.
-    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error>;
+    /// Reads and removes up to `n` entries (each with its per-CPU slots), in
+    /// any order; none when the map is empty.
+    fn take_many(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, Self::Error>;
     /// Reads and removes one entry (its per-CPU slots); `None` when absent.
     fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error>;
     /// Reads one entry without removing it.
@@ -700,21 +711,16 @@ impl<K: Copy + Eq + std::hash::Hash, V> From<Vec<(K, Vec<V>)>> for MemorySource<
 impl<K: Copy + Eq + std::hash::Hash, V: Clone> DrainSource<K, V> for MemorySource<K, V> {
     type Error = std::convert::Infallible;
 
-    fn keys(&mut self, n: usize) -> Result<Vec<K>, Self::Error> {
-        while self
-            .order
-            .front()
-            .is_some_and(|k| !self.entries.contains_key(k))
+    fn take_many(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, Self::Error> {
+        let mut out = Vec::new();
+        while out.len() < n
+            && let Some(k) = self.order.pop_front()
         {
-            self.order.pop_front();
+            if let Some(v) = self.entries.remove(&k) {
+                out.push((k, v));
+            }
         }
-        Ok(self
-            .order
-            .iter()
-            .filter(|k| self.entries.contains_key(k))
-            .take(n)
-            .copied()
-            .collect())
+        Ok(out)
     }
 
     fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, Self::Error> {
@@ -732,31 +738,45 @@ fn with_mirror(k: FlowKey) -> impl Iterator<Item = FlowKey> {
     std::iter::once(k).chain((m != k).then_some(m))
 }
 
-/// Takes up to `chunk` keys and their mirrors out of `source` (and out of
-/// `extra`, when given), merged per key. Returns them and how many map entries
-/// were taken: 0 when the map is empty (or, were it to list keys it cannot
-/// read, stuck: then the drain stops rather than loop).
+/// Takes up to `chunk` entries and their mirrors out of `source` (and out of
+/// `extra`, when given), merged per key. The entries come in one batch; a
+/// mirror that was not in it is taken on its own, so both sockets of a local
+/// flow meet in the chunk. Returns them and how many map entries were taken:
+/// 0 when the map is empty.
 fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
     source: &mut S,
     chunk: usize,
-    mut extra: Option<&mut BTreeMap<FlowKey, Agg>>,
+    extra: Option<&mut BTreeMap<FlowKey, Agg>>,
 ) -> Result<(BTreeMap<FlowKey, Agg>, usize), S::Error> {
     let mut current = BTreeMap::new();
-    let mut took = 0;
-    let keys = source.keys(chunk)?;
-    if keys.is_empty() {
+    let batch = source.take_many(chunk)?;
+    let mut took = batch.len();
+    if took == 0 {
         return Ok((current, 0));
     }
-    for k in keys {
-        for key in with_mirror(k) {
-            if let Some(slots) = source.take(&key)? {
-                took += 1;
-                if let Some(a) = Agg::merge_slots(&slots) {
-                    merge_into(&mut current, key, a);
-                }
+    let in_batch: HashSet<FlowKey> = batch.iter().map(|(k, _)| *k).collect();
+    let mut mirrors = Vec::new();
+    for (key, slots) in batch {
+        if let Some(a) = Agg::merge_slots(&slots) {
+            merge_into(&mut current, key, a);
+        }
+        let m = mirror(&key);
+        if m != key && !in_batch.contains(&m) {
+            mirrors.push(m);
+        }
+    }
+    for m in &mirrors {
+        if let Some(slots) = source.take(m)? {
+            took += 1;
+            if let Some(a) = Agg::merge_slots(&slots) {
+                merge_into(&mut current, *m, a);
             }
-            if let Some(a) = extra.as_deref_mut().and_then(|e| e.remove(&key)) {
-                merge_into(&mut current, key, a);
+        }
+    }
+    if let Some(extra) = extra {
+        for key in in_batch.iter().chain(&mirrors) {
+            if let Some(a) = extra.remove(key) {
+                merge_into(&mut current, *key, a);
             }
         }
     }
@@ -1477,6 +1497,48 @@ mod tests {
         assert_eq!((out[0].src.port, out[0].dst.port), (40500, 2380));
         assert_eq!((out[0].packets, out[0].reply_packets), (2, 3));
         assert_eq!(out[0].cgroup_id, Some(7));
+    }
+
+    #[test]
+    fn a_local_pair_split_over_two_drains_is_stored_once() {
+        // Early drains: the sender's socket (100 datagrams) lands in drain 1,
+        // the receiver's, lagging behind, alone in drain 2. Its packets are
+        // the sender's, already stored.
+        let sender = key(A, 40000, B, 9000, 17);
+        let receiver = mirror(&sender);
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let first = RawDrain {
+            sockets: vec![(
+                sender,
+                vec![slot(1_000, (100, 4400), (0, 0), 0, 0, DIR_EGRESS, 7)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(first, clock(SEC), &DropReasons::default(), false);
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].packets, 100);
+        let second = RawDrain {
+            sockets: vec![(
+                receiver,
+                vec![slot(2_000, (0, 0), (100, 4400), 0, 0, DIR_INGRESS, 9)],
+            )],
+            ..RawDrain::default()
+        };
+        let out = asm.assemble(second, clock(2 * SEC), &DropReasons::default(), false);
+        assert!(out.is_empty(), "counted twice: {out:?}");
+        // A remote peer's flow (only ever one end local) is still stored each drain.
+        let remote = key(A, 40001, B, 9000, 17);
+        for t in 3..5 {
+            let drain = RawDrain {
+                sockets: vec![(
+                    remote,
+                    vec![slot(t * SEC, (1, 44), (0, 0), 0, 0, DIR_EGRESS, 7)],
+                )],
+                ..RawDrain::default()
+            };
+            let out = asm.assemble(drain, clock(t * SEC), &DropReasons::default(), false);
+            assert_eq!(out.len(), 1);
+        }
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! aggregate counts as `gso_segs` packets and its `skb->len` bytes (one set of
 //! headers). Drops count the dropped packets' IP total length.
 pub mod assemble;
+pub mod batch;
 pub mod btf;
 pub mod preflight;
 pub mod tc;
@@ -17,8 +18,10 @@ use std::time::Duration;
 
 use flowpol_recommender::flow::FlowRecord;
 
-use assemble::{Assembler, Clock, CompactFlow, DrainSource, Sources};
-use aya::maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
+use std::os::fd::{AsFd, AsRawFd};
+
+use assemble::{Assembler, Clock, CompactFlow, Sources};
+use aya::maps::{Array, IterableMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf};
 use aya::programs::{
     CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, RawTracePoint, SchedClassifier,
     TestRun, TestRunOptions,
@@ -26,8 +29,8 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 use btf::{Btf, BtfError, DropReasons, SkbOffsets};
 use flowpol_common::{
-    CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey, FlowStats,
-    OverflowEvent,
+    CNT_FLOW_INSERTS, CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey,
+    FlowStats, OverflowEvent,
 };
 use tc::TcInterfaces;
 
@@ -71,6 +74,13 @@ pub enum CaptureError {
         name: &'static str,
         source: MapError,
     },
+    #[error("reading the possible CPUs from {path}: {source}")]
+    Cpus {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Batch(#[from] batch::BatchError),
     #[error("eBPF object has no {0} (the embedded programs do not match this binary)")]
     Missing(&'static str),
 }
@@ -128,6 +138,8 @@ pub struct Capture {
     tc: Option<TcInterfaces>,
     /// Entries read from the socket and tc flow maps at the last drain (serve: map fill).
     last_drained: [usize; 2],
+    /// Possible CPUs: slots per value of the per-CPU maps.
+    cpus: usize,
 }
 
 /// Run statistics of one kernel program (`kernel.bpf_stats_enabled=1`).
@@ -214,6 +226,8 @@ impl Capture {
             take_map(&mut ebpf, "DROPS_1")?,
         ];
         let control = take_map(&mut ebpf, "CONTROL")?;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, source)| CaptureError::Cpus { path, source })?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
         let overflow = take_map(&mut ebpf, "OVERFLOW")?;
         Ok(Self {
@@ -231,6 +245,7 @@ impl Capture {
             attached: Vec::new(),
             tc: None,
             last_drained: [0; 2],
+            cpus,
         })
     }
 
@@ -353,18 +368,9 @@ impl Capture {
         }
         let clock = Clock::now();
         let sources = Sources {
-            sockets: &mut KernelMap {
-                map: &mut self.flows[idle],
-                name: "FLOWS",
-            },
-            tc: &mut KernelMap {
-                map: &mut self.tc_flows[idle],
-                name: "TC_FLOWS",
-            },
-            drops: &mut KernelMap {
-                map: &mut self.drops[idle],
-                name: "DROPS",
-            },
+            sockets: &mut batch_drain(&self.flows[idle], self.cpus, "FLOWS"),
+            tc: &mut batch_drain(&self.tc_flows[idle], self.cpus, "TC_FLOWS"),
+            drops: &mut batch_drain(&self.drops[idle], self.cpus, "DROPS"),
         };
         let out = self.assembler.drain(
             sources,
@@ -386,6 +392,24 @@ impl Capture {
             ("flows", self.last_drained[0] as f64 / cap),
             ("tc_flows", self.last_drained[1] as f64 / cap),
         ]
+    }
+
+    /// Entries inserted into the flow maps (socket and tc, both copies) since
+    /// load, summed over CPUs: one per-CPU array read, cheap enough to poll.
+    pub fn flow_inserts(&self) -> Result<u64, CaptureError> {
+        let values =
+            self.counters
+                .get(&CNT_FLOW_INSERTS, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: "COUNTERS",
+                    source,
+                })?;
+        Ok(values.iter().sum())
+    }
+
+    /// Entries of one copy of each flow map (`--flow-map-entries`).
+    pub fn flow_map_capacity(&self) -> u32 {
+        self.options.flow_map_entries
     }
 
     /// Cumulative loss/skip counters (summed over CPUs), by name.
@@ -491,44 +515,14 @@ where
 /// of a drain besides its compact output.
 pub const DRAIN_CHUNK: usize = 4096;
 
-/// The idle copy of a per-CPU hash map, emptied by one drain. The programs
-/// write the other copy meanwhile, so nothing changes it but the drain.
-struct KernelMap<'a, K: aya::Pod, V: aya::Pod> {
-    map: &'a mut PerCpuHashMap<MapData, K, V>,
+/// The idle copy of a per-CPU hash map, emptied by one drain a batch of
+/// [`DRAIN_CHUNK`] entries per syscall. The programs write the other copy
+/// meanwhile, so nothing changes it but the drain.
+fn batch_drain<K: aya::Pod + Copy, V: aya::Pod + Copy>(
+    map: &PerCpuHashMap<MapData, K, V>,
+    cpus: usize,
     name: &'static str,
-}
-
-impl<K: aya::Pod + Copy, V: aya::Pod + Copy> DrainSource<K, V> for KernelMap<'_, K, V> {
-    type Error = CaptureError;
-
-    fn keys(&mut self, n: usize) -> Result<Vec<K>, CaptureError> {
-        // A fresh walk from the first key each time: every key of the last
-        // step was removed, so this lists what is left.
-        // Keys the walk cannot read are skipped (and read at a later step).
-        Ok(self.map.keys().filter_map(Result::ok).take(n).collect())
-    }
-
-    fn take(&mut self, key: &K) -> Result<Option<Vec<V>>, CaptureError> {
-        let Some(values) = self.peek(key)? else {
-            return Ok(None);
-        };
-        match self.map.remove(key) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(Some(values)),
-            Err(source) => Err(CaptureError::Map {
-                name: self.name,
-                source,
-            }),
-        }
-    }
-
-    fn peek(&self, key: &K) -> Result<Option<Vec<V>>, CaptureError> {
-        match self.map.get(key, 0) {
-            Ok(values) => Ok(Some(values.iter().copied().collect())),
-            Err(MapError::KeyNotFound) => Ok(None),
-            Err(source) => Err(CaptureError::Map {
-                name: self.name,
-                source,
-            }),
-        }
-    }
+) -> batch::BatchDrain<batch::SyscallMap, K, V> {
+    let fd = map.map().fd().as_fd().as_raw_fd();
+    batch::BatchDrain::new(batch::SyscallMap::new(fd), cpus, DRAIN_CHUNK, name)
 }

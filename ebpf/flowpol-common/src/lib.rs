@@ -121,7 +121,10 @@ pub const CNT_IPV6_EXT_LIMIT: u32 = 8;
 /// kfree_skb with a routine reason (retransmitted data, a closing socket's
 /// queue, a frame for another host): counted, not recorded as a drop.
 pub const CNT_DROPS_ROUTINE: u32 = 9;
-pub const COUNTER_COUNT: u32 = 10;
+/// Entries inserted into a flow map (socket or tc): the agent compares it with
+/// the count at the last flip to drain early when the active copy fills.
+pub const CNT_FLOW_INSERTS: u32 = 10;
+pub const COUNTER_COUNT: u32 = 11;
 
 /// Reasons the kernel frees packets for in normal operation: a duplicate of
 /// data already received (retransmission), the queue of a closing socket, a
@@ -154,6 +157,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "drops_seen",
     "ipv6_ext_limit",
     "drops_routine",
+    "flow_inserts",
 ];
 
 /// Index of the single `u32` in the `CONTROL` array map: which of the two flow

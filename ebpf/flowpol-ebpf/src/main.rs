@@ -342,7 +342,7 @@ fn add_packet<C: Fn() -> u64>(
         v.rx_flags = flags;
     }
     match map.insert(key, v, BPF_NOEXIST as u64) {
-        Ok(()) => {}
+        Ok(()) => count(CNT_FLOW_INSERTS),
         Err(_) => {
             // Lost a race with another CPU inserting the same key: update that entry.
             if let Some(p) = map.get_ptr_mut(key) {
