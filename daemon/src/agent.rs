@@ -155,10 +155,9 @@ impl AgentObserver for NoObserver {}
 /// active flow map copy is filling before the interval ends.
 pub const FILL_POLL: Duration = Duration::from_millis(100);
 
-/// Early drains come at most this often: each is a flip, a read of the ring
-/// buffer and one SQLite transaction, and a drain cadence far below the
-/// kernel's delivery lag splits more local pairs over two drains.
-pub const MIN_DRAIN_GAP: Duration = Duration::from_millis(250);
+/// Early drains come at most this often: each is a flip (and its 5 ms grace),
+/// a read of the ring buffer and one SQLite transaction.
+pub const MIN_DRAIN_GAP: Duration = Duration::from_millis(100);
 
 /// Share of one flow map copy that, once inserted since the last flip, starts
 /// a drain before the interval ends: the other half is the headroom the drain

@@ -1315,6 +1315,7 @@ mod tests {
             packets: 1,
             dir,
             tcp_flags: 0,
+            ..OverflowEvent::default()
         };
         let raw = RawDrain {
             sockets: vec![(k, vec![slot(100, (1, 100), (0, 0), 0, 0, DIR_EGRESS, 2)])],
@@ -1686,6 +1687,7 @@ mod tests {
                             packets: 1,
                             dir: DIR_EGRESS,
                             tcp_flags: 0,
+                            ..OverflowEvent::default()
                         });
                     }
                 }

@@ -129,6 +129,8 @@ pub struct Capture {
     control: Array<MapData, u32>,
     counters: PerCpuArray<MapData, u64>,
     overflow: RingBuf<MapData>,
+    /// Ring-buffer events for the copy the programs write now (read early).
+    held_overflow: Vec<OverflowEvent>,
     active: u32,
     reasons: DropReasons,
     assembler: Assembler,
@@ -238,6 +240,7 @@ impl Capture {
             control,
             counters,
             overflow,
+            held_overflow: Vec::new(),
             active: 0,
             reasons,
             assembler: Assembler::new(options.syn_timeout),
@@ -357,13 +360,21 @@ impl Capture {
         // A program that read the old index before the flip finishes within
         // microseconds; give it ample time before reading the idle copy.
         std::thread::sleep(Duration::from_millis(5));
-        let mut overflow = Vec::new();
+        // Events held at the last drain were meant for the copy drained now.
+        let mut overflow = std::mem::take(&mut self.held_overflow);
         while let Some(item) = self.overflow.next() {
             if item.len() >= size_of::<OverflowEvent>() {
                 // SAFETY: the kernel wrote an OverflowEvent (repr(C), plain data);
                 // read_unaligned copes with any alignment of the ring slot.
                 let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<OverflowEvent>()) };
-                overflow.push(ev);
+                // Written after the flip, beside entries of the copy drained
+                // next: taken now, one end of a local pair would be stored in
+                // this drain and the other in the next, both as if alone.
+                if usize::from(ev.copy) == idle || final_drain {
+                    overflow.push(ev);
+                } else {
+                    self.held_overflow.push(ev);
+                }
             }
         }
         let clock = Clock::now();

@@ -406,8 +406,40 @@ impl Store {
         C: AsRef<[FlowRecord]>,
     {
         let path = &self.path;
-        let mut tx = self
+        let mut conn = self
             .pool
+            .acquire()
+            .await
+            .map_err(|e| write_error(path, "starting a transaction", e))?;
+        let written = self
+            .write_drain_on(&mut conn, chunks, losses, recorded_at, node)
+            .await;
+        if written.is_err() {
+            // sqlx only queues the rollback of a failed transaction (a COMMIT
+            // that failed on a full disk leaves it open, holding the write
+            // lock). Run it now, on this connection, before the connection
+            // goes back to the pool: the next write, on another connection,
+            // would otherwise find the database locked. The error, if any, is
+            // "no transaction is active".
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+        }
+        written
+    }
+
+    async fn write_drain_on<I, C>(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        chunks: I,
+        losses: &[CaptureLoss],
+        recorded_at: DateTime<Utc>,
+        node: Option<&str>,
+    ) -> Result<(), StoreError>
+    where
+        I: Iterator<Item = C> + Send,
+        C: AsRef<[FlowRecord]>,
+    {
+        let path = &self.path;
+        let mut tx = conn
             .begin()
             .await
             .map_err(|e| write_error(path, "starting a transaction", e))?;

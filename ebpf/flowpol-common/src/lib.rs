@@ -100,6 +100,12 @@ pub struct OverflowEvent {
     /// DIR_EGRESS or DIR_INGRESS.
     pub dir: u8,
     pub tcp_flags: u8,
+    /// The flow map copy (`CONTROL[0]`) the packet was meant for: the event
+    /// belongs to that copy's drain. The ring buffer is not double-buffered,
+    /// so a drain also reads events written after its flip; those wait for
+    /// the next drain, with the map entries written beside them.
+    pub copy: u8,
+    pub _pad: [u8; 7],
 }
 
 /// Indexes of the per-CPU `COUNTERS` array: everything lost or skipped.

@@ -293,6 +293,7 @@ fn add_packet<C: Fn() -> u64>(
     bytes: u64,
     cgroup_id: C,
     clock: bool,
+    copy: u8,
 ) {
     // Coarse clock (tick resolution, 4 ms at HZ=250), cached per jiffy: a
     // load instead of a clock read per packet, good enough for `last_ns`.
@@ -373,6 +374,8 @@ fn add_packet<C: Fn() -> u64>(
                 packets: packets as u16,
                 dir,
                 tcp_flags: flags,
+                copy,
+                _pad: [0; 7],
             };
             if OVERFLOW.output::<OverflowEvent>(&ev, 0).is_err() {
                 count(CNT_RINGBUF_FULL);
@@ -506,9 +509,9 @@ fn socket_packet<const STAGE: u8>(ctx: &SkBuffContext, dir: u8) {
     let cgroup_id = || unsafe { bpf_skb_cgroup_id(skb.skb) };
     let clock = STAGE >= STAGE_CLOCK;
     if active_copy() == 0 {
-        add_packet(&FLOWS_0, key, dir, flags, packets, bytes, cgroup_id, clock);
+        add_packet(&FLOWS_0, key, dir, flags, packets, bytes, cgroup_id, clock, 0);
     } else {
-        add_packet(&FLOWS_1, key, dir, flags, packets, bytes, cgroup_id, clock);
+        add_packet(&FLOWS_1, key, dir, flags, packets, bytes, cgroup_id, clock, 1);
     }
 }
 
@@ -591,6 +594,7 @@ pub fn flow_tc(ctx: TcContext) -> i32 {
             bytes,
             || 0,
             true,
+            0,
         );
     } else {
         add_packet(
@@ -602,6 +606,7 @@ pub fn flow_tc(ctx: TcContext) -> i32 {
             bytes,
             || 0,
             true,
+            1,
         );
     }
     // TCX_NEXT: let the other programs on this hook run.
