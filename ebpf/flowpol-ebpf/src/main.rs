@@ -509,9 +509,13 @@ fn socket_packet<const STAGE: u8>(ctx: &SkBuffContext, dir: u8) {
     let cgroup_id = || unsafe { bpf_skb_cgroup_id(skb.skb) };
     let clock = STAGE >= STAGE_CLOCK;
     if active_copy() == 0 {
-        add_packet(&FLOWS_0, key, dir, flags, packets, bytes, cgroup_id, clock, 0);
+        add_packet(
+            &FLOWS_0, key, dir, flags, packets, bytes, cgroup_id, clock, 0,
+        );
     } else {
-        add_packet(&FLOWS_1, key, dir, flags, packets, bytes, cgroup_id, clock, 1);
+        add_packet(
+            &FLOWS_1, key, dir, flags, packets, bytes, cgroup_id, clock, 1,
+        );
     }
 }
 
