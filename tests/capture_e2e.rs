@@ -452,15 +452,12 @@ fn privileged_e2e_sigterm_during_traffic_loses_nothing_sent_before_it() {
     );
 }
 
-#[test]
-fn privileged_e2e_tc_mode_records_forwarded_traffic_no_socket_saw() {
-    require_root();
-    let lab = Lab::new(2);
-    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
-    // Socket hooks on an empty cgroup: only tc on the bridge ports sees the traffic,
-    // as on a node forwarding traffic for which it has no socket.
+/// An agent in the lab's bridge namespace with tc on the interfaces matching
+/// `pattern` and its socket hooks on an empty cgroup: only tc sees the lab's
+/// traffic, as on a node forwarding traffic for which it has no socket.
+fn tc_only_agent(lab: &Lab, pattern: &str) -> (CgroupDir, Agent) {
     let empty = CgroupDir::new();
-    let mut agent = Agent::start_in(
+    let agent = Agent::start_in(
         Some(&lab.hub),
         &[
             "--interval",
@@ -468,9 +465,18 @@ fn privileged_e2e_tc_mode_records_forwarded_traffic_no_socket_saw() {
             "--cgroup",
             empty.path.to_str().unwrap(),
             "--tc-interfaces",
-            "p*",
+            pattern,
         ],
     );
+    (empty, agent)
+}
+
+#[test]
+fn privileged_e2e_tc_mode_records_forwarded_traffic_no_socket_saw() {
+    require_root();
+    let lab = Lab::new(2);
+    let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
+    let (_empty, mut agent) = tc_only_agent(&lab, "p*");
     const N: usize = 4;
     let (ucp, usp) = udp_exchange(&a.ns, &b.ns, b.v4, N, 100, 50);
     let (tcp_c, tcp_s) = tcp_exchange(&a.ns, &b.ns, b.v4, N, 1000, 10);
@@ -510,19 +516,8 @@ fn privileged_e2e_tc_mode_attaches_interfaces_that_appear_after_start_and_releas
     require_root();
     let lab = Lab::new(2);
     let (a, b) = (&lab.hosts[0], &lab.hosts[1]);
-    let empty = CgroupDir::new();
     // Nothing matches `q*` at start: a node without pods yet.
-    let mut agent = Agent::start_in(
-        Some(&lab.hub),
-        &[
-            "--interval",
-            "1s",
-            "--cgroup",
-            empty.path.to_str().unwrap(),
-            "--tc-interfaces",
-            "q*",
-        ],
-    );
+    let (_empty, mut agent) = tc_only_agent(&lab, "q*");
     // A pod's interface appears: a0's bridge port, renamed into the pattern.
     lab.hub.exec("ip", &["link", "set", "p0", "down"]);
     lab.hub.exec("ip", &["link", "set", "p0", "name", "q0"]);

@@ -108,6 +108,12 @@ pub struct PruneReport {
     pub used_bytes: u64,
 }
 
+/// The flows table's id range. Two sub-queries, each a rowid search: SQLite
+/// answers a lone MIN() or MAX() from the index, but `SELECT MIN(id), MAX(id)`
+/// scans the whole table (2.9 s on 14 M rows in the soak run, once per prune
+/// batch).
+const ID_RANGE: &str = "SELECT (SELECT MIN(id) FROM flows), (SELECT MAX(id) FROM flows)";
+
 impl Store {
     /// Bytes of the pages in use (what retention by size compares).
     pub async fn used_bytes(&self) -> Result<u64, StoreError> {
@@ -244,11 +250,10 @@ impl Store {
     /// Rows to delete next to shed `excess` of `used` bytes: estimated from the
     /// average row size, bounded so each batch stays a short transaction.
     async fn size_batch(&self, excess: u64, used: u64) -> Result<i64, StoreError> {
-        let (lo, hi): (Option<i64>, Option<i64>) =
-            sqlx::query_as("SELECT MIN(id), MAX(id) FROM flows")
-                .fetch_one(self.pool())
-                .await
-                .map_err(|e| write_error(self.path(), "measuring the flows table", e))?;
+        let (lo, hi): (Option<i64>, Option<i64>) = sqlx::query_as(ID_RANGE)
+            .fetch_one(self.pool())
+            .await
+            .map_err(|e| write_error(self.path(), "measuring the flows table", e))?;
         let rows = match (lo, hi) {
             (Some(lo), Some(hi)) => (hi - lo + 1).max(1) as u64,
             _ => return Ok(BATCH_ROWS),
@@ -262,6 +267,30 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_id_range_is_two_rowid_searches_not_a_table_scan() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("flows.db")).await.unwrap();
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {ID_RANGE}"))
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|r| r.3.as_str()).collect();
+        assert_eq!(
+            steps
+                .iter()
+                .filter(|s| s.starts_with("SEARCH flows"))
+                .count(),
+            2,
+            "{steps:?}"
+        );
+        assert!(
+            !steps.iter().any(|s| s.starts_with("SCAN flows")),
+            "{steps:?}"
+        );
+    }
 
     #[test]
     fn sizes_parse_with_units() {
