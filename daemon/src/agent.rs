@@ -171,8 +171,6 @@ pub enum DrainReason {
     Interval,
     /// The active flow map copy filled to [`EARLY_DRAIN_SHARE`] first.
     MapFill,
-    /// SIGINT/SIGTERM.
-    Final,
 }
 
 impl DrainReason {
@@ -180,7 +178,6 @@ impl DrainReason {
         match self {
             Self::Interval => "interval",
             Self::MapFill => "map_fill",
-            Self::Final => "final",
         }
     }
 }
@@ -275,6 +272,8 @@ pub async fn run_observed(
     let drains = async move {
         let mut summary = RunSummary::default();
         let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
+        // Before the trigger's clock starts: the first interval drain refreshes.
+        let mut tc_refreshed_at = std::time::Instant::now();
         let mut trigger = DrainTrigger::new(
             config.interval,
             capture.flow_map_capacity(),
@@ -296,13 +295,16 @@ pub async fn run_observed(
                         summary.early_drains += 1;
                         early_in_window += 1;
                     }
-                    let mut batch =
-                        drain_once(&mut capture, false, &mut loss_totals, &mut summary)?;
-                    batch.node = node.clone();
+                    let batch =
+                        drain_once(&mut capture, false, &node, &mut loss_totals, &mut summary)?;
                     tracing::debug!(reason = reason.as_str(), records = batch.len(), "drain");
                     observer.drained(now.elapsed(), batch.len(), &capture.map_fill());
-                    // tc mode: interfaces (pods' veths) come and go between drains.
-                    capture.refresh_tc()?;
+                    // tc mode: interfaces (pods' veths) come and go; once an
+                    // interval is enough (early drains may come ten times a second).
+                    if tc_refreshed_at.elapsed() >= config.interval {
+                        capture.refresh_tc()?;
+                        tc_refreshed_at = std::time::Instant::now();
+                    }
                     // The writer only goes away with the run, after the final drain.
                     let _ = to_writer.send(batch);
                     if window_started.elapsed() >= EARLY_DRAIN_REPORT {
@@ -323,8 +325,7 @@ pub async fn run_observed(
                 _ = sigint.recv() => { tracing::info!("SIGINT: final drain"); break; }
             }
         }
-        let mut batch = drain_once(&mut capture, true, &mut loss_totals, &mut summary)?;
-        batch.node = node.clone();
+        let batch = drain_once(&mut capture, true, &node, &mut loss_totals, &mut summary)?;
         let _ = to_writer.send(batch);
         summary.counters = capture.counters()?;
         for p in capture.program_stats() {
@@ -495,6 +496,7 @@ async fn flush(sink: &mut dyn FlowSink, backlog: &mut Vec<DrainBatch>) -> Option
 fn drain_once(
     capture: &mut Capture,
     final_drain: bool,
+    node: &Option<Arc<str>>,
     loss_totals: &mut Vec<(&'static str, u64)>,
     summary: &mut RunSummary,
 ) -> Result<DrainBatch, AgentError> {
@@ -525,7 +527,9 @@ fn drain_once(
         }
     }
     *loss_totals = now;
-    Ok(DrainBatch::new(flows, losses, recorded_at))
+    let mut batch = DrainBatch::new(flows, losses, recorded_at);
+    batch.node = node.clone();
+    Ok(batch)
 }
 
 /// glibc keeps what a drain freed in its arenas (its high-water mark stays
