@@ -10,7 +10,8 @@
 //!   back until `syn_timeout` passes; then it is `unanswered`;
 //! * drops are their own records (`dropped`, the reason, the dropped packets only);
 //! * tc flows are only kept when no socket saw the same tuple.
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
@@ -22,6 +23,12 @@ use flowpol_common::{
 use flowpol_recommender::flow::{Endpoint, FlowRecord, Protocol, TcpFlags, Verdict};
 
 use super::btf::DropReasons;
+
+/// Maps and sets touched once per map entry, thousands of times per drain: foldhash,
+/// seeded per process (SipHash and B-tree searches were a third of the agent's time in
+/// a connection storm).
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Everything one drain read from the kernel, before assembly.
 #[derive(Debug, Default, Clone)]
@@ -288,7 +295,7 @@ struct Opener {
 
 /// Shrinks `map` to twice its length when under a quarter of its capacity is used (and it is
 /// big enough for that to matter).
-fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     if map.capacity() > 4096 && map.len() < map.capacity() / 4 {
         map.shrink_to(map.len() * 2);
     }
@@ -300,6 +307,11 @@ const MAX_PENDING: usize = 100_000;
 /// Flows whose orientation is remembered; past this, only recently seen ones are kept.
 const MAX_REMEMBERED: usize = 1_000_000;
 
+/// The idle sweep visits every remembered flow: under a storm drains come every 100 ms
+/// and a sweep of a million entries each time cost more than the drain itself. Flows
+/// idle for minutes can wait up to this long more to be forgotten.
+const SWEEP_EVERY_NS: u64 = 1_000_000_000;
+
 /// Keeps what must survive between drains: which end opened each socket flow
 /// (a later interval may hold no SYN and start with a reply), which flows have a
 /// local socket at both ends, and TCP flows still waiting for an answer.
@@ -307,14 +319,16 @@ const MAX_REMEMBERED: usize = 1_000_000;
 pub struct Assembler {
     syn_timeout_ns: u64,
     pair_ttl_ns: u64,
-    pending: HashMap<FlowKey, Agg>,
+    pending: FastMap<FlowKey, Agg>,
     /// Socket flow, canonical key → its opener, and whether both ends are local
     /// (one compact entry per live flow: 64 bytes with its key).
-    openers: HashMap<FlowKey, Opener>,
+    openers: FastMap<FlowKey, Opener>,
     /// tc flow, canonical key → (key in the opener's direction, last seen).
-    tc_forward: HashMap<FlowKey, (FlowKey, u64)>,
+    tc_forward: FastMap<FlowKey, (FlowKey, u64)>,
     /// Drop reason names, one shared copy each.
     reason_names: HashMap<u32, Arc<str>>,
+    /// When the idle sweep last ran (monotonic ns); `None` before the first.
+    last_sweep_ns: Option<u64>,
 }
 
 impl Assembler {
@@ -322,10 +336,11 @@ impl Assembler {
         Self {
             syn_timeout_ns: syn_timeout.as_nanos() as u64,
             pair_ttl_ns: 300 * 1_000_000_000,
-            pending: HashMap::new(),
-            openers: HashMap::new(),
-            tc_forward: HashMap::new(),
+            pending: FastMap::default(),
+            openers: FastMap::default(),
+            tc_forward: FastMap::default(),
             reason_names: HashMap::new(),
+            last_sweep_ns: None,
         }
     }
 
@@ -417,7 +432,9 @@ impl Assembler {
             if syn_here { *key } else { back }
         } else if let Some((f, _)) = self.tc_forward.get(&canonical) {
             *f
-        } else if reply.is_some_and(|r| r.first_ns < a.first_ns) {
+        } else if reply.is_some_and(|r| (r.first_ns, back) < (a.first_ns, *key)) {
+            // The earlier packet's direction; at equal times the smaller key, whichever
+            // of the two this loop meets first.
             back
         } else {
             *key
@@ -427,6 +444,13 @@ impl Assembler {
     }
 
     fn forget_idle(&mut self, now: u64) {
+        if self
+            .last_sweep_ns
+            .is_some_and(|last| now.saturating_sub(last) < SWEEP_EVERY_NS)
+        {
+            return;
+        }
+        self.last_sweep_ns = Some(now);
         let ttl = self.pair_ttl_ns;
         let keep = if self.openers.len() + self.tc_forward.len() > MAX_REMEMBERED {
             60 * 1_000_000_000
@@ -514,7 +538,7 @@ impl Assembler {
         let chunk = chunk.max(1);
         // Ring-buffer overflow and flows held back at the last drain: they join
         // their map entries (if any) in whichever chunk those land.
-        let mut extra: BTreeMap<FlowKey, Agg> = BTreeMap::new();
+        let mut extra: FastMap<FlowKey, Agg> = FastMap::default();
         for ev in overflow {
             merge_into(&mut extra, ev.key, Agg::from_event(ev));
         }
@@ -531,7 +555,7 @@ impl Assembler {
                 break;
             }
             tc_entries += took;
-            let mut tc_done: HashSet<FlowKey> = HashSet::new();
+            let mut tc_done: FastSet<FlowKey> = FastSet::default();
             for (key, agg) in &current {
                 if seen_by_socket(key, &*sockets, &extra)?
                     || !tc_done.insert((*key).min(mirror(key)))
@@ -564,7 +588,7 @@ impl Assembler {
         // Overflow and held-back flows whose map entries were not in this drain.
         while !extra.is_empty() {
             let keys: Vec<FlowKey> = extra.keys().take(chunk).copied().collect();
-            let mut current = BTreeMap::new();
+            let mut current = FastMap::default();
             for k in keys {
                 for key in with_mirror(k) {
                     if let Some(a) = extra.remove(&key) {
@@ -604,14 +628,14 @@ impl Assembler {
     /// unanswered SYNs are held back until the timeout.
     fn orient_chunk(
         &mut self,
-        current: &BTreeMap<FlowKey, Agg>,
+        current: &FastMap<FlowKey, Agg>,
         clock: &Clock,
         final_drain: bool,
         out: &mut Vec<CompactFlow>,
     ) {
         let now = clock.mono_now_ns;
         let mut kept: Vec<(FlowKey, Agg, bool)> = Vec::new();
-        let mut done: HashSet<FlowKey> = HashSet::new();
+        let mut done = FastSet::with_capacity_and_hasher(current.len(), Default::default());
         for (key, agg) in current {
             let other = mirror(key);
             let canonical = (*key).min(other);
@@ -746,15 +770,16 @@ fn with_mirror(k: FlowKey) -> impl Iterator<Item = FlowKey> {
 fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
     source: &mut S,
     chunk: usize,
-    extra: Option<&mut BTreeMap<FlowKey, Agg>>,
-) -> Result<(BTreeMap<FlowKey, Agg>, usize), S::Error> {
-    let mut current = BTreeMap::new();
+    extra: Option<&mut FastMap<FlowKey, Agg>>,
+) -> Result<(FastMap<FlowKey, Agg>, usize), S::Error> {
     let batch = source.take_many(chunk)?;
     let mut took = batch.len();
     if took == 0 {
-        return Ok((current, 0));
+        return Ok((FastMap::default(), 0));
     }
-    let in_batch: HashSet<FlowKey> = batch.iter().map(|(k, _)| *k).collect();
+    // Room for the batch and its mirrors: no rehash while the chunk fills.
+    let mut current = FastMap::with_capacity_and_hasher(2 * took, Default::default());
+    let in_batch: FastSet<FlowKey> = batch.iter().map(|(k, _)| *k).collect();
     let mut mirrors = Vec::new();
     for (key, slots) in batch {
         if let Some(a) = Agg::merge_slots(&slots) {
@@ -788,7 +813,7 @@ fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
 fn seen_by_socket<S: DrainSource<FlowKey, FlowStats>>(
     key: &FlowKey,
     sockets: &S,
-    extra: &BTreeMap<FlowKey, Agg>,
+    extra: &FastMap<FlowKey, Agg>,
 ) -> Result<bool, S::Error> {
     for k in with_mirror(*key) {
         if extra.contains_key(&k) {
@@ -821,7 +846,7 @@ fn merge_drop_slots(slots: &[DropStats]) -> Option<DropStats> {
     agg
 }
 
-fn merge_into(map: &mut BTreeMap<FlowKey, Agg>, key: FlowKey, a: Agg) {
+fn merge_into(map: &mut FastMap<FlowKey, Agg>, key: FlowKey, a: Agg) {
     map.entry(key).and_modify(|e| e.add(&a)).or_insert(a);
 }
 
@@ -1006,6 +1031,57 @@ mod tests {
 
     const A: [u8; 4] = [10, 0, 0, 1];
     const B: [u8; 4] = [10, 0, 0, 2];
+
+    #[test]
+    fn idle_flows_are_forgotten_by_a_sweep_at_most_once_a_second() {
+        let client = key(A, 40000, B, 80, 6);
+        let raw = |first| RawDrain {
+            sockets: vec![(
+                client,
+                vec![slot(
+                    first,
+                    (1, 60),
+                    (1, 60),
+                    TCP_SYN,
+                    TCP_SYN_ACK,
+                    DIR_EGRESS,
+                    7,
+                )],
+            )],
+            ..RawDrain::default()
+        };
+        let ttl = 300 * SEC;
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        asm.assemble(raw(SEC), clock(SEC), &DropReasons::default(), false);
+        assert_eq!(asm.openers.len(), 1);
+        // A drain past the TTL sweeps: the flow is forgotten.
+        asm.assemble(
+            RawDrain::default(),
+            clock(SEC + ttl),
+            &DropReasons::default(),
+            false,
+        );
+        assert_eq!(asm.openers.len(), 0);
+        // A flow seen now; a sweep half a second before it is idle for the TTL keeps it;
+        // the drain when it is idle for the TTL comes too soon after that sweep to run
+        // another: kept; the drain a second after that sweep forgets it.
+        let seen = SEC + ttl + 1;
+        let empty = |asm: &mut Assembler, now| {
+            asm.assemble(
+                RawDrain::default(),
+                clock(now),
+                &DropReasons::default(),
+                false,
+            )
+        };
+        asm.assemble(raw(seen), clock(seen), &DropReasons::default(), false);
+        empty(&mut asm, seen + ttl - SEC / 2);
+        assert_eq!(asm.openers.len(), 1, "not idle for the TTL yet");
+        empty(&mut asm, seen + ttl);
+        assert_eq!(asm.openers.len(), 1, "swept again within a second");
+        empty(&mut asm, seen + ttl + SEC / 2);
+        assert_eq!(asm.openers.len(), 0);
+    }
 
     #[test]
     fn local_local_tcp_is_counted_once_from_the_opener() {

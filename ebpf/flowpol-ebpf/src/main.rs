@@ -540,6 +540,11 @@ pub fn bench_floor(_ctx: SkBuffContext) -> i32 {
     1
 }
 
+#[cgroup_skb(ingress)]
+pub fn bench_floor_ingress(_ctx: SkBuffContext) -> i32 {
+    1
+}
+
 #[cgroup_skb(egress)]
 pub fn bench_parse(ctx: SkBuffContext) -> i32 {
     socket_packet::<STAGE_PARSE>(&ctx, DIR_EGRESS);

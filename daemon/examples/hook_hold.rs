@@ -1,0 +1,64 @@
+//! Holds programs of the agent's object attached at the cgroup v2 root, egress
+//! and ingress, without an agent, until stdin closes: what the hooks themselves
+//! cost the traffic of a node (`scripts/bench-pods.sh`, the "hook only" rounds).
+//! Needs root. `hook_hold [EGRESS_PROGRAM INGRESS_PROGRAM]` (default
+//! `bench_floor bench_floor_ingress`: programs that only return 1; the agent
+//! never loads them). Prints `attached` once both are attached.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
+use aya::{Ebpf, EbpfLoader};
+
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
+
+fn cgroup2_root() -> anyhow::Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .context("no cgroup2 mount in /proc/mounts")
+}
+
+fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSkb> {
+    let p = ebpf
+        .program_mut(name)
+        .with_context(|| format!("program {name} missing from the object"))?;
+    Ok(p.try_into()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (egress, ingress) = match args.as_slice() {
+        [] => ("bench_floor", "bench_floor_ingress"),
+        [e, i] => (e.as_str(), i.as_str()),
+        _ => bail!("usage: hook_hold [EGRESS_PROGRAM INGRESS_PROGRAM]"),
+    };
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("hook_hold needs root (cgroup attach)");
+    }
+    let root = cgroup2_root()?;
+    let cgroup = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
+    let mut ebpf = EbpfLoader::new().load(PROGRAMS)?;
+    let mut links = Vec::new();
+    for (name, attach) in [
+        (egress, CgroupSkbAttachType::Egress),
+        (ingress, CgroupSkbAttachType::Ingress),
+    ] {
+        let prog = program(&mut ebpf, name)?;
+        prog.load()?;
+        links.push(prog.attach(&cgroup, attach, CgroupAttachMode::Single)?);
+    }
+    println!(
+        "attached {egress} (egress) and {ingress} (ingress) at {}",
+        root.display()
+    );
+    // Held until stdin closes (the script's coprocess ends), then detached on drop.
+    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+    Ok(())
+}
