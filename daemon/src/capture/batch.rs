@@ -9,7 +9,7 @@ use std::io;
 use std::marker::PhantomData;
 use std::os::fd::RawFd;
 
-use super::assemble::DrainSource;
+use super::assemble::{DrainSource, Taken};
 
 /// The `bpf(2)` map commands a drain uses, on raw key and value bytes. A value
 /// buffer of a per-CPU map holds one slot per possible CPU, each rounded up to
@@ -109,13 +109,14 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
     }
 
     /// The per-CPU slots in one value buffer.
-    fn slots(&self, value: &[u8]) -> Vec<V> {
+    fn slots<'a>(&self, value: &'a [u8]) -> impl Iterator<Item = V> + 'a {
         let stride = slot_stride::<V>();
         (0..self.cpus)
             // SAFETY: V is plain data (aya::Pod on the caller's side); the slot
             // lies inside `value` (cpus * stride bytes, stride >= size_of V).
-            .map(|cpu| unsafe { std::ptr::read_unaligned(value[cpu * stride..].as_ptr().cast()) })
-            .collect()
+            .map(move |cpu| unsafe {
+                std::ptr::read_unaligned(value[cpu * stride..].as_ptr().cast())
+            })
     }
 
     fn key_at(&self, bytes: &[u8]) -> K {
@@ -123,12 +124,12 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
         unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) }
     }
 
-    fn take_batch(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, BatchError> {
+    fn take_batch(&mut self, n: usize) -> Result<Taken<K, V>, BatchError> {
         let n = n.min(self.batch);
         let (klen, vlen) = (size_of::<K>(), self.value_len());
         self.keys.resize(n * klen, 0);
         self.values.resize(n * vlen, 0);
-        let mut out = Vec::new();
+        let mut out = Taken::default();
         // An empty answer with more to come (a bucket larger than the space
         // left is skipped to the next call) is retried from the new token.
         while out.is_empty() && !self.done {
@@ -138,9 +139,15 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
                 .map_err(|e| self.error("lookup_and_delete_batch", e))?;
             self.token = next;
             self.done = next.is_none();
+            if out.is_empty() {
+                out = Taken::with_capacity(filled as usize, self.cpus);
+            }
             for i in 0..filled as usize {
                 let key = self.key_at(&self.keys[i * klen..]);
-                out.push((key, self.slots(&self.values[i * vlen..(i + 1) * vlen])));
+                for slot in self.slots(&self.values[i * vlen..(i + 1) * vlen]) {
+                    out.push_slot(slot);
+                }
+                out.finish_entry(key);
             }
         }
         Ok(out)
@@ -153,7 +160,7 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
             unsafe { std::slice::from_raw_parts((key as *const K).cast::<u8>(), size_of::<K>()) };
         if !self.no_lookup_and_delete {
             match self.commands.lookup_and_delete(key_bytes, &mut value) {
-                Ok(found) => return Ok(found.then(|| self.slots(&value))),
+                Ok(found) => return Ok(found.then(|| self.slots(&value).collect())),
                 Err(e) if unsupported(&e) => self.no_lookup_and_delete = true,
                 Err(e) => return Err(self.error("lookup_and_delete", e)),
             }
@@ -168,14 +175,14 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
         self.commands
             .delete(key_bytes)
             .map_err(|e| self.error("delete", e))?;
-        Ok(Some(self.slots(&value)))
+        Ok(Some(self.slots(&value).collect()))
     }
 }
 
 impl<C: MapCommands, K: Copy, V: Copy> DrainSource<K, V> for BatchDrain<C, K, V> {
     type Error = BatchError;
 
-    fn take_many(&mut self, n: usize) -> Result<Vec<(K, Vec<V>)>, BatchError> {
+    fn take_many(&mut self, n: usize) -> Result<Taken<K, V>, BatchError> {
         if !self.no_batch {
             match self.take_batch(n) {
                 Ok(out) => return Ok(out),
@@ -189,7 +196,7 @@ impl<C: MapCommands, K: Copy, V: Copy> DrainSource<K, V> for BatchDrain<C, K, V>
                 Err(e) => return Err(e),
             }
         }
-        let mut out = Vec::new();
+        let mut out = Taken::default();
         let mut key = vec![0u8; size_of::<K>()];
         while out.len() < n {
             let found = self
@@ -201,7 +208,12 @@ impl<C: MapCommands, K: Copy, V: Copy> DrainSource<K, V> for BatchDrain<C, K, V>
             }
             let k = self.key_at(&key);
             match self.take_one(&k)? {
-                Some(slots) => out.push((k, slots)),
+                Some(slots) => {
+                    for slot in slots {
+                        out.push_slot(slot);
+                    }
+                    out.finish_entry(k);
+                }
                 // Listed but gone: nothing else empties this copy, so stop
                 // rather than list it again.
                 None => break,
@@ -223,7 +235,7 @@ impl<C: MapCommands, K: Copy, V: Copy> DrainSource<K, V> for BatchDrain<C, K, V>
             .commands
             .lookup(key_bytes, &mut value)
             .map_err(|e| self.error("lookup", e))?;
-        Ok(found.then(|| self.slots(&value)))
+        Ok(found.then(|| self.slots(&value).collect()))
     }
 }
 
@@ -528,7 +540,7 @@ mod tests {
                 return all;
             }
             assert!(got.len() <= n);
-            all.extend(got);
+            all.extend(got.iter().map(|(k, slots)| (k, slots.to_vec())));
         }
     }
 
