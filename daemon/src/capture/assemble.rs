@@ -18,7 +18,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use flowpol_common::{
     DIR_EGRESS, DIR_INGRESS, DropKey, DropStats, FAMILY_IPV4, FlowKey, FlowStats, OverflowEvent,
-    TCP_RST, TCP_SYN, TCP_SYN_ACK,
+    TCP_FIN, TCP_RST, TCP_SYN, TCP_SYN_ACK,
 };
 use flowpol_recommender::flow::{Endpoint, FlowRecord, Protocol, TcpFlags, Verdict};
 
@@ -290,8 +290,53 @@ struct Opener {
     /// sender's socket in one drain and the receiver's, lagging behind, in
     /// the next: the second must not be stored again.
     ends_seen: u8,
+    /// How far a TCP flow has closed, over every drain so far: [`FIN_CANONICAL`],
+    /// [`FIN_MIRROR`] (a FIN sent by the canonical key's local end, by the other
+    /// end), [`RST_SEEN`].
+    closing: u8,
     last_seen_mono: u64,
 }
+
+const FIN_CANONICAL: u8 = 1;
+const FIN_MIRROR: u8 = 2;
+const RST_SEEN: u8 = 4;
+
+impl Opener {
+    /// Both ends sent a FIN, or one a RST: only stragglers can follow.
+    fn closed(&self) -> bool {
+        self.closing & (FIN_CANONICAL | FIN_MIRROR) == FIN_CANONICAL | FIN_MIRROR
+            || self.closing & RST_SEEN != 0
+    }
+}
+
+/// What one socket entry shows of a TCP flow closing, as [`Opener::closing`] bits.
+fn closing_bits(canonical: &FlowKey, key: &FlowKey, a: &Agg) -> u8 {
+    if key.protocol != 6 {
+        return 0;
+    }
+    let (mine, theirs) = if key == canonical {
+        (FIN_CANONICAL, FIN_MIRROR)
+    } else {
+        (FIN_MIRROR, FIN_CANONICAL)
+    };
+    let mut bits = 0;
+    if a.tx_flags & TCP_FIN != 0 {
+        bits |= mine;
+    }
+    if a.rx_flags & TCP_FIN != 0 {
+        bits |= theirs;
+    }
+    if (a.tx_flags | a.rx_flags) & TCP_RST != 0 {
+        bits |= RST_SEEN;
+    }
+    bits
+}
+
+/// How long a closed TCP flow's opener is remembered: the stragglers of a close
+/// (the last ACK in the next interval, a FIN retransmitted to a socket in
+/// TIME_WAIT, 60 s on Linux) must not count as a new flow; remembering it the
+/// full [`Assembler`] TTL held every short connection of the last five minutes.
+const CLOSED_TTL_NS: u64 = 60 * 1_000_000_000;
 
 /// Shrinks `map` to twice its length when under a quarter of its capacity is used (and it is
 /// big enough for that to matter).
@@ -389,6 +434,11 @@ impl Assembler {
                 seen | if *k == canonical { 1 } else { 2 } | if mirror(k) == *k { 3 } else { 0 }
             });
         let local_pair = entries.len() == 2 || ends_seen == 3 || prev.is_some_and(|p| p.local_pair);
+        let closing = entries
+            .iter()
+            .fold(prev.map_or(0, |p| p.closing), |bits, (k, a)| {
+                bits | closing_bits(&canonical, k, a)
+            });
         let opener = match (by_handshake, prev) {
             (Some(key), _) => Opener {
                 canonical_opens: key == canonical,
@@ -396,11 +446,13 @@ impl Assembler {
                 by_handshake: true,
                 local_pair,
                 ends_seen,
+                closing,
                 last_seen_mono: now,
             },
             (None, Some(p)) if p.by_handshake || p.first_ns <= first_ns => Opener {
                 local_pair,
                 ends_seen,
+                closing,
                 last_seen_mono: now,
                 ..p
             },
@@ -410,6 +462,7 @@ impl Assembler {
                 by_handshake: false,
                 local_pair,
                 ends_seen,
+                closing,
                 last_seen_mono: now,
             },
         };
@@ -461,6 +514,9 @@ impl Assembler {
         // short: forgetting it would count its non-opener side as a new flow.
         self.openers.retain(|_, o| {
             let idle = now.saturating_sub(o.last_seen_mono);
+            if o.closed() {
+                return idle < CLOSED_TTL_NS.min(ttl);
+            }
             idle < keep || (o.local_pair && idle < ttl)
         });
         self.tc_forward
@@ -1201,6 +1257,72 @@ mod tests {
         assert_eq!(asm.openers.len(), 1, "swept again within a second");
         empty(&mut asm, seen + ttl + SEC / 2);
         assert_eq!(asm.openers.len(), 0);
+    }
+
+    #[test]
+    fn a_closed_tcp_pair_is_forgotten_after_a_minute_an_open_one_kept() {
+        const FIN: u8 = TCP_FIN;
+        let closed = key(A, 41000, B, 80, 6);
+        let open = key(A, 41001, B, 80, 6);
+        let pair = |c: FlowKey, fin: u8| {
+            vec![
+                (
+                    c,
+                    vec![slot(
+                        SEC,
+                        (4, 240),
+                        (3, 180),
+                        TCP_SYN | fin,
+                        TCP_SYN_ACK | fin,
+                        DIR_EGRESS,
+                        5,
+                    )],
+                ),
+                (
+                    mirror(&c),
+                    vec![slot(
+                        SEC + 5,
+                        (3, 180),
+                        (4, 240),
+                        TCP_SYN_ACK | fin,
+                        TCP_SYN | fin,
+                        DIR_INGRESS,
+                        6,
+                    )],
+                ),
+            ]
+        };
+        let reasons = DropReasons::default();
+        let mut asm = Assembler::new(Duration::from_secs(3));
+        let mut sockets = pair(closed, FIN);
+        sockets.extend(pair(open, 0));
+        let out = asm.assemble(
+            RawDrain {
+                sockets,
+                ..RawDrain::default()
+            },
+            clock(2 * SEC),
+            &reasons,
+            false,
+        );
+        assert_eq!(out.len(), 2);
+        // A straggler of the close (the server's last ACK) in a later drain is no new flow.
+        let straggler = RawDrain {
+            sockets: vec![(
+                mirror(&closed),
+                vec![slot(30 * SEC, (1, 52), (0, 0), 0, 0, DIR_EGRESS, 6)],
+            )],
+            ..RawDrain::default()
+        };
+        assert!(
+            asm.assemble(straggler, clock(31 * SEC), &reasons, false)
+                .is_empty()
+        );
+        // A minute after it was last seen the closed pair is forgotten; the open one
+        // is kept for the full TTL.
+        asm.assemble(RawDrain::default(), clock(92 * SEC), &reasons, false);
+        assert_eq!(asm.openers.len(), 1);
+        assert!(asm.openers.contains_key(&open.min(mirror(&open))));
     }
 
     #[test]
