@@ -434,9 +434,12 @@ impl Assembler {
                 seen | if *k == canonical { 1 } else { 2 } | if mirror(k) == *k { 3 } else { 0 }
             });
         let local_pair = entries.len() == 2 || ends_seen == 3 || prev.is_some_and(|p| p.local_pair);
+        // A handshake after a close is a new connection on the same 5-tuple: it
+        // starts open.
+        let closed_before = prev.filter(|p| by_handshake.is_none() || !p.closed());
         let closing = entries
             .iter()
-            .fold(prev.map_or(0, |p| p.closing), |bits, (k, a)| {
+            .fold(closed_before.map_or(0, |p| p.closing), |bits, (k, a)| {
                 bits | closing_bits(&canonical, k, a)
             });
         let opener = match (by_handshake, prev) {
@@ -1323,6 +1326,30 @@ mod tests {
         asm.assemble(RawDrain::default(), clock(92 * SEC), &reasons, false);
         assert_eq!(asm.openers.len(), 1);
         assert!(asm.openers.contains_key(&open.min(mirror(&open))));
+        // A new connection on a closed pair's 5-tuple (a handshake after the close)
+        // starts open.
+        let reused = key(A, 41002, B, 80, 6);
+        let canonical = reused.min(mirror(&reused));
+        asm.assemble(
+            RawDrain {
+                sockets: pair(reused, FIN),
+                ..RawDrain::default()
+            },
+            clock(93 * SEC),
+            &reasons,
+            false,
+        );
+        assert!(asm.openers[&canonical].closed());
+        asm.assemble(
+            RawDrain {
+                sockets: pair(reused, 0),
+                ..RawDrain::default()
+            },
+            clock(94 * SEC),
+            &reasons,
+            false,
+        );
+        assert!(!asm.openers[&canonical].closed());
     }
 
     #[test]
