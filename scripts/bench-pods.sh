@@ -64,6 +64,8 @@ start_agent() { # start_agent LOG [flags...]
   cat "$log" >&2; exit 1
 }
 stop_agent() { kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""; }
+# CPU the agent has used (utime + stime in clock ticks, /proc/PID/stat fields 14, 15).
+agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
 
 gbps() {
   in_pod client 0 iperf3 -c "$SERVER_IP" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
@@ -80,6 +82,7 @@ if [ "$ROUNDS" -gt 0 ]; then
   # cost the agent does not have. Program cost is measured in its own pass below.
   sysctl -qw kernel.bpf_stats_enabled=0
   tb=(); tw=(); th=(); cb=(); cw=(); ch=(); rt=(); rc=(); rht=(); rhc=()
+  ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a/b : 0)}'; }
   without() { b=$(gbps); c=$(conns); }
   with() {
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
@@ -103,15 +106,12 @@ if [ "$ROUNDS" -gt 0 ]; then
       0) hook; without; with ;;
     esac
     tb+=("$b"); tw+=("$w"); th+=("$h"); cb+=("$c"); cw+=("$d"); ch+=("$e")
-    rt+=("$(awk -v a="$w" -v b="$b" 'BEGIN {printf "%.3f", a/b}')")
-    rc+=("$(awk -v a="$d" -v b="$c" 'BEGIN {printf "%.3f", a/b}')")
-    rht+=("$(awk -v a="$h" -v b="$b" 'BEGIN {printf "%.3f", a/b}')")
-    rhc+=("$(awk -v a="$e" -v b="$c" 'BEGIN {printf "%.3f", a/b}')")
+    rt+=("$(ratio "$w" "$b")"); rc+=("$(ratio "$d" "$c")")
+    rht+=("$(ratio "$h" "$b")"); rhc+=("$(ratio "$e" "$c")")
     printf 'round %d: throughput %.2f / %.2f / %.2f Gbit/s, connections %s / %s / %s per s (without / agent / hooks)\n' \
       "$r" "$b" "$w" "$h" "$c" "$d" "$e"
   done
   mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
-  ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a/b : 0)}'; }
   spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%s-%s", v[1], v[NR]}'; }
   # Half-width of a 95 % interval for the mean of the per-round ratios (t, n - 1 degrees of
   # freedom): how far run-to-run noise (large on a 2-core VM) leaves the ratio uncertain.
@@ -149,12 +149,12 @@ if [ "$ROUNDS" -gt 0 ]; then
   if command -v perf >/dev/null; then
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
     busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
-    a0=$(awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"); b0=$(busy)
+    a0=$(agent_cpu_ticks); b0=$(busy)
     perf record -a -F 499 -o "$WORK/perf.data" -- sleep "$DUR" > /dev/null 2>&1 &
     perf_pid=$!
     conns > /dev/null
     wait "$perf_pid" || true
-    a1=$(awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"); b1=$(busy)
+    a1=$(agent_cpu_ticks); b1=$(busy)
     stop_agent
     # Program-side symbols only: the agent's own syscalls are in its ticks already.
     prog_share=$(perf report -i "$WORK/perf.data" --sort sym -g none -F overhead,sym 2>/dev/null |
@@ -189,8 +189,6 @@ echo "connection storm: $CLIENTS client pods x $STORM_THREADS threads flat-out f
 scope=$(scope_args "${STORM_SCOPE:-root}")
 # shellcheck disable=SC2086
 start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope ${STORM_AGENT_ARGS:-}
-# CPU the agent gets during the storm (utime + stime in clock ticks, /proc/PID/stat fields 14, 15).
-agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
 cpu_before=$(agent_cpu_ticks); storm_started=$(date +%s.%N)
 pids=()
 for i in $(seq 0 $((CLIENTS - 1))); do

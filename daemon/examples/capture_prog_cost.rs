@@ -60,18 +60,6 @@ fn frame() -> Vec<u8> {
     f
 }
 
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mounts = fs::read_to_string("/proc/mounts")?;
-    mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .next()
-        .context("no cgroup2 mount in /proc/mounts")
-}
-
 /// A child cgroup this process lives in while it exists; moves the process
 /// back and removes the cgroup on drop.
 struct ChildCgroup {
@@ -216,7 +204,7 @@ fn main() -> anyhow::Result<()> {
     }
     std::io::stdout().flush()?;
 
-    let root = cgroup2_root()?;
+    let root = flowpol::capture::preflight::find_cgroup2_root()?;
     let cgroup = ChildCgroup::enter(&root)?;
     let cgroup_dir = fs::File::open(&cgroup.path)?;
     drop(stats_off);

@@ -6,24 +6,12 @@
 //! never loads them). Prints `attached` once both are attached.
 
 use std::io::Read;
-use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
 use aya::{Ebpf, EbpfLoader};
 
 static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
-
-fn cgroup2_root() -> anyhow::Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/mounts").context("read /proc/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .context("no cgroup2 mount in /proc/mounts")
-}
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSkb> {
     let p = ebpf
@@ -42,7 +30,7 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("hook_hold needs root (cgroup attach)");
     }
-    let root = cgroup2_root()?;
+    let root = flowpol::capture::preflight::find_cgroup2_root()?;
     let cgroup = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
     let mut ebpf = EbpfLoader::new().load(PROGRAMS)?;
     let mut links = Vec::new();

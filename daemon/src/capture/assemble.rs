@@ -610,7 +610,7 @@ impl Assembler {
         let mut tc_out = Vec::new();
         let mut tc_entries = 0;
         loop {
-            let (current, took) = take_chunk(tc, chunk, None, None)?;
+            let (current, took) = take_chunk(tc, chunk, None, &mut FastMap::default(), 0)?;
             if took == 0 {
                 break;
             }
@@ -637,20 +637,25 @@ impl Assembler {
         // Socket flows: per-CPU merge, overflow and held-back flows, orientation.
         let mut out = Vec::new();
         let mut socket_entries = 0;
+        // Two chunks' worth wait for their mirror at most (~120 bytes each: 1 MiB
+        // at the agent's 4 096).
         let mut waiting = FastMap::default();
+        let max_waiting = chunk.saturating_mul(2);
         loop {
-            let (current, took) = take_chunk(sockets, chunk, Some(&mut extra), Some(&mut waiting))?;
+            let (current, took) =
+                take_chunk(sockets, chunk, Some(&mut extra), &mut waiting, max_waiting)?;
             socket_entries += took;
             self.orient_chunk(&current, &clock, final_drain, &mut out);
             if took == 0 {
                 break;
             }
         }
-        while !waiting.is_empty() {
-            let current = flush_waiting(&mut waiting, &mut extra, chunk);
-            self.orient_chunk(&current, &clock, final_drain, &mut out);
+        // Entries whose mirror never came (the map is empty now) join the overflow
+        // and held-back flows whose map entries were not in this drain: each goes
+        // with what those hold for its mirror (the other socket's overflow).
+        for (key, a) in waiting {
+            merge_into(&mut extra, key, a);
         }
-        // Overflow and held-back flows whose map entries were not in this drain.
         while !extra.is_empty() {
             let keys: Vec<FlowKey> = extra.keys().take(chunk).copied().collect();
             let mut current = FastMap::default();
@@ -790,15 +795,11 @@ impl<K: Copy, V> Taken<K, V> {
         }
     }
 
-    /// Adds an entry whose slots were pushed with [`Taken::push_slot`] since the
-    /// last entry.
-    pub fn finish_entry(&mut self, key: K) {
+    /// Adds an entry with its slots.
+    pub fn push(&mut self, key: K, slots: impl IntoIterator<Item = V>) {
+        self.slots.extend(slots);
         self.keys.push(key);
         self.ends.push(self.slots.len());
-    }
-
-    pub fn push_slot(&mut self, slot: V) {
-        self.slots.push(slot);
     }
 
     pub fn len(&self) -> usize {
@@ -864,10 +865,7 @@ impl<K: Copy + Eq + std::hash::Hash, V: Clone> DrainSource<K, V> for MemorySourc
             && let Some(k) = self.order.pop_front()
         {
             if let Some(v) = self.entries.remove(&k) {
-                for slot in v {
-                    out.push_slot(slot);
-                }
-                out.finish_entry(k);
+                out.push(k, v);
             }
         }
         Ok(out)
@@ -896,17 +894,16 @@ fn with_mirror(k: FlowKey) -> impl Iterator<Item = FlowKey> {
 /// its mirror is taken from the map on its own. So both sockets of a local flow
 /// meet in one chunk, mostly without a `bpf(2)` call per mirror: the kernel
 /// returns entries in hash order, which puts a flow's two ends in different
-/// batches. What is left waiting when the map is empty has no local mirror
-/// ([`flush_waiting`]). Returns the chunk and how many map entries were taken:
-/// 0 when the map is empty.
+/// batches. What is left waiting when the map is empty has no local mirror.
+/// `max_waiting` 0: every mirror not in the batch is taken on its own. Returns
+/// the chunk and how many map entries were taken: 0 when the map is empty.
 fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
     source: &mut S,
     chunk: usize,
     mut extra: Option<&mut FastMap<FlowKey, Agg>>,
-    mut waiting: Option<&mut FastMap<FlowKey, Agg>>,
+    waiting: &mut FastMap<FlowKey, Agg>,
+    max_waiting: usize,
 ) -> Result<(FastMap<FlowKey, Agg>, usize), S::Error> {
-    // Two chunks' worth wait at most (~120 bytes each: 1 MiB at the agent's 4 096).
-    let max_waiting = chunk.saturating_mul(2);
     let batch = source.take_many(chunk)?;
     let mut took = batch.len();
     if took == 0 {
@@ -922,18 +919,14 @@ fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
         let agg = Agg::merge_slots(slots);
         let m = mirror(&key);
         if m != key && !in_batch.contains(&m) {
-            if let Some(w) = waiting.as_deref_mut() {
-                if let Some(a) = w.remove(&m) {
-                    merge_into(&mut current, m, a);
-                    joined.push(m);
-                } else if w.len() < max_waiting {
-                    if let Some(a) = agg {
-                        merge_into(w, key, a);
-                    }
-                    continue;
-                } else {
-                    mirrors.push(m);
+            if let Some(a) = waiting.remove(&m) {
+                merge_into(&mut current, m, a);
+                joined.push(m);
+            } else if waiting.len() < max_waiting {
+                if let Some(a) = agg {
+                    merge_into(waiting, key, a);
                 }
+                continue;
             } else {
                 mirrors.push(m);
             }
@@ -954,7 +947,7 @@ fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
     }
     for key in joined {
         // A key read twice in one drain (a late write to the drained copy) joins too.
-        if let Some(a) = waiting.as_deref_mut().and_then(|w| w.remove(&key)) {
+        if let Some(a) = waiting.remove(&key) {
             merge_into(&mut current, key, a);
         }
         if let Some(a) = extra.as_deref_mut().and_then(|e| e.remove(&key)) {
@@ -962,29 +955,6 @@ fn take_chunk<S: DrainSource<FlowKey, FlowStats>>(
         }
     }
     Ok((current, took))
-}
-
-/// Entries that waited in [`take_chunk`] for a mirror that never came (the map
-/// is empty now), up to `chunk` of them with what `extra` holds for them and
-/// their mirrors (overflow events of the other socket). Empty when none is left.
-fn flush_waiting(
-    waiting: &mut FastMap<FlowKey, Agg>,
-    extra: &mut FastMap<FlowKey, Agg>,
-    chunk: usize,
-) -> FastMap<FlowKey, Agg> {
-    let keys: Vec<FlowKey> = waiting.keys().take(chunk).copied().collect();
-    let mut current = FastMap::with_capacity_and_hasher(2 * keys.len(), Default::default());
-    for k in keys {
-        if let Some(a) = waiting.remove(&k) {
-            merge_into(&mut current, k, a);
-        }
-        for key in with_mirror(k) {
-            if let Some(a) = extra.remove(&key) {
-                merge_into(&mut current, key, a);
-            }
-        }
-    }
-    current
 }
 
 /// Whether a local socket saw `key` (either way round) in this drain: its map

@@ -144,10 +144,7 @@ impl<C: MapCommands, K: Copy, V: Copy> BatchDrain<C, K, V> {
             }
             for i in 0..filled as usize {
                 let key = self.key_at(&self.keys[i * klen..]);
-                for slot in self.slots(&self.values[i * vlen..(i + 1) * vlen]) {
-                    out.push_slot(slot);
-                }
-                out.finish_entry(key);
+                out.push(key, self.slots(&self.values[i * vlen..(i + 1) * vlen]));
             }
         }
         Ok(out)
@@ -208,12 +205,7 @@ impl<C: MapCommands, K: Copy, V: Copy> DrainSource<K, V> for BatchDrain<C, K, V>
             }
             let k = self.key_at(&key);
             match self.take_one(&k)? {
-                Some(slots) => {
-                    for slot in slots {
-                        out.push_slot(slot);
-                    }
-                    out.finish_entry(k);
-                }
+                Some(slots) => out.push(k, slots),
                 // Listed but gone: nothing else empties this copy, so stop
                 // rather than list it again.
                 None => break,
