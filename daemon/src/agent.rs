@@ -107,8 +107,87 @@ impl DrainBatch {
 /// Where drained batches go. One call per batch; implementations write it
 /// atomically (the SQLite store: one transaction) so a failed batch can be
 /// retried whole.
-pub trait FlowSink {
+pub trait FlowSink: Send {
     fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>>;
+
+    /// `write`, handing each chunk of records to `tee` as it goes (the fan-out's staged
+    /// sinks). Sinks that make the records chunk by chunk anyway hand over those; this
+    /// default makes them a second time.
+    fn write_teed<'a>(
+        &'a mut self,
+        batch: &'a DrainBatch,
+        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            for chunk in batch.record_chunks() {
+                tee(&chunk);
+            }
+            self.write(batch).await
+        })
+    }
+}
+
+/// A sink that takes a batch's records as the fan-out's writer makes them, so that each
+/// record is made and given identity once for both: `stage` sees each chunk while the
+/// writer writes, `publish` runs once the writer has stored the batch, `discard` when it
+/// failed (the batch is retried whole and staged again).
+pub trait StagedSink: Send {
+    fn stage(&mut self, chunk: &[FlowRecord]);
+    fn publish<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, ()>;
+    fn discard(&mut self);
+}
+
+/// The agent's sinks. `writer` (the database when there is one, else the JSON output)
+/// decides whether a batch is retried; `copies` get each batch after it, best effort (the
+/// JSON output next to the database, so a retry never writes the same rows to the database
+/// twice); `staged` sinks (metrics, follow streams) take the writer's records as it makes
+/// them and publish after it succeeded.
+#[derive(Default)]
+pub struct Fanout {
+    pub writer: Option<Box<dyn FlowSink>>,
+    pub copies: Vec<Box<dyn FlowSink>>,
+    pub staged: Vec<Box<dyn StagedSink>>,
+}
+
+impl FlowSink for Fanout {
+    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move {
+            let Fanout {
+                writer,
+                copies,
+                staged,
+            } = self;
+            let tee_needed = !staged.is_empty();
+            let written = {
+                let mut tee = |chunk: &[FlowRecord]| {
+                    for s in staged.iter_mut() {
+                        s.stage(chunk);
+                    }
+                };
+                match writer {
+                    Some(w) if !tee_needed => w.write(batch).await,
+                    Some(w) => w.write_teed(batch, &mut tee).await,
+                    None => {
+                        batch.record_chunks().for_each(|c| tee(&c));
+                        Ok(())
+                    }
+                }
+            };
+            if let Err(e) = written {
+                staged.iter_mut().for_each(|s| s.discard());
+                return Err(e);
+            }
+            for sink in copies.iter_mut() {
+                if let Err(e) = sink.write(batch).await {
+                    tracing::warn!(error = format!("{e:#}"), "--json-out write failed");
+                }
+            }
+            for s in staged.iter_mut() {
+                s.publish(batch).await;
+            }
+            Ok(())
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -555,9 +634,18 @@ impl<W: std::io::Write + Send> JsonLinesSink<W> {
 
 impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
     fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { self.write_teed(batch, &mut |_| {}).await })
+    }
+
+    fn write_teed<'a>(
+        &'a mut self,
+        batch: &'a DrainBatch,
+        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let mut buf = Vec::new();
             for chunk in batch.record_chunks() {
+                tee(&chunk);
                 buf.clear();
                 for r in &chunk {
                     serde_json::to_writer(&mut buf, r)?;
@@ -607,6 +695,14 @@ impl StoreSink {
 
 impl FlowSink for StoreSink {
     fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        Box::pin(async move { self.write_teed(batch, &mut |_| {}).await })
+    }
+
+    fn write_teed<'a>(
+        &'a mut self,
+        batch: &'a DrainBatch,
+        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
+    ) -> BoxFuture<'a, anyhow::Result<()>> {
         Box::pin(async move {
             let losses: Vec<crate::store::CaptureLoss> = batch
                 .losses
@@ -618,7 +714,7 @@ impl FlowSink for StoreSink {
                 .collect();
             self.store
                 .write_drain_chunks(
-                    batch.record_chunks(),
+                    batch.record_chunks().inspect(|chunk| tee(chunk)),
                     &losses,
                     batch.recorded_at,
                     batch.node.as_deref(),
@@ -799,6 +895,106 @@ mod tests {
         let mut single = Vec::new();
         push_bounded(&mut single, sized(MAX_BACKLOG_RECORDS + 1));
         assert_eq!(single.len(), 1);
+    }
+
+    /// Names every source `shop/client` and counts the records it is given.
+    struct CountingEnricher(std::sync::atomic::AtomicUsize);
+
+    impl EnrichRecords for CountingEnricher {
+        fn enrich_records(&self, records: &mut [FlowRecord]) {
+            self.0
+                .fetch_add(records.len(), std::sync::atomic::Ordering::SeqCst);
+            for r in records {
+                r.src.namespace = Some("shop".into());
+                r.src.pod = Some("client".into());
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn the_fanout_resolves_each_record_once_for_the_store_and_the_metrics_which_count_stored_batches_only()
+     {
+        use crate::serve::metrics::{Metrics, ServeSink};
+        let flows_egress = |m: &Metrics| {
+            let text = m.encode().unwrap();
+            text.lines()
+                .find(|l| {
+                    l.starts_with(r#"flowpol_flows_total{namespace="shop",verdict="forwarded",direction="egress"}"#)
+                })
+                .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        };
+        let n = WRITE_CHUNK + 10;
+        let enricher = Arc::new(CountingEnricher(Default::default()));
+        let mut batch = batch(n);
+        batch.enrich = Some(enricher.clone());
+        let resolved = || enricher.0.load(std::sync::atomic::Ordering::SeqCst);
+        let metrics = Arc::new(Metrics::new());
+        let (live, _) = tokio::sync::broadcast::channel(16);
+        let serve = || -> Box<dyn StagedSink> {
+            Box::new(ServeSink {
+                metrics: metrics.clone(),
+                live: live.clone(),
+                tally: Default::default(),
+            })
+        };
+
+        // The store and the metrics: each record made and resolved once.
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("flows.db"))
+            .await
+            .unwrap();
+        let mut fanout = Fanout {
+            writer: Some(Box::new(StoreSink::new(
+                store.clone(),
+                crate::store::Retention::default(),
+            ))),
+            copies: vec![],
+            staged: vec![serve()],
+        };
+        fanout.write(&batch).await.unwrap();
+        assert_eq!(resolved(), n, "one resolution per record");
+        assert_eq!(store.count_rows().await.unwrap(), n as u64);
+        assert_eq!(flows_egress(&metrics), Some(n as u64));
+
+        // A follow stream gets the records too (made again for it, only while it follows).
+        let mut follow = live.subscribe();
+        fanout.write(&batch).await.unwrap();
+        let mut followed = 0;
+        while let Ok(chunk) = follow.try_recv() {
+            assert!(chunk.iter().all(|r| r.src.pod.as_deref() == Some("client")));
+            followed += chunk.len();
+        }
+        assert_eq!(followed, n);
+        assert_eq!(resolved(), 3 * n);
+        drop(follow);
+        assert_eq!(flows_egress(&metrics), Some(2 * n as u64));
+        drop(fanout);
+        store.close().await;
+
+        // A writer that fails: nothing counted; the retry counts the batch once.
+        let metrics_before = flows_egress(&metrics);
+        let mut fanout = Fanout {
+            writer: Some(Box::new(FlakySink {
+                failures: 1,
+                written: vec![],
+            })),
+            copies: vec![],
+            staged: vec![serve()],
+        };
+        assert!(fanout.write(&batch).await.is_err());
+        assert_eq!(flows_egress(&metrics), metrics_before);
+        fanout.write(&batch).await.unwrap();
+        assert_eq!(flows_egress(&metrics), Some(3 * n as u64));
+
+        // No writer (only --listen): the fan-out makes the records for the staged sinks.
+        let mut fanout = Fanout {
+            staged: vec![serve()],
+            ..Fanout::default()
+        };
+        let before = resolved();
+        fanout.write(&batch).await.unwrap();
+        assert_eq!(resolved() - before, n);
+        assert_eq!(flows_egress(&metrics), Some(4 * n as u64));
     }
 
     /// Sums over one table of the database at `db`.

@@ -63,7 +63,7 @@ pub struct AgentArgs {
 pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     use anyhow::Context;
 
-    use crate::agent::{AgentConfig, FlowSink, JsonLinesSink};
+    use crate::agent::{AgentConfig, Fanout, FlowSink, JsonLinesSink};
     use crate::capture::CaptureOptions;
 
     if args.interval.is_zero() {
@@ -91,7 +91,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let mut sinks: Vec<Box<dyn FlowSink + Send>> = Vec::new();
+        let mut fanout = Fanout::default();
         let mut identity_pool = None;
         if let Some(db) = &args.db {
             // Open (and validate) the database before loading anything into the kernel.
@@ -104,13 +104,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             let store = crate::store::Store::open_with(db, &options).await?;
             // identity: the ownership time line lives in the same database.
             identity_pool = Some(store.pool().clone());
-            sinks.push(Box::new(crate::agent::StoreSink::new(store, retention)));
+            fanout.writer = Some(Box::new(crate::agent::StoreSink::new(store, retention)));
         }
         // --- serve: the HTTP API starts before capture so /healthz answers at once ---
         let serve = crate::cli::agent_serve::start(&args).await?;
-        match args.json_out.as_deref() {
+        let json: Option<Box<dyn FlowSink>> = match args.json_out.as_deref() {
             Some(p) if p.as_os_str() == "-" => {
-                sinks.push(Box::new(JsonLinesSink::new(std::io::stdout())));
+                Some(Box::new(JsonLinesSink::new(std::io::stdout())))
             }
             Some(p) => {
                 let file = std::fs::OpenOptions::new()
@@ -118,14 +118,18 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     .append(true)
                     .open(p)
                     .with_context(|| format!("opening --json-out {}", p.display()))?;
-                sinks.push(Box::new(JsonLinesSink::new(file)));
+                Some(Box::new(JsonLinesSink::new(file)))
             }
+            None => None,
+        };
+        match json {
+            Some(j) if fanout.writer.is_some() => fanout.copies.push(j),
+            Some(j) => fanout.writer = Some(j),
             None => {}
         }
         if let Some(s) = &serve {
-            sinks.push(Box::new(s.sink()));
+            fanout.staged.push(Box::new(s.sink()));
         }
-        let fanout = Fanout(sinks);
         // --- identity: resolve both ends of every record before it is written ---
         let identity =
             crate::enrich::agent::IdentityRuntime::start(&args.identity, identity_pool).await?;
@@ -159,33 +163,6 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(feature = "agent")]
-struct Fanout(Vec<Box<dyn crate::agent::FlowSink + Send>>);
-
-#[cfg(feature = "agent")]
-impl crate::agent::FlowSink for Fanout {
-    fn write<'a>(
-        &'a mut self,
-        batch: &'a crate::agent::DrainBatch,
-    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move {
-            // The first sink (the database when there is one) decides whether the
-            // batch is retried; the JSON copy is best effort, so a retry never
-            // writes the same rows to the database twice.
-            let mut sinks = self.0.iter_mut();
-            if let Some(first) = sinks.next() {
-                first.write(batch).await?;
-            }
-            for sink in sinks {
-                if let Err(e) = sink.write(batch).await {
-                    tracing::warn!(error = format!("{e:#}"), "--json-out write failed");
-                }
-            }
-            Ok(())
-        })
-    }
-}
-
 #[cfg(not(feature = "agent"))]
 pub fn run(_args: AgentArgs) -> anyhow::Result<ExitCode> {
     anyhow::bail!(
@@ -215,6 +192,7 @@ pub(crate) mod agent_serve_impl {
             ServeSink {
                 metrics: self.metrics.clone(),
                 live: self.live.clone(),
+                tally: Default::default(),
             }
         }
     }

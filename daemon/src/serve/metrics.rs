@@ -1,5 +1,6 @@
 //! `/metrics`: the agent's Prometheus metrics (prometheus-client, OpenMetrics
 //! text), fed by a sink next to the store and by the drain loop.
+use std::collections::HashMap;
 #[cfg(feature = "agent")]
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -40,6 +41,49 @@ pub struct CounterLabels {
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct MapLabels {
     pub map: String,
+}
+
+/// A batch's flow and drop counts by label set, held until the batch is stored
+/// ([`Metrics::record_tally`]): a batch the store fails is retried whole, and must not count twice.
+#[derive(Debug, Default)]
+pub struct FlowTally {
+    /// (flows, bytes) by label set.
+    flows: HashMap<FlowLabels, (u64, u64)>,
+    /// Dropped packets by drop reason.
+    drops: HashMap<String, u64>,
+}
+
+impl FlowTally {
+    pub fn add(&mut self, records: &[FlowRecord]) {
+        for f in records {
+            let verdict = f.verdict.to_string();
+            let bytes = f.bytes.saturating_add(f.reply_bytes);
+            for (direction, end) in [("egress", &f.src), ("ingress", &f.dst)] {
+                let labels = FlowLabels {
+                    namespace: end.namespace.clone().unwrap_or_default(),
+                    verdict: verdict.clone(),
+                    direction,
+                };
+                let (flows, b) = self.flows.entry(labels).or_default();
+                *flows += 1;
+                *b = b.saturating_add(bytes);
+            }
+            if f.verdict == Verdict::Dropped {
+                let reason = f.drop_reason.as_deref().unwrap_or("unknown");
+                match self.drops.get_mut(reason) {
+                    Some(n) => *n += f.packets.max(1),
+                    None => {
+                        self.drops.insert(reason.to_string(), f.packets.max(1));
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn clear(&mut self) {
+        self.flows.clear();
+        self.drops.clear();
+    }
 }
 
 pub struct Metrics {
@@ -156,25 +200,26 @@ impl Metrics {
 
     /// Counts a written batch.
     pub fn record_batch(&self, records: &[FlowRecord], losses: &[(&'static str, u64)]) {
-        for f in records {
-            let verdict = f.verdict.to_string();
-            let bytes = f.bytes.saturating_add(f.reply_bytes);
-            for (direction, end) in [("egress", &f.src), ("ingress", &f.dst)] {
-                let labels = FlowLabels {
-                    namespace: end.namespace.clone().unwrap_or_default(),
-                    verdict: verdict.clone(),
-                    direction,
-                };
-                self.flows.get_or_create(&labels).inc();
-                self.bytes.get_or_create(&labels).inc_by(bytes);
-            }
-            if f.verdict == Verdict::Dropped {
-                let reason = f.drop_reason.clone().unwrap_or_else(|| "unknown".into());
-                self.drops
-                    .get_or_create(&ReasonLabels { reason })
-                    .inc_by(f.packets.max(1));
-            }
+        let mut tally = FlowTally::default();
+        tally.add(records);
+        self.record_tally(&mut tally);
+        self.record_losses(losses);
+    }
+
+    /// Adds what `tally` counted and empties it.
+    pub fn record_tally(&self, tally: &mut FlowTally) {
+        for (labels, (flows, bytes)) in tally.flows.drain() {
+            self.flows.get_or_create(&labels).inc_by(flows);
+            self.bytes.get_or_create(&labels).inc_by(bytes);
         }
+        for (reason, packets) in tally.drops.drain() {
+            self.drops
+                .get_or_create(&ReasonLabels { reason })
+                .inc_by(packets);
+        }
+    }
+
+    pub fn record_losses(&self, losses: &[(&'static str, u64)]) {
         for (counter, delta) in losses {
             self.losses
                 .get_or_create(&CounterLabels {
@@ -238,34 +283,49 @@ pub async fn handler(State(state): State<ApiState>) -> Response {
     }
 }
 
-/// Feeds written batches to the metrics and to follow streams. Goes after the
-/// store in the agent's fan-out, so it sees only batches the store accepted.
+/// Feeds stored batches to the metrics and to follow streams. A staged sink of the agent's
+/// fan-out: it counts the records the store is writing (made and given identity once for
+/// both) and adds the counts only once the store has committed the batch.
 #[cfg(feature = "agent")]
 pub struct ServeSink {
     pub metrics: Arc<Metrics>,
     pub live: super::LiveFlows,
+    pub tally: FlowTally,
 }
 
 #[cfg(feature = "agent")]
-impl crate::agent::FlowSink for ServeSink {
-    fn write<'a>(
+impl crate::agent::StagedSink for ServeSink {
+    fn stage(&mut self, chunk: &[FlowRecord]) {
+        self.tally.add(chunk);
+    }
+
+    fn publish<'a>(
         &'a mut self,
         batch: &'a crate::agent::DrainBatch,
-    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+    ) -> futures::future::BoxFuture<'a, ()> {
         Box::pin(async move {
-            // A chunk of full records at a time, each its own follow message.
-            for chunk in batch.record_chunks() {
-                self.metrics.record_batch(&chunk, &[]);
-                if self.live.receiver_count() > 0 && !chunk.is_empty() {
-                    // No receiver left is not an error: nobody follows.
-                    let _ = self.live.send(Arc::new(chunk));
-                    // Let follow streams take this chunk before the next.
-                    tokio::task::yield_now().await;
-                }
+            self.metrics.record_tally(&mut self.tally);
+            self.metrics.record_losses(&batch.losses);
+            // Follow streams get full records, a chunk at a time (each its own message),
+            // made again here: holding the staged ones until the commit would keep a whole
+            // interval's records in memory. Only while somebody follows.
+            if self.live.receiver_count() == 0 {
+                return;
             }
-            self.metrics.record_batch(&[], &batch.losses);
-            Ok(())
+            for chunk in batch.record_chunks() {
+                if chunk.is_empty() {
+                    continue;
+                }
+                // No receiver left is not an error: nobody follows.
+                let _ = self.live.send(Arc::new(chunk));
+                // Let follow streams take this chunk before the next.
+                tokio::task::yield_now().await;
+            }
         })
+    }
+
+    fn discard(&mut self) {
+        self.tally.clear();
     }
 }
 
