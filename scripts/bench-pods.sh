@@ -13,7 +13,8 @@
 # Needs root. Env: ROUNDS (6), SECONDS_PER_RUN (5), THROUGHPUT (1; 0: the rounds measure the
 # connection rate only, for many short rounds of it), STORM_SECONDS (30), STORM_CLIENTS (2),
 # STORM_THREADS (8 per client pod), STORM_AGENT_ARGS (extra `flowpol agent` flags, e.g.
-# "--flow-map-entries 262144"), STORM_SCOPE (root: the agent at the cgroup v2 root, as deployed,
+# "--flow-map-entries 262144"), STORM_DEPLOYED (1: the storm's agent also resolves identity from
+# the lab's manifests and serves the API, as the DaemonSet runs it), STORM_SCOPE (root: the agent at the cgroup v2 root, as deployed,
 # the default; lab: only the lab's cgroup slice), FLOWPOL_BIN, BENCH_RESULTS (scripts/bench-lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -195,8 +196,15 @@ sysctl -qw kernel.bpf_stats_enabled=1
 # The storm: agent recording with its default settings (plus STORM_AGENT_ARGS).
 echo "connection storm: $CLIENTS client pods x $STORM_THREADS threads flat-out for ${STORM_SECONDS}s, agent recording"
 scope=$(scope_args "${STORM_SCOPE:-root}")
+deployed=()
+if [ "${STORM_DEPLOYED:-0}" = 1 ]; then
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/token")
+  deployed=(--manifests "$FLOWPOL_LAB_DIR/$LAB/cluster.yaml" --listen "127.0.0.1:$((20000 + $$ % 20000))"
+    --token-file "$WORK/token")
+  echo "agent as deployed: identity from the lab's manifests, API on ${deployed[3]}"
+fi
 # shellcheck disable=SC2086
-start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope ${STORM_AGENT_ARGS:-}
+start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope "${deployed[@]}" ${STORM_AGENT_ARGS:-}
 cpu_before=$(agent_cpu_ticks); storm_started=$(date +%s.%N)
 pids=()
 for i in $(seq 0 $((CLIENTS - 1))); do
@@ -218,6 +226,14 @@ for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod cl
 stored=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM (SELECT DISTINCT src_ip, src_port, dst_port
   FROM flows WHERE protocol = 6 AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107
   AND src_ip IN ($srcs))")
+if [ "${STORM_DEPLOYED:-0}" = 1 ]; then
+  resolved=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
+    AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107 AND src_ip IN ($srcs)
+    AND src_identity IS NOT NULL AND dst_identity IS NOT NULL")
+  rows=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
+    AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107 AND src_ip IN ($srcs)")
+  result storm.rows_with_both_pods_resolved "$(awk -v r="$resolved" -v n="$rows" 'BEGIN {printf "%.2f", (n > 0 ? 100*r/n : 0)}')" % -
+fi
 losses=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT counter || '=' || sum(delta) FROM capture_losses GROUP BY counter" | tr '\n' ' ')
 exit_counters=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.*counters=//' || true)
 result storm.rate_sustained "$(awk -v c="$completed" -v s="$secs" 'BEGIN {printf "%.0f", c/s}')" conn/s -

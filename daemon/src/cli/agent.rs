@@ -144,13 +144,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                     enricher: identity.enricher.clone(),
                     inner: fanout,
                 };
-                let r = crate::agent::run_observed(config, &mut sink, observer.as_ref()).await;
+                let r = crate::agent::run_observed(config, &mut sink, observer).await;
                 identity.shutdown().await?;
                 r
             }
             None => {
                 let mut fanout = fanout;
-                crate::agent::run_observed(config, &mut fanout, observer.as_ref()).await
+                crate::agent::run_observed(config, &mut fanout, observer).await
             }
         };
         // The last drain is written (or failed) above; now close the API.
@@ -234,13 +234,13 @@ pub(crate) mod agent_serve_impl {
         }))
     }
 
-    pub fn observer(serve: Option<&AgentServe>) -> Box<dyn crate::agent::AgentObserver> {
+    pub fn observer(serve: Option<&AgentServe>) -> Arc<dyn crate::agent::AgentObserver> {
         match serve {
-            Some(s) => Box::new(ServeObserver {
+            Some(s) => Arc::new(ServeObserver {
                 metrics: s.metrics.clone(),
                 readiness: s.readiness.clone(),
             }),
-            None => Box::new(NoObserver),
+            None => Arc::new(NoObserver),
         }
     }
 
