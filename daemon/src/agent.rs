@@ -106,25 +106,24 @@ impl DrainBatch {
     }
 }
 
+/// Takes each chunk of full records a sink makes ([`FlowSink::write_teed`]).
+pub type Tee<'a> = &'a mut (dyn FnMut(&[FlowRecord]) + Send);
+/// A sink's write of one batch.
+pub type SinkWrite<'a> = BoxFuture<'a, anyhow::Result<()>>;
+
 /// Where drained batches go. One call per batch; implementations write it
 /// atomically (the SQLite store: one transaction) so a failed batch can be
 /// retried whole.
 pub trait FlowSink: Send {
-    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>>;
+    /// Writes one batch, handing each chunk of full records to `tee` as it makes
+    /// them (the fan-out's staged sinks take them from there).
+    fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, tee: Tee<'a>) -> SinkWrite<'a>;
 
-    /// `write`, handing each chunk of records to `tee` as it goes (the fan-out's staged
-    /// sinks). Sinks that make the records chunk by chunk anyway hand over those; this
-    /// default makes them a second time.
-    fn write_teed<'a>(
-        &'a mut self,
-        batch: &'a DrainBatch,
-        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    /// Writes one batch.
+    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> SinkWrite<'a> {
         Box::pin(async move {
-            for chunk in batch.record_chunks() {
-                tee(&chunk);
-            }
-            self.write(batch).await
+            let mut nobody = |_: &[FlowRecord]| {};
+            self.write_teed(batch, &mut nobody).await
         })
     }
 }
@@ -152,25 +151,24 @@ pub struct Fanout {
 }
 
 impl FlowSink for Fanout {
-    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, tee: Tee<'a>) -> SinkWrite<'a> {
         Box::pin(async move {
             let Fanout {
                 writer,
                 copies,
                 staged,
             } = self;
-            let tee_needed = !staged.is_empty();
             let written = {
-                let mut tee = |chunk: &[FlowRecord]| {
+                let mut stage = |chunk: &[FlowRecord]| {
+                    tee(chunk);
                     for s in staged.iter_mut() {
                         s.stage(chunk);
                     }
                 };
                 match writer {
-                    Some(w) if !tee_needed => w.write(batch).await,
-                    Some(w) => w.write_teed(batch, &mut tee).await,
+                    Some(w) => w.write_teed(batch, &mut stage).await,
                     None => {
-                        batch.record_chunks().for_each(|c| tee(&c));
+                        batch.record_chunks().for_each(|c| stage(&c));
                         Ok(())
                     }
                 }
@@ -678,15 +676,7 @@ impl<W: std::io::Write + Send> JsonLinesSink<W> {
 }
 
 impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
-    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { self.write_teed(batch, &mut |_| {}).await })
-    }
-
-    fn write_teed<'a>(
-        &'a mut self,
-        batch: &'a DrainBatch,
-        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, tee: Tee<'a>) -> SinkWrite<'a> {
         Box::pin(async move {
             let mut buf = Vec::new();
             for chunk in batch.record_chunks() {
@@ -739,15 +729,7 @@ impl StoreSink {
 }
 
 impl FlowSink for StoreSink {
-    fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
-        Box::pin(async move { self.write_teed(batch, &mut |_| {}).await })
-    }
-
-    fn write_teed<'a>(
-        &'a mut self,
-        batch: &'a DrainBatch,
-        tee: &'a mut (dyn FnMut(&[FlowRecord]) + Send),
-    ) -> BoxFuture<'a, anyhow::Result<()>> {
+    fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, tee: Tee<'a>) -> SinkWrite<'a> {
         Box::pin(async move {
             let losses: Vec<crate::store::CaptureLoss> = batch
                 .losses
@@ -801,8 +783,9 @@ mod tests {
     }
 
     impl FlowSink for FlakySink {
-        fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, tee: Tee<'a>) -> SinkWrite<'a> {
             Box::pin(async move {
+                batch.record_chunks().for_each(|c| tee(&c));
                 if self.failures > 0 {
                     self.failures -= 1;
                     anyhow::bail!("disk full");
@@ -883,7 +866,7 @@ mod tests {
     }
 
     impl FlowSink for GatedSink {
-        fn write<'a>(&'a mut self, batch: &'a DrainBatch) -> BoxFuture<'a, anyhow::Result<()>> {
+        fn write_teed<'a>(&'a mut self, batch: &'a DrainBatch, _tee: Tee<'a>) -> SinkWrite<'a> {
             Box::pin(async move {
                 self.started
                     .fetch_add(1, std::sync::atomic::Ordering::SeqCst);

@@ -144,10 +144,11 @@ impl crate::agent::EnrichRecords for Enricher {
 
 #[cfg(feature = "agent")]
 impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<S> {
-    fn write<'a>(
+    fn write_teed<'a>(
         &'a mut self,
         batch: &'a crate::agent::DrainBatch,
-    ) -> futures::future::BoxFuture<'a, anyhow::Result<()>> {
+        tee: crate::agent::Tee<'a>,
+    ) -> crate::agent::SinkWrite<'a> {
         Box::pin(async move {
             // Enriching is idempotent, so a batch the store retries resolves the
             // same. The sinks enrich a chunk of records at a time as they write.
@@ -156,7 +157,7 @@ impl<S: crate::agent::FlowSink + Send> crate::agent::FlowSink for EnrichingSink<
                 enriched.flows = Arc::new(folded);
             }
             enriched.enrich = Some(self.enricher.clone());
-            self.inner.write(&enriched).await
+            self.inner.write_teed(&enriched, tee).await
         })
     }
 }
