@@ -100,3 +100,13 @@ scope_args() {
     *) echo "scope $1: want root or lab" >&2; return 1 ;;
   esac
 }
+
+# deployed_agent_args DIR LAB: the agent flags that make it run as the DaemonSet does, for a lab
+# (after lab_pods_up): identity from the lab's own manifests and the API on a loopback port,
+# with a token written to DIR/token. Prints one flag or value per line (read with mapfile).
+deployed_agent_args() {
+  local dir=$1 lab=$2
+  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$dir/token")
+  printf '%s\n' --manifests "$FLOWPOL_LAB_DIR/$lab/cluster.yaml" \
+    --listen "127.0.0.1:$((20000 + $$ % 20000))" --token-file "$dir/token"
+}

@@ -198,9 +198,7 @@ echo "connection storm: $CLIENTS client pods x $STORM_THREADS threads flat-out f
 scope=$(scope_args "${STORM_SCOPE:-root}")
 deployed=()
 if [ "${STORM_DEPLOYED:-0}" = 1 ]; then
-  (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$WORK/token")
-  deployed=(--manifests "$FLOWPOL_LAB_DIR/$LAB/cluster.yaml" --listen "127.0.0.1:$((20000 + $$ % 20000))"
-    --token-file "$WORK/token")
+  mapfile -t deployed < <(deployed_agent_args "$WORK" "$LAB")
   echo "agent as deployed: identity from the lab's manifests, API on ${deployed[3]}"
 fi
 # shellcheck disable=SC2086

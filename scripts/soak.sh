@@ -9,6 +9,7 @@
 # a pair comes back only after minutes (longer than TIME_WAIT and than a drain interval).
 # Needs root. Env: SOAK_SECONDS, SOAK_RATE, SOAK_SAMPLE, SOAK_CLIENTS (2), SOAK_PORTS (16),
 # SOAK_CSV (default target/soak/soak-<UTC time>.csv), SOAK_AGENT_ARGS (extra agent flags),
+# SOAK_DEPLOYED (1: identity from the lab's manifests and the API on, as the DaemonSet runs it),
 # SOAK_SCOPE (root: the agent at the cgroup v2 root, as deployed, the default; lab: only the
 # lab's cgroup slice, so other work on a shared machine stays out), SOAK_PORT_BASE (9100: the
 # server ports are SOAK_PORT_BASE..+SOAK_PORTS-1), FLOWPOL_BIN.
@@ -51,8 +52,13 @@ in_pod server 0 "$CONN" server --listen "$SERVER_IP" --ports "$BASE-$LAST_PORT" 
 sleep 1
 
 scope=$(scope_args "$SCOPE")
+deployed=()
+if [ "${SOAK_DEPLOYED:-0}" = 1 ]; then
+  mapfile -t deployed < <(deployed_agent_args "$WORK" "$LAB")
+  echo "soak: agent as deployed: identity from the lab's manifests, API on ${deployed[3]}"
+fi
 # shellcheck disable=SC2086
-"$BIN" agent --db "$WORK/soak.db" $scope ${SOAK_AGENT_ARGS:-} 2> "$WORK/agent.log" &
+"$BIN" agent --db "$WORK/soak.db" $scope "${deployed[@]}" ${SOAK_AGENT_ARGS:-} 2> "$WORK/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 150); do grep -q "capture attached" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "capture attached" "$WORK/agent.log" || { cat "$WORK/agent.log" >&2; exit 1; }
