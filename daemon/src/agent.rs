@@ -696,9 +696,9 @@ impl<W: std::io::Write + Send> FlowSink for JsonLinesSink<W> {
 
 /// The SQLite store: each batch in one transaction (`Store::write_drain_chunks`), with
 /// retention started at most once a minute after a write. Retention runs as a task of its
-/// own: pruning a full database takes seconds, and the drain loop awaits this sink, so an
-/// awaited prune would delay the next drain while the kernel maps fill (the soak run lost
-/// packets to full maps each time retention ran inline).
+/// own: pruning a full database takes seconds, and an awaited prune would hold up the
+/// batches behind it (when drains and writes shared a thread, the soak run lost packets to
+/// full maps each time retention ran inline).
 pub struct StoreSink {
     store: crate::store::Store,
     retention: crate::store::Retention,
