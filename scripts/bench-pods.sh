@@ -225,12 +225,10 @@ stored=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM (SELECT DIS
   FROM flows WHERE protocol = 6 AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107
   AND src_ip IN ($srcs))")
 if [ "${STORM_DEPLOYED:-0}" = 1 ]; then
-  resolved=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
-    AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107 AND src_ip IN ($srcs)
-    AND src_identity IS NOT NULL AND dst_identity IS NOT NULL")
-  rows=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
+  resolved=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT printf('%.2f', 100.0 *
+    coalesce(avg(src_identity IS NOT NULL AND dst_identity IS NOT NULL), 0)) FROM flows WHERE protocol = 6
     AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN 9100 AND 9107 AND src_ip IN ($srcs)")
-  result storm.rows_with_both_pods_resolved "$(awk -v r="$resolved" -v n="$rows" 'BEGIN {printf "%.2f", (n > 0 ? 100*r/n : 0)}')" % -
+  result storm.rows_with_both_pods_resolved "$resolved" % -
 fi
 losses=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT counter || '=' || sum(delta) FROM capture_losses GROUP BY counter" | tr '\n' ' ')
 exit_counters=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.*counters=//' || true)

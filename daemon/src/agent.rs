@@ -336,11 +336,10 @@ pub async fn run_observed(
 
     let mut capture = Capture::load(config.capture.clone())?;
     let attached = capture.attach()?.join(", ");
-    let node: Option<Arc<str>> = config.node.as_deref().map(Arc::from);
     tracing::info!(
         %attached,
         interval = ?config.interval,
-        node = node.as_deref().unwrap_or("-"),
+        node = config.node.as_deref().unwrap_or("-"),
         "capture attached"
     );
     observer.attached();
@@ -350,7 +349,7 @@ pub async fn run_observed(
     let (to_writer, from_drains) = tokio::sync::mpsc::unbounded_channel::<DrainBatch>();
     let writer = write_loop(sink, from_drains, config.interval);
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    let (done, drained) = tokio::sync::oneshot::channel();
+    let (done, mut drained) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("flowpol-drain".into())
         .spawn(move || {
@@ -358,9 +357,7 @@ pub async fn run_observed(
                 .enable_time()
                 .build()
             {
-                Ok(rt) => rt.block_on(drain_loop(
-                    capture, config, node, observer, to_writer, stop_rx,
-                )),
+                Ok(rt) => rt.block_on(drain_loop(capture, config, observer, to_writer, stop_rx)),
                 Err(e) => Err(AgentError::DrainThread(e)),
             };
             let _ = done.send(result);
@@ -369,7 +366,6 @@ pub async fn run_observed(
     // Signals are taken here, where they were registered before anything was
     // attached; the drain thread is told to stop.
     let drains = async move {
-        let mut drained = drained;
         tokio::select! {
             _ = sigterm.recv() => tracing::info!("SIGTERM: final drain"),
             _ = sigint.recv() => tracing::info!("SIGINT: final drain"),
@@ -407,11 +403,12 @@ pub async fn run_observed(
 async fn drain_loop(
     mut capture: Capture,
     config: AgentConfig,
-    node: Option<Arc<str>>,
     observer: Arc<dyn AgentObserver>,
     to_writer: tokio::sync::mpsc::UnboundedSender<DrainBatch>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<RunSummary, AgentError> {
+    // Stamped on every batch (shared, not copied per batch).
+    let node: Option<Arc<str>> = config.node.as_deref().map(Arc::from);
     let mut summary = RunSummary::default();
     let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
     // Before the trigger's clock starts: the first interval drain refreshes.
