@@ -10,7 +10,10 @@
 #     with the distinct TCP flows the agent stored for those pods and ports (target 100 %), next
 #     to the agent's loss counters (capture_losses table and its exit log).
 # eBPF program cost per run (bpf_stats) is reported for the lab TCP rounds and for the storm.
-# Needs root. Env: ROUNDS (6), SECONDS_PER_RUN (5), THROUGHPUT (1; 0: the rounds measure the
+# Needs root. Env: ROUNDS (6), SECONDS_PER_RUN (5), WARMUP (5: seconds of connections before each
+# measured connection-rate window, uncounted, so that the window holds the agent's steady state:
+# one interval, 5 s, has gone by and its drains and SQLite writes fall inside the window; 0 to
+# measure from attach, as before 2026-11-22), THROUGHPUT (1; 0: the rounds measure the
 # connection rate only, for many short rounds of it), STORM_SECONDS (30), STORM_CLIENTS (2),
 # STORM_THREADS (8 per client pod), STORM_AGENT_ARGS (extra `flowpol agent` flags, e.g.
 # "--flow-map-entries 262144"), STORM_DEPLOYED (1: the storm's agent also resolves identity from
@@ -25,6 +28,7 @@ CONN=target/release/examples/bench_conn
 HOLD=target/release/examples/hook_hold
 ROUNDS=${ROUNDS:-6}
 DUR=${SECONDS_PER_RUN:-5}
+WARMUP=${WARMUP:-5}
 THROUGHPUT=${THROUGHPUT:-1}
 STORM_SECONDS=${STORM_SECONDS:-30}
 CLIENTS=${STORM_CLIENTS:-2}
@@ -67,6 +71,10 @@ start_agent() { # start_agent LOG [flags...]
   cat "$log" >&2; exit 1
 }
 stop_agent() { kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""; }
+# exit_drains LOG: the drains an agent made, its final one at exit included (its exit log line).
+exit_drains() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "capture detached" | sed -E 's/.* drains=([0-9]+).*/\1/' || true
+}
 # CPU the agent has used (utime + stime in clock ticks, /proc/PID/stat fields 14, 15).
 agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
 
@@ -74,9 +82,9 @@ gbps() {
   [ "$THROUGHPUT" = 1 ] || { echo 0; return; }
   in_pod client 0 iperf3 -c "$SERVER_IP" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
 }
-conns() { # connections/s, flat-out, 8 threads, kernel-chosen source ports
-  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds "$DUR" --threads 8 |
-    sed -E 's/.* rate=([0-9]+).*/\1/'
+conns() { # connections/s, flat-out, 8 threads, kernel-chosen source ports, after the warm-up
+  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds "$DUR" --threads 8 \
+    --warmup "$WARMUP" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
 }
 
 # ROUNDS=0: the storm only.
@@ -85,13 +93,14 @@ if [ "$ROUNDS" -gt 0 ]; then
   # reads the clock twice around every program run (~75 ns a run here, see BENCHMARKS.md), a
   # cost the agent does not have. Program cost is measured in its own pass below.
   sysctl -qw kernel.bpf_stats_enabled=0
-  tb=(); tw=(); th=(); cb=(); cw=(); ch=(); rt=(); rc=(); rht=(); rhc=()
+  tb=(); tw=(); th=(); cb=(); cw=(); ch=(); rt=(); rc=(); rht=(); rhc=(); dr=()
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a/b : 0)}'; }
   without() { b=$(gbps); c=$(conns); }
   with() {
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
     w=$(gbps); d=$(conns)
     stop_agent
+    dr+=("$(exit_drains "$WORK/agent.log")")
   }
   # The hooks alone: programs that only return 1 at the same two cgroup hooks, no agent. What
   # any cgroup_skb capture costs before it does anything (the floor under the agent's ratio).
@@ -101,7 +110,8 @@ if [ "$ROUNDS" -gt 0 ]; then
     h=$(gbps); e=$(conns)
     exec {HOOK[1]}>&-; wait "$HOOK_PID" || true
   }
-  echo "rounds of ${DUR}s each: without the agent, with it, and with the bare hooks only, the order"
+  echo "rounds of ${DUR}s each (connections: after ${WARMUP}s of uncounted warm-up): without the agent,"
+  echo "with it, and with the bare hooks only, the order"
   echo "rotating every round so that drift on the machine hits all three alike:"
   for r in $(seq 1 "$ROUNDS"); do
     case $((r % 3)) in
@@ -141,6 +151,7 @@ if [ "$ROUNDS" -gt 0 ]; then
   result pods.conn_rate.ratio "$(ratio "$mcw" "$mcb")" ratio ">=0.95"
   result pods.conn_rate.round_ratio_mean "$(mean "${rc[@]}")" ratio -
   result pods.conn_rate.round_ratio_ci95 "$(ci95 "${rc[@]}")" "+-ratio" -
+  result pods.conn_rate.agent_drains_per_round "$(mean "${dr[@]}")" drains -
   echo "the bare hooks (programs that only return 1, no agent) against the same rounds without:"
   if [ "$THROUGHPUT" = 1 ]; then
     result pods.tcp_throughput.hooks_only "$mth" Gbit/s -
@@ -158,12 +169,14 @@ if [ "$ROUNDS" -gt 0 ]; then
   if command -v perf >/dev/null; then
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
     busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+    # Sampled over the measured window only (after the warm-up), like the rounds.
+    conns > /dev/null &
+    conns_pid=$!
+    sleep "$WARMUP"
     a0=$(agent_cpu_ticks); b0=$(busy)
-    perf record -a -F 499 -o "$WORK/perf.data" -- sleep "$DUR" > /dev/null 2>&1 &
-    perf_pid=$!
-    conns > /dev/null
-    wait "$perf_pid" || true
+    perf record -a -F 499 -o "$WORK/perf.data" -- sleep "$DUR" > /dev/null 2>&1 || true
     a1=$(agent_cpu_ticks); b1=$(busy)
+    wait "$conns_pid" || true
     stop_agent
     # Program-side symbols only: the agent's own syscalls are in its ticks already.
     prog_share=$(perf report -i "$WORK/perf.data" --sort sym -g none -F overhead,sym 2>/dev/null |
@@ -215,10 +228,10 @@ cpu_after=$(agent_cpu_ticks); storm_ended=$(date +%s.%N)
 sleep 1
 stop_agent
 cat "$WORK"/storm-client-*.out
-completed=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*completed=([0-9]+).*/\1/' | awk '{s+=$1} END {print s+0}')
-failed=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*failed=([0-9]+).*/\1/' | awk '{s+=$1} END {print s+0}')
+completed=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )completed=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
+failed=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )failed=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
 secs=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*seconds=([0-9.]+).*/\1/' | sort -n | tail -1)
-min1=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*min_1s=([0-9]+).*/\1/' | awk '{s+=$1} END {print s+0}')
+min1=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )min_1s=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
 srcs=""
 for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
 stored=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM (SELECT DISTINCT src_ip, src_port, dst_port
@@ -242,9 +255,13 @@ agent_cpu=$(awk -v a="$cpu_before" -v b="$cpu_after" -v t="$(getconf CLK_TCK)" '
 result storm.agent_cpu_seconds "$agent_cpu" s -
 result storm.agent_cpu_share "$(awk -v c="$agent_cpu" -v a="$storm_started" -v b="$storm_ended" 'BEGIN {printf "%.1f", 100 * c / (b - a)}')" %core -
 early=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.*early_drains=([0-9]+).*/\1/' || true)
-drains=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.* drains=([0-9]+).*/\1/' || true)
+drains=$(exit_drains "$WORK/agent-storm.log")
 result storm.drains "${drains:-?}" drains -
 result storm.early_drains "${early:-?}" drains -
+# The kernel memory of the agent's maps at its settings (memlock accounting, its attach line):
+# outside its RSS, and per-CPU maps grow with the node's CPUs.
+kmap=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture attached" | sed -E 's/.*kernel_map_bytes=([0-9]+).*/\1/' || true)
+result storm.agent_kernel_map_memory "$(awk -v b="${kmap:-0}" 'BEGIN {printf "%.1f", b / 1048576}')" MiB -
 for l in $losses; do result "storm.loss.${l%%=*}" "${l#*=}" count -; done
 [ -n "$losses" ] || result storm.loss.total 0 count -
 echo "agent loss counters stored in the database: ${losses:-none}"

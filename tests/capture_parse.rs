@@ -381,3 +381,35 @@ fn privileged_parse_last_seen_follows_the_clock_on_both_paths() {
         );
     }
 }
+
+#[test]
+fn privileged_parse_tc_flow_maps_take_kernel_memory_only_when_tc_is_asked_for() {
+    // Preallocated per-CPU maps cost entries × value × CPUs of kernel memory
+    // whether used or not: without --tc-interfaces the tc copies get one entry.
+    require_root();
+    let entries = 8192u32;
+    let load = |tc: Option<&str>| {
+        Capture::load(CaptureOptions {
+            flow_map_entries: entries,
+            tc_interfaces: tc.map(str::to_string),
+            ..CaptureOptions::default()
+        })
+        .expect("loading the eBPF programs")
+        .kernel_map_bytes()
+        .expect("the kernel's memlock accounting of each map")
+    };
+    let without_tc = load(None);
+    let with_tc = load(Some("flowpol-none*"));
+    // Each socket copy holds at least a 64-byte value per entry and CPU.
+    let one_copy_values =
+        u64::from(entries) * std::mem::size_of::<flowpol_common::FlowStats>() as u64;
+    assert!(
+        without_tc >= 2 * one_copy_values,
+        "two socket flow map copies of {entries} entries take at least {} bytes, the kernel says {without_tc}",
+        2 * one_copy_values
+    );
+    assert!(
+        with_tc >= without_tc + 2 * one_copy_values,
+        "with tc the two tc copies add their {entries} entries: {with_tc} vs {without_tc} bytes"
+    );
+}

@@ -192,6 +192,11 @@ async fn privileged_agent_serves_its_api_while_capturing() {
         after.contains("flowpol_map_fill_ratio{map=\"flows\"}"),
         "{after}"
     );
+    // Two socket flow map copies of the default 65 536 entries, a 64-byte value per entry and CPU.
+    assert!(
+        metric(&after, "flowpol_kernel_map_bytes") >= (2 * 65536 * 64) as f64,
+        "{after}"
+    );
     assert!(
         metric(&after, "flowpol_identity_cache_keys") >= 2.0,
         "{after}"

@@ -3,14 +3,16 @@
 //!
 //!     bench_conn server --listen 10.0.0.2 --ports 9000-9003 [--threads 4]
 //!     bench_conn client --server 10.0.0.2 --ports 9000-9003 --seconds 30 [--threads 8]
-//!                       [--bind 10.0.0.3 --unique] [--rate N]
+//!                       [--bind 10.0.0.3 --unique] [--rate N] [--warmup 5]
 //!
 //! One connection: connect, send one byte, the server reads it and closes first (so TIME_WAIT
 //! sits on the server side and the client's ports stay free), the client reads EOF and closes.
 //! `--unique` binds each connection to its own (source port, destination port) pair, so every
 //! connection of a run is a distinct 5-tuple (what a flow recorder must tell apart). The client
 //! prints one line of `key=value` figures: completed, failed, seconds, rate (connections/s),
-//! min_1s and max_1s (slowest and fastest whole second).
+//! min_1s and max_1s (slowest and fastest whole second). With `--warmup S` the client connects
+//! for S seconds first and counts only the `--seconds` after them (`warmup_connections` says how
+//! many came before).
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
@@ -69,6 +71,10 @@ enum Command {
         /// Rewrite this file every second with `completed failed` so far (long runs).
         #[arg(long)]
         progress: Option<std::path::PathBuf>,
+        /// Connect for this many seconds before the measured `--seconds`, uncounted: lets
+        /// whatever runs beside the load (an agent's periodic drains) reach its steady state.
+        #[arg(long, default_value_t = 0)]
+        warmup: u64,
     },
 }
 
@@ -192,6 +198,7 @@ fn client(
     sport_from: u16,
     rate: u64,
     progress: Option<&std::path::Path>,
+    warmup: u64,
 ) -> anyhow::Result<()> {
     let threads = threads.max(1);
     let completed = Arc::new(AtomicU64::new(0));
@@ -260,10 +267,20 @@ fn client(
             }
         }));
     }
+    // The measured window starts after the warm-up: its counts are differences from there.
+    let warm = Duration::from_secs(warmup);
+    if let Some(left) = warm.checked_sub(started.elapsed()) {
+        std::thread::sleep(left);
+    }
+    let window_started = Instant::now();
+    let (warm_done, warm_failed) = (
+        completed.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+    );
     let mut per_second = Vec::new();
-    let mut last = 0u64;
+    let mut last = warm_done;
     for s in 1..=seconds {
-        let due = started + Duration::from_secs(s);
+        let due = window_started + Duration::from_secs(s);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
@@ -287,11 +304,11 @@ fn client(
     for h in handles {
         let _ = h.join();
     }
-    let secs = started.elapsed().as_secs_f64();
-    let done = completed.load(Ordering::Relaxed);
+    let secs = window_started.elapsed().as_secs_f64();
+    let done = completed.load(Ordering::Relaxed) - warm_done;
     println!(
-        "completed={done} failed={} seconds={secs:.2} rate={:.0} min_1s={} max_1s={} tuples_exhausted={}",
-        failed.load(Ordering::Relaxed),
+        "completed={done} failed={} seconds={secs:.2} rate={:.0} min_1s={} max_1s={} tuples_exhausted={} warmup_connections={warm_done}",
+        failed.load(Ordering::Relaxed) - warm_failed,
         done as f64 / secs,
         per_second.iter().min().copied().unwrap_or(0),
         per_second.iter().max().copied().unwrap_or(0),
@@ -318,6 +335,7 @@ fn main() -> anyhow::Result<()> {
             sport_from,
             rate,
             progress,
+            warmup,
         } => client(
             server,
             &port_range(&ports)?,
@@ -329,6 +347,7 @@ fn main() -> anyhow::Result<()> {
             sport_from,
             rate,
             progress.as_deref(),
+            warmup,
         ),
     }
 }

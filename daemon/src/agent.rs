@@ -220,8 +220,9 @@ const LOSS_COUNTERS: [&str; 6] = [
 
 /// What the agent reports as it runs (serve: readiness and metrics).
 pub trait AgentObserver: Send + Sync {
-    /// The programs are attached: capture has started.
-    fn attached(&self) {}
+    /// The programs are attached: capture has started. `kernel_map_bytes`:
+    /// what its maps hold in kernel memory (0 when the kernel did not say).
+    fn attached(&self, _kernel_map_bytes: u64) {}
     /// One drain: how long reading and assembling took, and how full the flow
     /// maps were (entries / capacity, by map).
     fn drained(&self, _duration: Duration, _records: usize, _map_fill: &[(&'static str, f64)]) {}
@@ -336,13 +337,19 @@ pub async fn run_observed(
 
     let mut capture = Capture::load(config.capture.clone())?;
     let attached = capture.attach()?.join(", ");
+    // Only reported: a kernel without per-map accounting must not stop the agent.
+    let kernel_map_bytes = capture.kernel_map_bytes().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "kernel map memory not known");
+        0
+    });
     tracing::info!(
         %attached,
         interval = ?config.interval,
         node = config.node.as_deref().unwrap_or("-"),
+        kernel_map_bytes,
         "capture attached"
     );
-    observer.attached();
+    observer.attached(kernel_map_bytes);
     // Loading parsed the kernel's BTF and the eBPF object: give that back.
     release_freed_memory();
 

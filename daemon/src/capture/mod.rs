@@ -83,6 +83,8 @@ pub enum CaptureError {
     Batch(#[from] batch::BatchError),
     #[error("eBPF object has no {0} (the embedded programs do not match this binary)")]
     Missing(&'static str),
+    #[error("reading {path}: {detail}")]
+    FdInfo { path: PathBuf, detail: String },
 }
 
 /// What to load and where to attach it.
@@ -99,6 +101,19 @@ pub struct CaptureOptions {
     /// Kernel drop reasons (names, e.g. `TCP_OLD_DATA`) that are only counted
     /// (`drops_routine`), never recorded as drops.
     pub routine_drop_reasons: Vec<String>,
+}
+
+impl CaptureOptions {
+    /// Entries of each tc flow map copy: none are used without `--tc-interfaces`,
+    /// and a preallocated per-CPU map costs its full size (entries × value × CPUs)
+    /// in kernel memory whether used or not, so it gets the minimum, one.
+    pub fn tc_flow_map_entries(&self) -> u32 {
+        if self.tc_interfaces.is_some() {
+            self.flow_map_entries
+        } else {
+            1
+        }
+    }
 }
 
 impl Default for CaptureOptions {
@@ -193,8 +208,8 @@ impl Capture {
             .override_global("ROUTINE_DROP_REASONS", &routine, true)
             .map_max_entries("FLOWS_0", options.flow_map_entries)
             .map_max_entries("FLOWS_1", options.flow_map_entries)
-            .map_max_entries("TC_FLOWS_0", options.flow_map_entries)
-            .map_max_entries("TC_FLOWS_1", options.flow_map_entries)
+            .map_max_entries("TC_FLOWS_0", options.tc_flow_map_entries())
+            .map_max_entries("TC_FLOWS_1", options.tc_flow_map_entries())
             .load(PROGRAMS)?;
 
         for (name, _) in SOCKET_PROGRAMS {
@@ -423,6 +438,37 @@ impl Capture {
         self.options.flow_map_entries
     }
 
+    /// Kernel memory held by this capture's maps, as the kernel accounts it
+    /// (`memlock` of each map in /proc/self/fdinfo). Preallocated per-CPU maps
+    /// cost entries × value size × possible CPUs whether used or not: this is
+    /// the agent's footprint outside its RSS.
+    pub fn kernel_map_bytes(&self) -> Result<u64, CaptureError> {
+        let fds = self
+            .flows
+            .iter()
+            .chain(&self.tc_flows)
+            .map(|m| m.map().fd().as_fd().as_raw_fd())
+            .chain(self.drops.iter().map(|m| m.map().fd().as_fd().as_raw_fd()))
+            .chain([
+                self.control.map().fd().as_fd().as_raw_fd(),
+                self.counters.map().fd().as_fd().as_raw_fd(),
+                self.overflow.as_raw_fd(),
+            ]);
+        let mut total = 0;
+        for fd in fds {
+            let path = PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
+            let text = std::fs::read_to_string(&path).map_err(|e| CaptureError::FdInfo {
+                path: path.clone(),
+                detail: e.to_string(),
+            })?;
+            total += fdinfo_memlock(&text).ok_or_else(|| CaptureError::FdInfo {
+                path,
+                detail: "no `memlock:` line (not a BPF map?)".into(),
+            })?;
+        }
+        Ok(total)
+    }
+
     /// Cumulative loss/skip counters (summed over CPUs), by name.
     pub fn counters(&self) -> Result<Vec<(&'static str, u64)>, CaptureError> {
         let mut out = Vec::with_capacity(COUNTER_COUNT as usize);
@@ -522,6 +568,14 @@ where
     T::try_from(map).map_err(|source| CaptureError::Map { name, source })
 }
 
+/// The `memlock:` figure (bytes) of a BPF map's /proc/PID/fdinfo text.
+fn fdinfo_memlock(fdinfo: &str) -> Option<u64> {
+    fdinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// Map entries a drain reads per step (plus their mirrors): bounds the memory
 /// of a drain besides its compact output.
 pub const DRAIN_CHUNK: usize = 4096;
@@ -536,4 +590,31 @@ fn batch_drain<K: aya::Pod + Copy, V: aya::Pod + Copy>(
 ) -> batch::BatchDrain<batch::SyscallMap, K, V> {
     let fd = map.map().fd().as_fd().as_raw_fd();
     batch::BatchDrain::new(batch::SyscallMap::new(fd), cpus, DRAIN_CHUNK, name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memlock_is_read_from_a_map_fdinfo_and_missing_elsewhere() {
+        let map = "pos:\t0\nflags:\t02000002\nmnt_id:\t16\nino:\t2086\nmap_type:\t5\n\
+                   key_size:\t40\nvalue_size:\t64\nmax_entries:\t65536\nmap_flags:\t0x0\n\
+                   map_extra:\t0x0\nmemlock:\t14702592\nmap_id:\t42\nfrozen:\t0\n";
+        assert_eq!(fdinfo_memlock(map), Some(14_702_592));
+        let file = "pos:\t0\nflags:\t02100002\nmnt_id:\t25\nino:\t131\n";
+        assert_eq!(fdinfo_memlock(file), None);
+        assert_eq!(fdinfo_memlock("memlock:\tmany\n"), None);
+    }
+
+    #[test]
+    fn tc_flow_maps_get_one_entry_unless_tc_is_asked_for() {
+        let mut options = CaptureOptions {
+            flow_map_entries: 4096,
+            ..CaptureOptions::default()
+        };
+        assert_eq!(options.tc_flow_map_entries(), 1);
+        options.tc_interfaces = Some("veth*".into());
+        assert_eq!(options.tc_flow_map_entries(), 4096);
+    }
 }

@@ -93,6 +93,7 @@ pub struct Metrics {
     drops: Family<ReasonLabels, Counter>,
     losses: Family<CounterLabels, Counter>,
     map_fill: Family<MapLabels, Gauge<f64, AtomicU64>>,
+    kernel_map_bytes: Gauge,
     identity_intervals: Gauge,
     identity_keys: Gauge,
     drain_duration: Histogram,
@@ -146,6 +147,12 @@ impl Metrics {
             "Entries in a kernel flow map at the last drain over its capacity",
             map_fill.clone(),
         );
+        let kernel_map_bytes = Gauge::default();
+        registry.register(
+            "kernel_map_bytes",
+            "Kernel memory held by the capture's eBPF maps (their memlock accounting), outside the agent's RSS",
+            kernel_map_bytes.clone(),
+        );
         let identity_intervals = Gauge::default();
         registry.register(
             "identity_cache_intervals",
@@ -189,6 +196,7 @@ impl Metrics {
             drops,
             losses,
             map_fill,
+            kernel_map_bytes,
             identity_intervals,
             identity_keys,
             drain_duration,
@@ -227,6 +235,12 @@ impl Metrics {
                 })
                 .inc_by(*delta);
         }
+    }
+
+    /// What the capture's maps hold in kernel memory (set once, at attach).
+    pub fn set_kernel_map_bytes(&self, bytes: u64) {
+        self.kernel_map_bytes
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
     pub fn observe_drain(&self, duration: Duration, records: usize, map_fill: &[(&str, f64)]) {
@@ -338,7 +352,8 @@ pub struct ServeObserver {
 
 #[cfg(feature = "agent")]
 impl crate::agent::AgentObserver for ServeObserver {
-    fn attached(&self) {
+    fn attached(&self, kernel_map_bytes: u64) {
+        self.metrics.set_kernel_map_bytes(kernel_map_bytes);
         self.readiness.set_attached();
     }
     fn drained(&self, duration: Duration, records: usize, map_fill: &[(&'static str, f64)]) {
@@ -375,6 +390,7 @@ mod tests {
         };
         m.record_batch(&[f], &[("ringbuf_full", 2)]);
         m.observe_drain(Duration::from_millis(3), 1, &[("flows", 0.25)]);
+        m.set_kernel_map_bytes(39_082_920);
         let text = m.encode().unwrap();
         for want in [
             r#"flowpol_flows_total{namespace="shop",verdict="dropped",direction="egress"} 1"#,
@@ -383,6 +399,7 @@ mod tests {
             r#"flowpol_capture_losses_total{counter="ringbuf_full"} 2"#,
             r#"flowpol_map_fill_ratio{map="flows"} 0.25"#,
             "flowpol_drain_duration_seconds_count 1",
+            "flowpol_kernel_map_bytes 39082920",
         ] {
             assert!(text.contains(want), "{want} missing from\n{text}");
         }
