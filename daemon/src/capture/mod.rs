@@ -83,8 +83,11 @@ pub enum CaptureError {
     Batch(#[from] batch::BatchError),
     #[error("eBPF object has no {0} (the embedded programs do not match this binary)")]
     Missing(&'static str),
-    #[error("reading {path}: {detail}")]
-    FdInfo { path: PathBuf, detail: String },
+    #[error("reading the kernel's accounting of a map in {path}: {source}")]
+    FdInfo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// What to load and where to attach it.
@@ -457,14 +460,12 @@ impl Capture {
         let mut total = 0;
         for fd in fds {
             let path = PathBuf::from(format!("/proc/self/fdinfo/{fd}"));
-            let text = std::fs::read_to_string(&path).map_err(|e| CaptureError::FdInfo {
-                path: path.clone(),
-                detail: e.to_string(),
-            })?;
-            total += fdinfo_memlock(&text).ok_or_else(|| CaptureError::FdInfo {
-                path,
-                detail: "no `memlock:` line (not a BPF map?)".into(),
-            })?;
+            let memlock = std::fs::read_to_string(&path).and_then(|text| {
+                fdinfo_memlock(&text).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, "no `memlock:` line")
+                })
+            });
+            total += memlock.map_err(|source| CaptureError::FdInfo { path, source })?;
         }
         Ok(total)
     }
