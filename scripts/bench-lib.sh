@@ -110,3 +110,14 @@ deployed_agent_args() {
   printf '%s\n' --manifests "$FLOWPOL_LAB_DIR/$lab/cluster.yaml" \
     --listen "127.0.0.1:$((20000 + $$ % 20000))" --token-file "$dir/token"
 }
+
+# log_field LOG EVENT FIELD: the number FIELD has on the agent log line of EVENT (e.g. "capture
+# detached" drains), colour codes stripped; empty when there is no such line.
+log_field() {
+  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "$2" | sed -E "s/(^|.* )$3=([0-9]+).*/\2/" || true
+}
+# sum_field FIELD FILE...: FIELD of `bench_conn client` output lines, summed over the files.
+sum_field() {
+  local field=$1; shift
+  sed -E "s/(^|.* )$field=([0-9]+).*/\2/" "$@" | awk '{s+=$1} END {print s+0}'
+}

@@ -71,10 +71,6 @@ start_agent() { # start_agent LOG [flags...]
   cat "$log" >&2; exit 1
 }
 stop_agent() { kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""; }
-# exit_drains LOG: the drains an agent made, its final one at exit included (its exit log line).
-exit_drains() {
-  sed 's/\x1b\[[0-9;]*m//g' "$1" | grep "capture detached" | sed -E 's/.* drains=([0-9]+).*/\1/' || true
-}
 # CPU the agent has used (utime + stime in clock ticks, /proc/PID/stat fields 14, 15).
 agent_cpu_ticks() { awk '{print $14 + $15}' "/proc/$AGENT_PID/stat"; }
 
@@ -100,7 +96,8 @@ if [ "$ROUNDS" -gt 0 ]; then
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
     w=$(gbps); d=$(conns)
     stop_agent
-    dr+=("$(exit_drains "$WORK/agent.log")")
+    # Its drains, the final one at exit included (its exit log line).
+    dr+=("$(log_field "$WORK/agent.log" "capture detached" drains)")
   }
   # The hooks alone: programs that only return 1 at the same two cgroup hooks, no agent. What
   # any cgroup_skb capture costs before it does anything (the floor under the agent's ratio).
@@ -228,10 +225,10 @@ cpu_after=$(agent_cpu_ticks); storm_ended=$(date +%s.%N)
 sleep 1
 stop_agent
 cat "$WORK"/storm-client-*.out
-completed=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )completed=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
-failed=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )failed=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
+completed=$(sum_field completed "$WORK"/storm-client-*.out)
+failed=$(sum_field failed "$WORK"/storm-client-*.out)
 secs=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*seconds=([0-9.]+).*/\1/' | sort -n | tail -1)
-min1=$(cat "$WORK"/storm-client-*.out | sed -E 's/(^|.* )min_1s=([0-9]+).*/\2/' | awk '{s+=$1} END {print s+0}')
+min1=$(sum_field min_1s "$WORK"/storm-client-*.out)
 srcs=""
 for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
 stored=$(sqlite3 "file:$WORK/storm.db?mode=ro" "SELECT count(*) FROM (SELECT DISTINCT src_ip, src_port, dst_port
@@ -254,13 +251,13 @@ result storm.recorded_share "$(awk -v s="$stored" -v c="$completed" 'BEGIN {prin
 agent_cpu=$(awk -v a="$cpu_before" -v b="$cpu_after" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", (b - a) / t}')
 result storm.agent_cpu_seconds "$agent_cpu" s -
 result storm.agent_cpu_share "$(awk -v c="$agent_cpu" -v a="$storm_started" -v b="$storm_ended" 'BEGIN {printf "%.1f", 100 * c / (b - a)}')" %core -
-early=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture detached" | sed -E 's/.*early_drains=([0-9]+).*/\1/' || true)
-drains=$(exit_drains "$WORK/agent-storm.log")
+early=$(log_field "$WORK/agent-storm.log" "capture detached" early_drains)
+drains=$(log_field "$WORK/agent-storm.log" "capture detached" drains)
 result storm.drains "${drains:-?}" drains -
 result storm.early_drains "${early:-?}" drains -
 # The kernel memory of the agent's maps at its settings (memlock accounting, its attach line):
 # outside its RSS, and per-CPU maps grow with the node's CPUs.
-kmap=$(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent-storm.log" | grep "capture attached" | sed -E 's/.*kernel_map_bytes=([0-9]+).*/\1/' || true)
+kmap=$(log_field "$WORK/agent-storm.log" "capture attached" kernel_map_bytes)
 result storm.agent_kernel_map_memory "$(awk -v b="${kmap:-0}" 'BEGIN {printf "%.1f", b / 1048576}')" MiB -
 for l in $losses; do result "storm.loss.${l%%=*}" "${l#*=}" count -; done
 [ -n "$losses" ] || result storm.loss.total 0 count -

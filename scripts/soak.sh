@@ -101,8 +101,8 @@ sleep 6 # one drain interval (default 5 s) so the last connections are written
 sample "$(( $(date +%s) - start ))"
 kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
 cat "$WORK"/client-*.out
-completed=$(sed -E 's/(^|.* )completed=([0-9]+).*/\2/' "$WORK"/client-*.out | awk '{s+=$1} END {print s+0}')
-failed=$(sed -E 's/(^|.* )failed=([0-9]+).*/\2/' "$WORK"/client-*.out | awk '{s+=$1} END {print s+0}')
+completed=$(sum_field completed "$WORK"/client-*.out)
+failed=$(sum_field failed "$WORK"/client-*.out)
 srcs=""
 for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
 # A connection's SYN is in exactly one stored row (the interval that saw it open).
