@@ -450,11 +450,11 @@ impl Capture {
             .flows
             .iter()
             .chain(&self.tc_flows)
-            .map(|m| m.map().fd().as_fd().as_raw_fd())
-            .chain(self.drops.iter().map(|m| m.map().fd().as_fd().as_raw_fd()))
+            .map(|m| raw_fd(m.map()))
+            .chain(self.drops.iter().map(|m| raw_fd(m.map())))
             .chain([
-                self.control.map().fd().as_fd().as_raw_fd(),
-                self.counters.map().fd().as_fd().as_raw_fd(),
+                raw_fd(self.control.map()),
+                raw_fd(self.counters.map()),
                 self.overflow.as_raw_fd(),
             ]);
         let mut total = 0;
@@ -589,8 +589,17 @@ fn batch_drain<K: aya::Pod + Copy, V: aya::Pod + Copy>(
     cpus: usize,
     name: &'static str,
 ) -> batch::BatchDrain<batch::SyscallMap, K, V> {
-    let fd = map.map().fd().as_fd().as_raw_fd();
-    batch::BatchDrain::new(batch::SyscallMap::new(fd), cpus, DRAIN_CHUNK, name)
+    batch::BatchDrain::new(
+        batch::SyscallMap::new(raw_fd(map.map())),
+        cpus,
+        DRAIN_CHUNK,
+        name,
+    )
+}
+
+/// A loaded map's descriptor, for raw `bpf(2)` calls and /proc/self/fdinfo.
+fn raw_fd(map: &MapData) -> std::os::fd::RawFd {
+    map.fd().as_fd().as_raw_fd()
 }
 
 #[cfg(test)]
