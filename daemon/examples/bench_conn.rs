@@ -268,15 +268,20 @@ fn client(
         }));
     }
     // The measured window starts after the warm-up: its counts are differences from there.
-    let warm = Duration::from_secs(warmup);
-    if let Some(left) = warm.checked_sub(started.elapsed()) {
-        std::thread::sleep(left);
-    }
-    let window_started = Instant::now();
-    let (warm_done, warm_failed) = (
-        completed.load(Ordering::Relaxed),
-        failed.load(Ordering::Relaxed),
-    );
+    // Without one it is the whole run, so every connection made is counted (the storm
+    // compares them with the flows stored).
+    let (window_started, warm_done, warm_failed) = if warmup == 0 {
+        (started, 0, 0)
+    } else {
+        if let Some(left) = Duration::from_secs(warmup).checked_sub(started.elapsed()) {
+            std::thread::sleep(left);
+        }
+        (
+            Instant::now(),
+            completed.load(Ordering::Relaxed),
+            failed.load(Ordering::Relaxed),
+        )
+    };
     let mut per_second = Vec::new();
     let mut last = warm_done;
     for s in 1..=seconds {
