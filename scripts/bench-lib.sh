@@ -90,6 +90,13 @@ in_pod() {
   sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" ip netns exec "$ns" "$@"
 }
 
+# syn_retrans WORKLOAD INDEX: the SYNs the pod's network namespace has sent again so far
+# (TcpExt TCPSynRetrans): a retransmitted SYN is counted in a flow's `connections` too.
+syn_retrans() {
+  in_pod "$1" "$2" cat /proc/net/netstat | awk '/^TcpExt:/ {
+    if (!seen) { for (i = 1; i <= NF; i++) col[$i] = i; seen = 1 } else print $col["TCPSynRetrans"] }'
+}
+
 # scope_args SCOPE: the agent flags for SCOPE `root` (attached at the cgroup v2 root, as deployed:
 # it sees every process on the machine) or `lab` (only the lab's cgroup slice, where in_pod puts
 # the load: other work on a shared machine does not fill its maps).

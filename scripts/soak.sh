@@ -6,9 +6,12 @@
 # counters. At the end: whether memory stayed flat (max RSS of the last quarter of the samples
 # vs the first quarter, within SOAK_RSS_SLACK, default 1.10) and flows stored vs generated.
 # Each connection is its own 5-tuple within SOAK_PORTS x 64 512 source ports per client pod, so
-# a pair comes back only after minutes (longer than TIME_WAIT and than a drain interval).
+# a pair comes back only after minutes (longer than TIME_WAIT and than a drain interval), and the
+# agent runs with --per-connection so that each is its own flow and row: at its defaults a
+# client's connections to one port are one row per interval, which would soak nothing.
 # Needs root. Env: SOAK_SECONDS, SOAK_RATE, SOAK_SAMPLE, SOAK_CLIENTS (2), SOAK_PORTS (16),
-# SOAK_CSV (default target/soak/soak-<UTC time>.csv), SOAK_AGENT_ARGS (extra agent flags),
+# SOAK_CSV (default target/soak/soak-<UTC time>.csv), SOAK_AGENT_ARGS (agent flags, default
+# --per-connection; "" for the agent's defaults),
 # SOAK_DEPLOYED (1: identity from the lab's manifests and the API on, as the DaemonSet runs it),
 # SOAK_SCOPE (root: the agent at the cgroup v2 root, as deployed, the default; lab: only the
 # lab's cgroup slice, so other work on a shared machine stays out), SOAK_PORT_BASE (9100: the
@@ -58,7 +61,7 @@ if [ "${SOAK_DEPLOYED:-0}" = 1 ]; then
   echo "soak: agent as deployed: identity from the lab's manifests, API on ${deployed[3]}"
 fi
 # shellcheck disable=SC2086
-"$BIN" agent --db "$WORK/soak.db" $scope "${deployed[@]}" ${SOAK_AGENT_ARGS:-} 2> "$WORK/agent.log" &
+"$BIN" agent --db "$WORK/soak.db" $scope "${deployed[@]}" ${SOAK_AGENT_ARGS---per-connection} 2> "$WORK/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 150); do grep -q "capture attached" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "capture attached" "$WORK/agent.log" || { cat "$WORK/agent.log" >&2; exit 1; }

@@ -215,13 +215,17 @@ fn privileged_e2e_tcp_and_udp_both_ways_over_ipv4_and_ipv6_are_counted_exactly()
             a_sent.udp6_in += inn;
         }
     }
-    for &(cip, cp, sip, sp) in &tcp {
-        let f = flow_sum(&records, "TCP", (cip, Some(cp)), (sip, Some(sp)));
+    for &(cip, _, sip, sp) in &tcp {
+        // One connection per (client, server port): the agent keys it without
+        // the client's ephemeral port and counts it.
+        let f = flow_sum(&records, "TCP", (cip, None), (sip, Some(sp)));
+        assert_eq!(f.connections, 1, "TCP {cip} -> {sip}:{sp}: {f:?}");
+        assert!(f.src_ports.iter().all(|p| *p == 0), "{f:?}");
         let h = ip_hdr(sip);
         // SYN and SYN-ACK carry 40 bytes of TCP header, every other segment 32.
         assert!(
             f.packets > N as u64 && f.reply_packets > N as u64,
-            "TCP {cip}:{cp} -> {sip}:{sp}: {f:?}"
+            "TCP {cip} -> {sip}:{sp}: {f:?}"
         );
         assert_eq!(
             f.bytes,
@@ -432,7 +436,7 @@ fn privileged_e2e_sigterm_during_traffic_loses_nothing_sent_before_it() {
     let tcp_before = tcp_received.load(Ordering::SeqCst);
     let records = agent.stop(); // SIGTERM while traffic flows
     stop.store(true, Ordering::SeqCst);
-    let (ucport, tcport) = sender.join().unwrap();
+    let (ucport, _) = sender.join().unwrap();
     sink.join().unwrap();
     let udp_total = udp_sent.load(Ordering::SeqCst);
 
@@ -444,7 +448,8 @@ fn privileged_e2e_sigterm_during_traffic_loses_nothing_sent_before_it() {
         u.packets
     );
     assert_eq!(u.bytes, u.packets * (20 + 8 + 200));
-    let t = flow_sum(&records, "TCP", (a.v4, Some(tcport)), (b.v4, Some(tport)));
+    // The client's port is aggregated away (0): the server port names the connection.
+    let t = flow_sum(&records, "TCP", (a.v4, None), (b.v4, Some(tport)));
     assert!(
         t.bytes >= tcp_before,
         "recorded {} IP bytes but the receiver had {tcp_before} payload bytes before SIGTERM",

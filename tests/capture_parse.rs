@@ -74,10 +74,17 @@ fn v6(last: u8) -> [u8; 16] {
     a
 }
 
+/// Programs keying every connection on its own (`--per-connection`): the
+/// parsing tests check each packet's own 5-tuple.
 fn loaded() -> Capture {
+    loaded_with(true)
+}
+
+fn loaded_with(per_connection: bool) -> Capture {
     require_root();
     Capture::load(CaptureOptions {
         syn_timeout: Duration::from_secs(3600),
+        per_connection,
         ..CaptureOptions::default()
     })
     .expect("loading the eBPF programs")
@@ -160,6 +167,89 @@ fn privileged_parse_ipv4_tcp_udp_icmp_sctp() {
     assert_eq!(c["unparsable"] + c["truncated_l4"] + c["flow_map_full"], 0);
     // A second drain finds the maps empty.
     assert!(cap.drain(true).unwrap().is_empty());
+}
+
+#[test]
+fn privileged_parse_client_ports_are_left_out_once_the_server_is_known() {
+    let mut cap = loaded_with(false);
+    let (a, b, c) = ([192, 0, 2, 1], [192, 0, 2, 2], [192, 0, 2, 3]);
+    // A connection whose SYN came before the programs: nothing says which end
+    // serves, so it keeps its 5-tuple.
+    send(
+        &mut cap,
+        true,
+        &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(41000, 8443, 0x18, 10))),
+    );
+    // Two connections from a to b:80 (SYN out, SYN-ACK in, data out): the
+    // first SYN teaches b:80, both are one flow without a's ports.
+    for port in [40000, 40001] {
+        send(
+            &mut cap,
+            true,
+            &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(port, 80, 0x02, 0))),
+        );
+        send(
+            &mut cap,
+            false,
+            &eth(ETH_IPV4, &ipv4(6, b, a, &tcp(80, port, 0x12, 0))),
+        );
+        send(
+            &mut cap,
+            true,
+            &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(port, 80, 0x18, 100))),
+        );
+    }
+    // A server socket on a: a SYN in from c, the SYN-ACK out.
+    send(
+        &mut cap,
+        false,
+        &eth(ETH_IPV4, &ipv4(6, c, a, &tcp(50000, 8080, 0x02, 0))),
+    );
+    send(
+        &mut cap,
+        true,
+        &eth(ETH_IPV4, &ipv4(6, a, c, &tcp(8080, 50000, 0x12, 0))),
+    );
+    // IPv6, taught by its SYN alike.
+    send(
+        &mut cap,
+        true,
+        &eth(ETH_IPV6, &ipv6(6, v6(1), v6(2), &tcp(45000, 443, 0x02, 0))),
+    );
+    // UDP has no SYN to learn from: per socket.
+    send(
+        &mut cap,
+        true,
+        &eth(ETH_IPV4, &ipv4(17, a, b, &udp(35000, 53, 30))),
+    );
+
+    let records = cap.drain(true).unwrap();
+    assert_eq!(records.len(), 5, "{records:#?}");
+    let old = find(&records, Protocol::Tcp, "192.0.2.1:41000", "192.0.2.2:8443");
+    assert_eq!((old.packets, old.connections), (1, 0));
+    let client = find(&records, Protocol::Tcp, "192.0.2.1:0", "192.0.2.2:80");
+    assert_eq!(client.connections, 2);
+    assert_eq!((client.packets, client.bytes), (4, 2 * 40 + 2 * 140));
+    assert_eq!((client.reply_packets, client.reply_bytes), (2, 2 * 40));
+    assert_eq!(client.tcp_flags.names(), vec!["SYN", "SYN-ACK"]);
+    let served = find(&records, Protocol::Tcp, "192.0.2.3:0", "192.0.2.1:8080");
+    assert_eq!(served.connections, 1);
+    assert_eq!((served.packets, served.reply_packets), (1, 1));
+    let v6_client = find(&records, Protocol::Tcp, "2001:db8::1:0", "2001:db8::2:443");
+    assert_eq!(v6_client.connections, 1);
+    let dns = find(&records, Protocol::Udp, "192.0.2.1:35000", "192.0.2.2:53");
+    assert_eq!((dns.packets, dns.connections), (1, 0));
+
+    // What was learned outlives the drain: the next interval's connection
+    // to b:80 joins the same key at once.
+    send(
+        &mut cap,
+        true,
+        &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(40002, 80, 0x18, 10))),
+    );
+    let records = cap.drain(true).unwrap();
+    let later = find(&records, Protocol::Tcp, "192.0.2.1:0", "192.0.2.2:80");
+    assert_eq!((later.packets, later.connections), (1, 0));
 }
 
 #[test]

@@ -75,6 +75,7 @@ fn flow(src: &str, sport: u16, dst: &str, dport: u16, at: i64, cgroup: Option<u6
         verdict: Verdict::Forwarded,
         drop_reason: None,
         tcp_flags: TcpFlags(TcpFlags::SYN),
+        connections: 0,
         cgroup_id: cgroup,
         node: Some("node-a".into()),
     }
@@ -773,6 +774,7 @@ fn a_local_connection_through_a_service_is_kept_once() {
         verdict,
         drop_reason: None,
         tcp_flags: TcpFlags::SYN | TcpFlags::SYN_ACK,
+        connections: 0,
         cgroup_id: Some(7),
     };
     let flows = vec![

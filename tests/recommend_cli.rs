@@ -103,6 +103,7 @@ fn flow(src: &Endpoint, dst: &Endpoint, port: u16, protocol: Protocol, at: i64) 
         verdict: Verdict::Forwarded,
         drop_reason: None,
         tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::SYN_ACK),
+        connections: 0,
         cgroup_id: None,
         node: Some("node-1".into()),
     }

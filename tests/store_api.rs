@@ -62,6 +62,7 @@ async fn merged_flows_sum_counters_across_intervals() {
         f.first_seen = base + Duration::seconds(5 * i as i64);
         f.last_seen = f.first_seen + Duration::seconds(4);
         f.tcp_flags = TcpFlags([TcpFlags::SYN, TcpFlags::SYN_ACK, TcpFlags::FIN][i as usize]);
+        f.connections = 100 * i;
         store.write_flows(&[f]).await.unwrap();
     }
     // Another flow (other source port) stays separate.
@@ -82,6 +83,7 @@ async fn merged_flows_sum_counters_across_intervals() {
     assert_eq!(m.bytes, 6000);
     assert_eq!(m.reply_packets, 3);
     assert_eq!(m.reply_bytes, 21);
+    assert_eq!(m.connections, 100 + 200);
     assert_eq!(m.first_seen, base);
     assert_eq!(m.last_seen, base + Duration::seconds(14));
     assert_eq!(

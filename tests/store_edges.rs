@@ -41,6 +41,7 @@ fn history() -> Vec<Vec<FlowRecord>> {
                 "frontend",
             );
             f.dst = pod(&format!("10.244.2.{}", 20 + c), 8080, "shop", "api");
+            f.connections = u64::from(1 + c);
             connections.push(f);
         }
         let mut dns = bare("0.0.0.0", 0, "10.96.0.10", 53, base);
@@ -194,6 +195,7 @@ struct Sums {
     first_seen: i64,
     last_seen: i64,
     tcp_flags: u8,
+    connections: u64,
 }
 
 async fn written_store() -> (tempfile::TempDir, Store) {
@@ -235,6 +237,7 @@ async fn edges_hold_what_the_merged_flows_sum_to() {
             first_seen: i64::MAX,
             last_seen: i64::MIN,
             tcp_flags: 0,
+            connections: 0,
         });
         s.flows += 1;
         s.packets += f.packets;
@@ -246,6 +249,7 @@ async fn edges_hold_what_the_merged_flows_sum_to() {
             .min(f.first_seen.timestamp_nanos_opt().unwrap());
         s.last_seen = s.last_seen.max(f.last_seen.timestamp_nanos_opt().unwrap());
         s.tcp_flags |= f.tcp_flags.0;
+        s.connections += f.connections;
     }
     let mut got: BTreeMap<HandKey, Sums> = BTreeMap::new();
     for e in &edges {
@@ -264,6 +268,7 @@ async fn edges_hold_what_the_merged_flows_sum_to() {
                 first_seen: f.first_seen.timestamp_nanos_opt().unwrap(),
                 last_seen: f.last_seen.timestamp_nanos_opt().unwrap(),
                 tcp_flags: f.tcp_flags.0,
+                connections: f.connections,
             },
         );
         assert!(previous.is_none(), "two edges with one key: {f:?}");

@@ -58,6 +58,7 @@ fn flow(i: u64) -> FlowRecord {
         },
         drop_reason: i.is_multiple_of(97).then(|| "NETFILTER_DROP".to_string()),
         tcp_flags: TcpFlags(0x13),
+        connections: 0,
         cgroup_id: Some(1000 + i % 100),
         node: None,
     }

@@ -177,6 +177,7 @@ async fn main() {
                 verdict: Verdict::Forwarded,
                 drop_reason: None,
                 tcp_flags: TcpFlags(TcpFlags::SYN),
+                connections: 0,
                 cgroup_id: None,
                 node: None,
             }

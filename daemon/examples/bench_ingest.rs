@@ -140,6 +140,7 @@ fn record(rng: &mut Rng, i: usize) -> FlowRecord {
         },
         drop_reason: dropped.then(|| "NETFILTER_DROP".to_string()),
         tcp_flags: TcpFlags(rng.below(16) as u8),
+        connections: 0,
         cgroup_id: Some(4000 + rng.below(300)),
         node: Some("node-a".into()),
     }

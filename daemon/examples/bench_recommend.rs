@@ -151,6 +151,7 @@ fn connection(k: usize) -> FlowRecord {
         verdict: Verdict::Forwarded,
         drop_reason: None,
         tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::SYN_ACK),
+        connections: 0,
         cgroup_id: None,
         node: Some("node-1".into()),
     }

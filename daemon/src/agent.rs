@@ -196,6 +196,19 @@ pub struct AgentConfig {
     pub interval: Duration,
     /// Name of the node the agent runs on (stamped on what it records).
     pub node: Option<String>,
+    /// More node addresses than the agent's own interfaces (identity's Nodes),
+    /// asked once an interval: the programs never aggregate client ports there.
+    pub node_addresses: Option<NodeAddresses>,
+}
+
+/// A source of node addresses (see [`AgentConfig::node_addresses`]).
+#[derive(Clone)]
+pub struct NodeAddresses(pub Arc<dyn Fn() -> Vec<std::net::IpAddr> + Send + Sync>);
+
+impl std::fmt::Debug for NodeAddresses {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NodeAddresses(..)")
+    }
 }
 
 /// Totals of one agent run, for the exit log line and tests.
@@ -404,6 +417,15 @@ pub async fn run_observed(
     Ok(summary)
 }
 
+/// The agent's own interface addresses and, with identity, every Node's.
+fn node_addresses(config: &AgentConfig) -> std::collections::BTreeSet<std::net::IpAddr> {
+    let mut addrs = crate::capture::host::own_addresses();
+    if let Some(more) = &config.node_addresses {
+        addrs.extend((more.0)());
+    }
+    addrs
+}
+
 /// The drain loop: drains when the interval is up or the flow map copy is half
 /// full, hands each batch to the writer, and drains once more when `stop` turns
 /// true; then detaches (drops the capture) and closes the writer's channel.
@@ -420,6 +442,7 @@ async fn drain_loop(
     let mut loss_totals: Vec<(&'static str, u64)> = Vec::new();
     // Before the trigger's clock starts: the first interval drain refreshes.
     let mut tc_refreshed_at = std::time::Instant::now();
+    capture.set_host_addresses(node_addresses(&config))?;
     let mut trigger = DrainTrigger::new(
         config.interval,
         capture.flow_map_capacity(),
@@ -449,6 +472,7 @@ async fn drain_loop(
                 // interval is enough (early drains may come ten times a second).
                 if tc_refreshed_at.elapsed() >= config.interval {
                     capture.refresh_tc()?;
+                    capture.set_host_addresses(node_addresses(&config))?;
                     tc_refreshed_at = std::time::Instant::now();
                 }
                 // The writer only goes away with the run, after the final drain.

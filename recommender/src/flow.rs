@@ -330,6 +330,12 @@ pub struct FlowRecord {
     pub drop_reason: Option<String>,
     #[serde(default)]
     pub tcp_flags: TcpFlags,
+    /// TCP connections opened in this record's span: the SYNs `src` sent,
+    /// retransmissions included. A client's connections to one server port
+    /// are one record, its ephemeral port 0. 0 for other protocols, drops, and
+    /// records of a connection opened earlier.
+    #[serde(default)]
+    pub connections: u64,
     /// cgroup id of the local socket that saw the flow, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_id: Option<u64>,
@@ -376,6 +382,7 @@ mod tests {
             verdict: Verdict::Dropped,
             drop_reason: Some("NETFILTER_DROP".into()),
             tcp_flags: TcpFlags(TcpFlags::SYN),
+            connections: 4,
             cgroup_id: None,
             node: None,
         };
@@ -387,6 +394,7 @@ mod tests {
         assert_eq!(v["drop_reason"], "NETFILTER_DROP");
         assert_eq!(v["first_seen"], "2026-01-02T03:04:05Z");
         assert_eq!(v["tcp_flags"], serde_json::json!(["SYN"]));
+        assert_eq!(v["connections"], 4);
         let back: FlowRecord = serde_json::from_value(v).unwrap();
         assert_eq!(back, rec);
     }

@@ -77,6 +77,7 @@ fn flow(
         drop_reason: (verdict == Verdict::Dropped).then(|| "NETFILTER_DROP".to_string()),
         verdict,
         tcp_flags: TcpFlags(TcpFlags::SYN),
+        connections: 0,
         cgroup_id: None,
         node: Some("node-1".into()),
     }

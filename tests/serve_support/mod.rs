@@ -138,6 +138,7 @@ pub fn pod_flow(
         verdict,
         drop_reason: (verdict == Verdict::Dropped).then(|| "NETFILTER_DROP".to_string()),
         tcp_flags: TcpFlags(1),
+        connections: 0,
         cgroup_id: None,
         node: None,
     }

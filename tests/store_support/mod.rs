@@ -47,6 +47,7 @@ pub fn full_record() -> FlowRecord {
         verdict: Verdict::Dropped,
         drop_reason: Some("NETFILTER_DROP".into()),
         tcp_flags: TcpFlags(TcpFlags::SYN | TcpFlags::RST),
+        connections: 7,
         cgroup_id: Some(u64::MAX - 5),
         node: Some("node-a".into()),
     }
@@ -67,6 +68,7 @@ pub fn bare(src: &str, sport: u16, dst: &str, dport: u16, at: DateTime<Utc>) -> 
         verdict: Verdict::Forwarded,
         drop_reason: None,
         tcp_flags: TcpFlags::default(),
+        connections: 0,
         cgroup_id: None,
         node: None,
     }

@@ -397,6 +397,10 @@ pub struct FlowSum {
     pub bytes: u64,
     pub reply_packets: u64,
     pub reply_bytes: u64,
+    /// TCP connections the records count (SYNs their source sent).
+    pub connections: u64,
+    /// The source ports of the records (0: a client's ports, aggregated).
+    pub src_ports: Vec<u64>,
     pub verdicts: Vec<String>,
     pub drop_reasons: Vec<String>,
 }
@@ -432,6 +436,8 @@ pub fn flow_sum(
             s.bytes += r["bytes"].as_u64().unwrap();
             s.reply_packets += r["reply_packets"].as_u64().unwrap_or(0);
             s.reply_bytes += r["reply_bytes"].as_u64().unwrap_or(0);
+            s.connections += r["connections"].as_u64().unwrap_or(0);
+            s.src_ports.push(r["src"]["port"].as_u64().unwrap_or(0));
             s.verdicts.push(r["verdict"].as_str().unwrap().to_string());
             if let Some(d) = r["drop_reason"].as_str() {
                 s.drop_reasons.push(d.to_string());

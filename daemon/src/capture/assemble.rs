@@ -60,6 +60,7 @@ pub struct CompactFlow {
     pub verdict: Verdict,
     pub drop_reason: Option<Arc<str>>,
     pub tcp_flags: u8,
+    pub connections: u64,
     pub cgroup_id: Option<u64>,
 }
 
@@ -79,6 +80,7 @@ impl CompactFlow {
             verdict: self.verdict,
             drop_reason: self.drop_reason.as_deref().map(str::to_string),
             tcp_flags: TcpFlags(self.tcp_flags),
+            connections: self.connections,
             cgroup_id: self.cgroup_id,
             node: None,
         }
@@ -99,6 +101,7 @@ impl CompactFlow {
             verdict: r.verdict,
             drop_reason: r.drop_reason.as_deref().map(Arc::from),
             tcp_flags: r.tcp_flags.0,
+            connections: r.connections,
             cgroup_id: r.cgroup_id,
         }
     }
@@ -152,6 +155,8 @@ pub struct Agg {
     pub rx_flags: u8,
     pub first_dir: u8,
     pub cgroup_id: u64,
+    /// TCP connections opened (SYNs) the entry covers.
+    pub connections: u64,
 }
 
 impl Agg {
@@ -168,6 +173,7 @@ impl Agg {
             rx_flags: s.rx_flags,
             first_dir: s.first_dir,
             cgroup_id: s.cgroup_id,
+            connections: s.connections as u64,
         }
     }
 
@@ -177,6 +183,7 @@ impl Agg {
             last_ns: e.ts_ns,
             first_dir: e.dir,
             cgroup_id: e.cgroup_id,
+            connections: u64::from(e.tcp_flags & TCP_SYN != 0),
             ..Self::default()
         };
         if e.dir == DIR_EGRESS {
@@ -221,6 +228,7 @@ impl Agg {
         self.rx_bytes += o.rx_bytes;
         self.tx_flags |= o.tx_flags;
         self.rx_flags |= o.rx_flags;
+        self.connections += o.connections;
     }
 
     /// What this interval's handshake says about the opener, if it saw one:
@@ -1044,6 +1052,7 @@ fn socket_record(
         verdict,
         drop_reason: None,
         tcp_flags: a.tx_flags | a.rx_flags,
+        connections: a.connections,
         cgroup_id: (a.cgroup_id != 0).then_some(a.cgroup_id),
     }
 }
@@ -1063,6 +1072,7 @@ fn drop_record(k: &DropKey, d: &DropStats, reason: Arc<str>, clock: &Clock) -> C
         verdict: Verdict::Dropped,
         drop_reason: Some(reason),
         tcp_flags: d.tcp_flags,
+        connections: 0,
         cgroup_id: None,
     }
 }
@@ -1101,6 +1111,7 @@ fn tc_record(
         verdict,
         drop_reason: None,
         tcp_flags: fwd_flags | back_flags,
+        connections: fwd.map_or(0, |f| f.connections),
         cgroup_id: None,
     }
 }
@@ -1167,7 +1178,8 @@ mod tests {
             tx_flags: txf,
             rx_flags: rxf,
             first_dir: dir,
-            _pad: [0; 5],
+            _pad: 0,
+            connections: u32::from((txf | rxf) & TCP_SYN != 0),
         }
     }
 

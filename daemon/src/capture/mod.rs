@@ -9,6 +9,7 @@
 pub mod assemble;
 pub mod batch;
 pub mod btf;
+pub mod host;
 pub mod preflight;
 pub mod tc;
 
@@ -101,6 +102,9 @@ pub struct CaptureOptions {
     pub syn_timeout: Duration,
     /// Entries of each flow map copy.
     pub flow_map_entries: u32,
+    /// One entry per TCP connection, ephemeral client port included, instead
+    /// of one per client → server:port and interval.
+    pub per_connection: bool,
     /// Kernel drop reasons (names, e.g. `TCP_OLD_DATA`) that are only counted
     /// (`drops_routine`), never recorded as drops.
     pub routine_drop_reasons: Vec<String>,
@@ -126,6 +130,7 @@ impl Default for CaptureOptions {
             tc_interfaces: None,
             syn_timeout: Duration::from_secs(3),
             flow_map_entries: 65536,
+            per_connection: false,
             routine_drop_reasons: flowpol_common::DEFAULT_ROUTINE_DROP_REASONS
                 .iter()
                 .map(|r| r.to_string())
@@ -160,6 +165,12 @@ pub struct Capture {
     last_drained: [usize; 2],
     /// Possible CPUs: slots per value of the per-CPU maps.
     cpus: usize,
+    /// The node's addresses the programs know (`HOST_ADDRS`), and the map.
+    host_addrs: aya::maps::HashMap<MapData, flowpol_common::EndpointKey, u8>,
+    host_addr_set: std::collections::BTreeSet<std::net::IpAddr>,
+    /// Held for their memory accounting only (the programs alone use them).
+    server_ports: aya::maps::HashMap<MapData, flowpol_common::EndpointKey, u8>,
+    server_port_bits: Array<MapData, u64>,
 }
 
 /// Run statistics of one kernel program (`kernel.bpf_stats_enabled=1`).
@@ -209,6 +220,11 @@ impl Capture {
             .override_global("SKB_OFF_TRANSPORT_HEADER", &offsets.transport_header, true)
             .override_global("DROP_REASON_NOT_SPECIFIED", &reasons.not_specified, true)
             .override_global("ROUTINE_DROP_REASONS", &routine, true)
+            .override_global(
+                "AGGREGATE_CLIENT_PORTS",
+                &u32::from(!options.per_connection),
+                true,
+            )
             .map_max_entries("FLOWS_0", options.flow_map_entries)
             .map_max_entries("FLOWS_1", options.flow_map_entries)
             .map_max_entries("TC_FLOWS_0", options.tc_flow_map_entries())
@@ -246,6 +262,9 @@ impl Capture {
             take_map(&mut ebpf, "DROPS_1")?,
         ];
         let control = take_map(&mut ebpf, "CONTROL")?;
+        let host_addrs = take_map(&mut ebpf, "HOST_ADDRS")?;
+        let server_ports = take_map(&mut ebpf, "SERVER_PORTS")?;
+        let server_port_bits = take_map(&mut ebpf, "SERVER_PORT_BITS")?;
         let cpus =
             aya::util::nr_cpus().map_err(|(path, source)| CaptureError::Cpus { path, source })?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;
@@ -267,7 +286,57 @@ impl Capture {
             tc: None,
             last_drained: [0; 2],
             cpus,
+            host_addrs,
+            host_addr_set: Default::default(),
+            server_ports,
+            server_port_bits,
         })
+        .and_then(|mut capture: Self| {
+            // Before anything is attached: no aggregated entry for a node address.
+            capture.set_host_addresses(host::own_addresses())?;
+            Ok(capture)
+        })
+    }
+
+    /// Makes `addrs` the node addresses the programs spare from client-port
+    /// aggregation (see `host`): adds the new ones, removes those gone. Past
+    /// the map's size the rest are left out, with a warning.
+    pub fn set_host_addresses(
+        &mut self,
+        addrs: std::collections::BTreeSet<std::net::IpAddr>,
+    ) -> Result<(), CaptureError> {
+        let map_err = |source| CaptureError::Map {
+            name: "HOST_ADDRS",
+            source,
+        };
+        for gone in self.host_addr_set.difference(&addrs) {
+            match self.host_addrs.remove(&host::host_key(*gone)) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        let mut room = (flowpol_common::HOST_ADDR_ENTRIES as usize)
+            .saturating_sub(self.host_addr_set.intersection(&addrs).count());
+        let mut kept = std::collections::BTreeSet::new();
+        for ip in addrs {
+            if !self.host_addr_set.contains(&ip) {
+                if room == 0 {
+                    tracing::warn!(
+                        address = %ip,
+                        entries = flowpol_common::HOST_ADDR_ENTRIES,
+                        "more node addresses than the kernel map holds: this one is left out"
+                    );
+                    continue;
+                }
+                self.host_addrs
+                    .insert(host::host_key(ip), 1, 0)
+                    .map_err(map_err)?;
+                room -= 1;
+            }
+            kept.insert(ip);
+        }
+        self.host_addr_set = kept;
+        Ok(())
     }
 
     /// Attaches the socket hooks to the cgroup, the drop hook to `kfree_skb`, and
@@ -455,6 +524,9 @@ impl Capture {
             .chain([
                 raw_fd(self.control.map()),
                 raw_fd(self.counters.map()),
+                raw_fd(self.host_addrs.map()),
+                raw_fd(self.server_ports.map()),
+                raw_fd(self.server_port_bits.map()),
                 self.overflow.as_raw_fd(),
             ]);
         let mut total = 0;

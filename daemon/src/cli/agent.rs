@@ -32,6 +32,11 @@ pub struct AgentArgs {
     /// Entries in each kernel flow map (two copies are kept for draining).
     #[arg(long, default_value_t = 65536, value_parser = clap::value_parser!(u32).range(64..), env = "FLOWPOL_FLOW_MAP_ENTRIES")]
     pub flow_map_entries: u32,
+    /// Record every TCP connection on its own, client port included. By default a
+    /// client's connections to one server port are one record per interval, its
+    /// ephemeral port shown as 0 and the number of connections in `connections`.
+    #[arg(long, env = "FLOWPOL_PER_CONNECTION")]
+    pub per_connection: bool,
     /// Kernel drop reasons that are only counted (`drops_routine`), not recorded as
     /// drops: comma-separated names as the kernel spells them, or `none`.
     #[arg(
@@ -69,12 +74,13 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     if args.interval.is_zero() {
         anyhow::bail!("--interval must be greater than zero");
     }
-    let config = AgentConfig {
+    let mut config = AgentConfig {
         capture: CaptureOptions {
             cgroup: args.cgroup.clone(),
             tc_interfaces: args.tc_interfaces.clone(),
             syn_timeout: args.syn_timeout,
             flow_map_entries: args.flow_map_entries,
+            per_connection: args.per_connection,
             routine_drop_reasons: args
                 .routine_drop_reasons
                 .iter()
@@ -84,6 +90,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         },
         interval: args.interval,
         node: args.node_name.clone().filter(|n| !n.is_empty()),
+        node_addresses: None,
     };
     let retention = args.retention.retention();
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -136,6 +143,12 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         if let Some(s) = &serve {
             s.readiness
                 .set_identity(identity.as_ref().map(|i| i.enricher.identity().clone()));
+        }
+        if let Some(i) = &identity {
+            let identity = i.enricher.identity().clone();
+            config.node_addresses = Some(crate::agent::NodeAddresses(std::sync::Arc::new(
+                move || identity.node_addresses(),
+            )));
         }
         let observer = crate::cli::agent_serve::observer(serve.as_ref());
         let result = match identity {

@@ -315,11 +315,16 @@ impl Printer {
     }
 }
 
-/// `[v6]:port` or `v4:port`.
+/// `[v6]:port` or `v4:port`; port 0 (a client's ephemeral ports, aggregated) as `*`.
 fn addr_port(e: &Endpoint) -> String {
+    let port = if e.port == 0 {
+        "*".to_string()
+    } else {
+        e.port.to_string()
+    };
     match e.ip {
-        std::net::IpAddr::V6(ip) => format!("[{ip}]:{}", e.port),
-        std::net::IpAddr::V4(ip) => format!("{ip}:{}", e.port),
+        std::net::IpAddr::V6(ip) => format!("[{ip}]:{port}"),
+        std::net::IpAddr::V4(ip) => format!("{ip}:{port}"),
     }
 }
 
@@ -359,6 +364,11 @@ fn table_row(f: &FlowRecord) -> [String; 9] {
     }
     if icmp {
         detail.push(format!("type {} code {}", f.src.port, f.dst.port));
+    }
+    match f.connections {
+        0 => {}
+        1 => detail.push("1 connection".into()),
+        n => detail.push(format!("{n} connections")),
     }
     let flags = f.tcp_flags.names();
     if !flags.is_empty() {
@@ -429,6 +439,7 @@ mod tests {
             verdict: Verdict::Dropped,
             drop_reason: Some("NETFILTER_DROP".into()),
             tcp_flags: flowpol_recommender::flow::TcpFlags(1),
+            connections: 0,
             cgroup_id: None,
             node: None,
         };
@@ -436,6 +447,13 @@ mod tests {
         assert_eq!(row[2], "10.0.0.1:40000");
         assert_eq!(row[3], "[fd00::2]:443");
         assert_eq!(row[8], "NETFILTER_DROP SYN");
+        // A client's connections aggregated: its ports are `*`, their number in DETAIL.
+        let mut aggregated = f.clone();
+        aggregated.src.port = 0;
+        aggregated.connections = 12;
+        let row = table_row(&aggregated);
+        assert_eq!(row[2], "10.0.0.1:*");
+        assert_eq!(row[8], "NETFILTER_DROP 12 connections SYN");
         f.dst.namespace = Some("shop".into());
         f.dst.workload = Some("Deployment/api".parse().unwrap());
         f.dst.service = Some("shop/api".into());

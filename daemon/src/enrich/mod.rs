@@ -151,6 +151,20 @@ impl Identity {
             .map(|i| i.owner.clone())
     }
 
+    /// The addresses Nodes hold now.
+    pub fn node_addresses(&self) -> Vec<std::net::IpAddr> {
+        let inner = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        inner
+            .timeline
+            .open_holders()
+            .into_iter()
+            .filter_map(|(key, holder)| match key {
+                Key::Ip(ip) if holder.starts_with("Node/") => Some(ip),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The pod with this UID at `t` (also after it was deleted, within retention).
     pub fn pod_by_uid(&self, uid: &str, t: DateTime<Utc>) -> Option<PodOwner> {
         match self.owner_at(&Key::PodUid(uid.to_string()), t)?.as_ref() {

@@ -298,6 +298,7 @@ fn add_into(into: &mut FlowRecord, f: &FlowRecord) {
     into.first_seen = into.first_seen.min(f.first_seen);
     into.last_seen = into.last_seen.max(f.last_seen);
     into.tcp_flags.0 |= f.tcp_flags.0;
+    into.connections = into.connections.saturating_add(f.connections);
 }
 
 /// Merges the per-node answers: within a node, rows of one flow are summed
@@ -337,6 +338,7 @@ pub fn merge_node_flows(per_node: Vec<(String, Vec<FlowRecord>)>) -> Vec<FlowRec
                 m.bytes = m.bytes.max(f.bytes);
                 m.reply_packets = m.reply_packets.max(f.reply_packets);
                 m.reply_bytes = m.reply_bytes.max(f.reply_bytes);
+                m.connections = m.connections.max(f.connections);
                 m.first_seen = m.first_seen.min(f.first_seen);
                 m.last_seen = m.last_seen.max(f.last_seen);
                 m.tcp_flags.0 |= f.tcp_flags.0;
@@ -480,6 +482,7 @@ mod tests {
             verdict: Verdict::Forwarded,
             drop_reason: None,
             tcp_flags: TcpFlags(1),
+            connections: 0,
             cgroup_id: None,
             node: None,
         }

@@ -385,6 +385,7 @@ mod tests {
             verdict: Verdict::Dropped,
             drop_reason: Some("NETFILTER_DROP".into()),
             tcp_flags: TcpFlags(1),
+            connections: 0,
             cgroup_id: None,
             node: None,
         };

@@ -76,7 +76,7 @@ pub const PARALLEL_MIN_ROWS: i64 = 200_000;
 const EDGE_ROW_SQL: &str = "SELECT f.id, f.src_identity, f.dst_identity, f.protocol, f.src_ip, \
     f.src_port, f.dst_ip, f.dst_port, f.verdict, f.drop_reason, f.packets, f.bytes, \
     f.reply_packets, f.reply_bytes, f.first_seen_ns, f.last_seen_ns, f.tcp_flags, f.cgroup_id, \
-    f.node FROM flows f";
+    f.node, f.connections FROM flows f";
 
 /// The same window as `FlowQuery::since`: the drains' id range, then the row's own time.
 const EDGE_SINCE_SQL: &str = " WHERE f.id >= (SELECT COALESCE(MIN(first_flow_id), \
@@ -121,6 +121,7 @@ struct Acc {
     reply_bytes: u64,
     tcp_flags: u8,
     flows: u64,
+    connections: u64,
     src_addr: Addr,
     dst_addr: Addr,
     /// The first row's, until a row disagrees (then None).
@@ -359,6 +360,7 @@ impl<'c> Folder<'c> {
             reply_bytes: 0,
             tcp_flags: 0,
             flows: 0,
+            connections: 0,
             src_addr,
             dst_addr,
             cgroup_id: Some(cgroup_id),
@@ -373,6 +375,7 @@ impl<'c> Folder<'c> {
         acc.reply_bytes = acc.reply_bytes.saturating_add(counter(13));
         acc.tcp_flags |= flags;
         acc.flows += u64::from(new_flow);
+        acc.connections = acc.connections.saturating_add(counter(19));
         if acc.cgroup_id.is_some_and(|c| c != cgroup_id) {
             acc.cgroup_id = None;
         }
@@ -566,6 +569,7 @@ impl Acc {
         self.reply_bytes = self.reply_bytes.saturating_add(other.reply_bytes);
         self.tcp_flags |= other.tcp_flags;
         self.flows += other.flows;
+        self.connections = self.connections.saturating_add(other.connections);
         if self.cgroup_id != other.cgroup_id {
             self.cgroup_id = None;
         }
@@ -806,6 +810,7 @@ impl Store {
                         verdict,
                         drop_reason: folder.strings.text(key.reason).map(str::to_string),
                         tcp_flags: TcpFlags(acc.tcp_flags),
+                        connections: acc.connections,
                         cgroup_id: acc.cgroup_id.flatten().map(codec::id_from_db),
                         node: acc
                             .node

@@ -10,7 +10,7 @@ use sqlx::{QueryBuilder, Row, Sqlite};
 use super::{Store, StoreError, codec, write_error};
 
 /// Columns written per flow, in bind order (`id` comes from `flow_id_high_water`, migration 0004).
-pub const INSERT_COLUMNS: [&str; 18] = [
+pub const INSERT_COLUMNS: [&str; 19] = [
     "first_seen_ns",
     "last_seen_ns",
     "protocol",
@@ -29,6 +29,7 @@ pub const INSERT_COLUMNS: [&str; 18] = [
     "node",
     "src_identity",
     "dst_identity",
+    "connections",
 ];
 
 /// Columns that are the same in every interval of one flow: the merge key.
@@ -128,7 +129,7 @@ const MERGED_COLUMNS: &str = "MIN(f.id) AS id, MIN(f.first_seen_ns) AS first_see
      MAX(f.tcp_flags & 8) | MAX(f.tcp_flags & 16) | MAX(f.tcp_flags & 32) | \
      MAX(f.tcp_flags & 64) | MAX(f.tcp_flags & 128)) AS tcp_flags, \
     f.cgroup_id AS cgroup_id, f.node AS node, f.src_identity AS src_identity, \
-    f.dst_identity AS dst_identity";
+    f.dst_identity AS dst_identity, SUM(f.connections) AS connections";
 
 fn push_filters(qb: &mut QueryBuilder<'_, Sqlite>, q: &FlowQuery, with_cursor: bool) {
     qb.push(" WHERE 1 = 1");
@@ -261,7 +262,7 @@ impl Store {
     /// Stored rows matching `q` with their ids, and the cursor of the next page.
     pub async fn query_flow_page(&self, q: &FlowQuery) -> Result<FlowPage, StoreError> {
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT {ROW_COLUMNS}, {IDENTITY_COLUMNS} FROM flows f {IDENTITY_JOINS}"
+            "SELECT {ROW_COLUMNS}, {IDENTITY_COLUMNS}, f.connections FROM flows f {IDENTITY_JOINS}"
         ));
         push_filters(&mut qb, q, true);
         qb.push(match q.order {
@@ -299,7 +300,8 @@ impl Store {
         let mut qb = QueryBuilder::<Sqlite>::new(format!(
             "SELECT f.id, f.first_seen_ns, f.last_seen_ns, f.protocol, f.src_ip, f.src_port, \
              f.dst_ip, f.dst_port, f.packets, f.bytes, f.reply_packets, f.reply_bytes, \
-             f.verdict, f.drop_reason, f.tcp_flags, f.cgroup_id, f.node, {IDENTITY_COLUMNS} \
+             f.verdict, f.drop_reason, f.tcp_flags, f.cgroup_id, f.node, {IDENTITY_COLUMNS}, \
+             f.connections \
              FROM (SELECT {MERGED_COLUMNS} FROM flows f"
         ));
         push_filters(&mut qb, q, false);
@@ -335,6 +337,10 @@ impl Store {
         Ok(codec::counter_from_db(n))
     }
 }
+
+/// Where `connections` comes in a row: after the flow columns and both ends'
+/// identities (it joined the table last, schema 5).
+const CONNECTIONS_COLUMN: usize = 35;
 
 fn decode_row(store: &Store, r: &SqliteRow) -> Result<StoredFlow, StoreError> {
     let id: i64 = r.try_get(0).unwrap_or(-1);
@@ -379,6 +385,7 @@ fn decode_row(store: &Store, r: &SqliteRow) -> Result<StoredFlow, StoreError> {
             verdict,
             drop_reason: r.try_get(13).map_err(get_err)?,
             tcp_flags: TcpFlags(flags),
+            connections: counter(CONNECTIONS_COLUMN)?,
             cgroup_id: cgroup_id.map(codec::id_from_db),
             node: r.try_get(16).map_err(get_err)?,
         },
@@ -466,10 +473,12 @@ mod tests {
             }
             n
         };
-        // id + 16 flow columns, then 9 identity columns per end.
+        // id + 16 flow columns, then 9 identity columns per end, then connections.
         assert_eq!(count(ROW_COLUMNS), 17);
         assert_eq!(count(IDENTITY_COLUMNS), 18);
-        assert_eq!(count(MERGED_COLUMNS), 19);
+        assert_eq!(count(MERGED_COLUMNS), 20);
+        assert_eq!(CONNECTIONS_COLUMN, 17 + 18);
+        assert_eq!(INSERT_COLUMNS[18], "connections");
         for (i, col) in INSERT_COLUMNS.iter().take(16).enumerate() {
             let row_col = ROW_COLUMNS.split(',').nth(i + 1).unwrap().trim();
             assert_eq!(row_col, format!("f.{col}"));

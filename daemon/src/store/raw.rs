@@ -458,7 +458,8 @@ impl<'c> FlowWriter<'c> {
         s.opt_int(15, f.cgroup_id.map(codec::id_to_db))?;
         s.opt_int(17, src_identity)?;
         s.opt_int(18, dst_identity)?;
-        s.int(19, id)?;
+        s.int(19, codec::counter_to_db(f.connections))?;
+        s.int(20, id)?;
         s.finish()?;
         self.next_flow_id = after;
         self.high_water_moved = true;
@@ -491,10 +492,11 @@ mod tests {
 
     #[test]
     fn parameter_numbers_match_the_column_list() {
-        assert_eq!(INSERT_COLUMNS.len(), 18);
+        assert_eq!(INSERT_COLUMNS.len(), 19);
         assert_eq!(INSERT_COLUMNS[11], "verdict");
         assert_eq!(INSERT_COLUMNS[16], "src_identity");
         assert_eq!(INSERT_COLUMNS[17], "dst_identity");
+        assert_eq!(INSERT_COLUMNS[18], "connections");
     }
 
     #[test]

@@ -61,7 +61,10 @@ pub struct FlowStats {
     pub rx_flags: u8,
     /// DIR_* of this slot's first packet.
     pub first_dir: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// TCP connections opened: SYN packets (without ACK) the socket sent or
+    /// received, retransmissions included.
+    pub connections: u32,
 }
 
 /// Key of the drop map: the dropped packet's tuple (source in `local_*`) and reason.
@@ -166,6 +169,21 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "flow_inserts",
 ];
 
+/// An address and port: the key of `SERVER_PORTS` (TCP servers learned from
+/// SYNs) and, with port 0, of `HOST_ADDRS`. IPv4 in the first 4 bytes of `addr`.
+#[repr(C, align(4))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct EndpointKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    /// [`FAMILY_IPV4`] or [`FAMILY_IPV6`].
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Entries of the `HOST_ADDRS` map (the node's addresses; more are not kept).
+pub const HOST_ADDR_ENTRIES: u32 = 1024;
+
 /// Index of the single `u32` in the `CONTROL` array map: which of the two flow
 /// maps (0 or 1) the programs write to. The agent flips it, then drains the other.
 pub const CONTROL_ACTIVE: u32 = 0;
@@ -179,4 +197,5 @@ mod user {
     unsafe impl aya::Pod for DropKey {}
     unsafe impl aya::Pod for DropStats {}
     unsafe impl aya::Pod for OverflowEvent {}
+    unsafe impl aya::Pod for EndpointKey {}
 }

@@ -5,6 +5,12 @@
 //! * `flow_tc` (tc/tcx ingress on matching interfaces, optional): forwarded traffic.
 //! * `drop_kfree_skb` (raw tracepoint `kfree_skb`): dropped packets with the reason.
 //!
+//! A TCP client socket's flow is keyed without its ephemeral port (0) once the
+//! server's (address, port) has been seen accepting connections (a SYN to it):
+//! one entry per client → server:port and interval, however many connections,
+//! each counted in `FlowStats::connections`. Per-connection keys cost a map
+//! insert and cold lookups per connection (see BENCHMARKS.md).
+//!
 //! All flow/drop maps come in two copies; `CONTROL[0]` says which one is written.
 //! The agent flips it and drains the idle copy, so no update is lost between a
 //! read and a delete.
@@ -18,13 +24,14 @@ use aya_ebpf::{
         bpf_skb_cgroup_id,
     },
     macros::{cgroup_skb, classifier, map, raw_tracepoint},
-    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{RawTracePointContext, SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use flowpol_common::*;
 
 const FLOW_ENTRIES: u32 = 65536;
 const DROP_ENTRIES: u32 = 16384;
+const SERVER_PORT_ENTRIES: u32 = 16384;
 
 #[map]
 static CONTROL: Array<u32> = Array::with_max_entries(1, 0);
@@ -50,6 +57,23 @@ static DROPS_1: PerCpuHashMap<DropKey, DropStats> =
 static OVERFLOW: RingBuf = RingBuf::with_byte_size(1 << 20, 0);
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+/// Servers learned from SYNs: LRU, so a full map forgets the least used
+/// (their clients fall back to per-connection keys) rather than refusing new ones.
+#[map]
+static SERVER_PORTS: LruHashMap<EndpointKey, u8> =
+    LruHashMap::with_max_entries(SERVER_PORT_ENTRIES, 0);
+/// One bit per port number: set when some server was learned on that port. It
+/// tells which end of a packet may serve without a `SERVER_PORTS` lookup (a
+/// clear bit: no server on that port anywhere). Bits are set without atomics: a
+/// bit lost to a concurrent write is set again by the next SYN to that port.
+#[map]
+static SERVER_PORT_BITS: Array<u64> = Array::with_max_entries(1024, 0);
+/// The addresses of the agent's node (its own interfaces, and with identity
+/// every Node's), set by the agent: hostNetwork pods and node processes share
+/// them, told apart only by their sockets' cgroups, so their client ports are
+/// never aggregated (one entry would mix their cgroups).
+#[map]
+static HOST_ADDRS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(HOST_ADDR_ENTRIES, 0);
 /// Per CPU: `[jiffies, bpf_ktime_get_coarse_ns()]` read at that jiffy (see
 /// `coarse_now`). Kernel-internal: user space never reads it.
 #[map]
@@ -69,6 +93,10 @@ static DROP_REASON_NOT_SPECIFIED: u32 = 2;
 /// the loader from the reason names of the running kernel.
 #[unsafe(no_mangle)]
 static ROUTINE_DROP_REASONS: [u32; ROUTINE_REASON_WORDS] = [0; ROUTINE_REASON_WORDS];
+/// 1: key client sockets of learned servers without their ephemeral port;
+/// 0 (`flowpol agent --per-connection`): one entry per connection.
+#[unsafe(no_mangle)]
+static AGGREGATE_CLIENT_PORTS: u32 = 1;
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
@@ -283,104 +311,183 @@ fn parse_ip(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Parsed> {
     Some(Parsed { key, flags })
 }
 
-#[inline(always)]
-fn add_packet<C: Fn() -> u64>(
-    map: &PerCpuHashMap<FlowKey, FlowStats>,
-    key: &FlowKey,
+/// One packet (or GSO aggregate) to count.
+struct Packet {
     dir: u8,
     flags: u8,
     packets: u64,
     bytes: u64,
-    cgroup_id: C,
-    clock: bool,
-    copy: u8,
-) {
-    // Coarse clock (tick resolution, 4 ms at HZ=250), cached per jiffy: a
-    // load instead of a clock read per packet, good enough for `last_ns`.
-    // `first_ns` decides which end opened a flow (the request and its reply
-    // often fall in the same tick, on different CPUs' slots), so it is read
-    // from the precise clock, once per flow and CPU.
-    // `clock` false: benchmark stage without it (constant-folded away).
-    let now = if clock { coarse_now() } else { 0 };
-    let precise = || unsafe { bpf_ktime_get_ns() };
-    if let Some(v) = map.get_ptr_mut(key) {
-        let v = unsafe { &mut *v };
-        if v.first_ns == 0 {
-            // Slot of another CPU than the one that inserted the key: start it.
-            v.first_ns = precise();
-            v.first_dir = dir;
-            v.cgroup_id = cgroup_id();
-        }
-        v.last_ns = now;
-        if dir == DIR_EGRESS {
-            v.tx_packets += packets;
-            v.tx_bytes += bytes;
-            v.tx_flags |= flags;
-        } else {
-            v.rx_packets += packets;
-            v.rx_bytes += bytes;
-            v.rx_flags |= flags;
-        }
-        return;
+}
+
+/// Coarse clock (tick resolution, 4 ms at HZ=250), cached per jiffy: a load
+/// instead of a clock read per packet, good enough for `last_ns`. `first_ns`
+/// decides which end opened a flow (the request and its reply often fall in
+/// the same tick, on different CPUs' slots), so it is read from the precise
+/// clock, once per flow and CPU. `clock` false: benchmark stage without it
+/// (constant-folded away).
+#[inline(always)]
+fn packet_time(clock: bool) -> u64 {
+    if clock { coarse_now() } else { 0 }
+}
+
+/// Adds `pkt` to this CPU's slot of an existing entry.
+#[inline(always)]
+fn update_slot<C: Fn() -> u64>(v: &mut FlowStats, pkt: &Packet, now: u64, cgroup_id: &C) {
+    if v.first_ns == 0 {
+        // Slot of another CPU than the one that inserted the key: start it.
+        v.first_ns = unsafe { bpf_ktime_get_ns() };
+        v.first_dir = pkt.dir;
+        v.cgroup_id = cgroup_id();
     }
-    // Looked up once per flow and CPU, not per packet.
-    let cgroup_id = cgroup_id();
-    let first = precise();
-    let mut v = FlowStats {
-        first_ns: first,
-        last_ns: now,
-        cgroup_id,
-        first_dir: dir,
-        ..FlowStats::default()
-    };
-    if dir == DIR_EGRESS {
-        v.tx_packets = packets;
-        v.tx_bytes = bytes;
-        v.tx_flags = flags;
+    v.last_ns = now;
+    v.connections += (pkt.flags & TCP_SYN != 0) as u32;
+    if pkt.dir == DIR_EGRESS {
+        v.tx_packets += pkt.packets;
+        v.tx_bytes += pkt.bytes;
+        v.tx_flags |= pkt.flags;
     } else {
-        v.rx_packets = packets;
-        v.rx_bytes = bytes;
-        v.rx_flags = flags;
+        v.rx_packets += pkt.packets;
+        v.rx_bytes += pkt.bytes;
+        v.rx_flags |= pkt.flags;
     }
-    match map.insert(key, v, BPF_NOEXIST as u64) {
-        Ok(()) => count(CNT_FLOW_INSERTS),
-        Err(_) => {
-            // Lost a race with another CPU inserting the same key: update that entry.
-            if let Some(p) = map.get_ptr_mut(key) {
-                let p = unsafe { &mut *p };
-                if p.first_ns == 0 {
-                    p.first_ns = first;
-                    p.first_dir = dir;
-                    p.cgroup_id = cgroup_id;
+}
+
+/// One packet's update of the active flow map copy.
+struct FlowUpdate<'a, C: Fn() -> u64> {
+    map: &'a PerCpuHashMap<FlowKey, FlowStats>,
+    /// Which copy `map` is (`CONTROL[0]`), for ring-buffer events.
+    copy: u8,
+    pkt: Packet,
+    now: u64,
+    /// `bpf_skb_cgroup_id`, called once per entry and CPU only.
+    cgroup_id: C,
+}
+
+impl<C: Fn() -> u64> FlowUpdate<'_, C> {
+    /// Adds the packet to `key`'s entry, inserting it when new; the ring
+    /// buffer takes it when the map is full.
+    #[inline(always)]
+    fn add(&self, key: &FlowKey) {
+        let (map, pkt, now) = (self.map, &self.pkt, self.now);
+        if let Some(v) = map.get_ptr_mut(key) {
+            update_slot(unsafe { &mut *v }, pkt, now, &self.cgroup_id);
+            return;
+        }
+        let cgroup = (self.cgroup_id)();
+        let first = unsafe { bpf_ktime_get_ns() };
+        let mut v = FlowStats {
+            first_ns: first,
+            last_ns: now,
+            cgroup_id: cgroup,
+            first_dir: pkt.dir,
+            ..FlowStats::default()
+        };
+        update_slot(&mut v, pkt, now, &self.cgroup_id);
+        match map.insert(key, v, BPF_NOEXIST as u64) {
+            Ok(()) => count(CNT_FLOW_INSERTS),
+            Err(_) => {
+                // Lost a race with another CPU inserting the same key: update that entry.
+                if let Some(p) = map.get_ptr_mut(key) {
+                    update_slot(unsafe { &mut *p }, pkt, now, &|| cgroup);
+                    return;
                 }
-                p.last_ns = now;
-                if dir == DIR_EGRESS {
-                    p.tx_packets += packets;
-                    p.tx_bytes += bytes;
-                    p.tx_flags |= flags;
-                } else {
-                    p.rx_packets += packets;
-                    p.rx_bytes += bytes;
-                    p.rx_flags |= flags;
+                count(CNT_FLOW_MAP_FULL);
+                let ev = OverflowEvent {
+                    key: *key,
+                    ts_ns: first,
+                    cgroup_id: cgroup,
+                    bytes: pkt.bytes as u32,
+                    packets: pkt.packets as u16,
+                    dir: pkt.dir,
+                    tcp_flags: pkt.flags,
+                    copy: self.copy,
+                    _pad: [0; 7],
+                };
+                if OVERFLOW.output::<OverflowEvent>(&ev, 0).is_err() {
+                    count(CNT_RINGBUF_FULL);
                 }
-                return;
-            }
-            count(CNT_FLOW_MAP_FULL);
-            let ev = OverflowEvent {
-                key: *key,
-                ts_ns: first,
-                cgroup_id,
-                bytes: bytes as u32,
-                packets: packets as u16,
-                dir,
-                tcp_flags: flags,
-                copy,
-                _pad: [0; 7],
-            };
-            if OVERFLOW.output::<OverflowEvent>(&ev, 0).is_err() {
-                count(CNT_RINGBUF_FULL);
             }
         }
+    }
+
+    /// A socket's packet: under its aggregated key when it has one, else its 5-tuple.
+    #[inline(always)]
+    fn add_socket(&self, key: &FlowKey, aggregate: bool) {
+        if aggregate && self.add_aggregated(key) {
+            return;
+        }
+        self.add(key);
+    }
+
+    /// Adds a TCP packet of a socket under its aggregated key when its other
+    /// end is a known server: the client's socket leaves out its own
+    /// (ephemeral) port, the server's socket its peer's. False when the packet
+    /// keeps its 5-tuple: neither end is a known server, or both are (an
+    /// address that served on a port and now is a client on it): never wrong,
+    /// only larger.
+    ///
+    /// The port bitmap says which end may serve. When exactly one port is
+    /// marked the aggregated key is looked up first: it is in the map copy only
+    /// if that end was confirmed a server in `SERVER_PORTS` this interval, so
+    /// the common packet costs one map lookup, of an entry every connection
+    /// shares (hot).
+    #[inline(always)]
+    fn add_aggregated(&self, key: &FlowKey) -> bool {
+        if self.pkt.flags & TCP_SYN != 0 {
+            // A SYN without ACK goes to the server: the remote end on egress,
+            // this socket (a listener) on ingress.
+            if self.pkt.dir == DIR_EGRESS {
+                learn_server(&key.remote_addr, key.remote_port, key.family);
+            } else {
+                learn_server(&key.local_addr, key.local_port, key.family);
+            }
+        }
+        let remote_marked = port_marked(key.remote_port);
+        let local_marked = port_marked(key.local_port);
+        let remote_serves = if remote_marked == local_marked {
+            if !remote_marked {
+                return false;
+            }
+            let remote = is_server(&key.remote_addr, key.remote_port, key.family);
+            if remote == is_server(&key.local_addr, key.local_port, key.family) {
+                return false;
+            }
+            remote
+        } else {
+            remote_marked
+        };
+        let mut agg = AlignedKey(*key);
+        if remote_serves {
+            agg.0.local_port = 0;
+        } else {
+            agg.0.remote_port = 0;
+        }
+        if remote_marked != local_marked {
+            if let Some(v) = self.map.get_ptr_mut(&agg.0) {
+                update_slot(unsafe { &mut *v }, &self.pkt, self.now, &self.cgroup_id);
+                return true;
+            }
+            let known = if remote_serves {
+                is_server(&key.remote_addr, key.remote_port, key.family)
+            } else {
+                is_server(&key.local_addr, key.local_port, key.family)
+            };
+            if !known {
+                return false;
+            }
+        }
+        // Only here, where an aggregated entry is made: a shared address never
+        // gets one, so the lookup above never finds one for it.
+        let client = if remote_serves {
+            &key.local_addr
+        } else {
+            &key.remote_addr
+        };
+        if shared_address(client, key.family) {
+            return false;
+        }
+        self.add(&agg.0);
+        true
     }
 }
 
@@ -454,6 +561,69 @@ fn parse_ipv4_fast(skb: &SkBuff, dir: u8) -> Option<(AlignedKey, u8)> {
     Some((k, flags))
 }
 
+#[inline(always)]
+fn endpoint_key(addr: &[u8; 16], port: u16, family: u8) -> EndpointKey {
+    EndpointKey {
+        addr: *addr,
+        port,
+        family,
+        _pad: 0,
+    }
+}
+
+#[inline(always)]
+fn port_word(port: u16) -> u32 {
+    (port >> 6) as u32
+}
+
+#[inline(always)]
+fn port_bit(port: u16) -> u64 {
+    1u64 << (port & 63)
+}
+
+#[inline(always)]
+fn port_marked(port: u16) -> bool {
+    match SERVER_PORT_BITS.get(port_word(port)) {
+        Some(w) => *w & port_bit(port) != 0,
+        None => false,
+    }
+}
+
+/// `addr:port` has accepted TCP connections (a SYN to it was seen).
+#[inline(always)]
+fn is_server(addr: &[u8; 16], port: u16, family: u8) -> bool {
+    unsafe { SERVER_PORTS.get(&endpoint_key(addr, port, family)) }.is_some()
+}
+
+/// An address several cgroups' sockets share (loopback, a node address): its
+/// client ports stay in the key so that each socket keeps its own cgroup.
+#[inline(always)]
+fn shared_address(addr: &[u8; 16], family: u8) -> bool {
+    let loopback = if family == FAMILY_IPV4 {
+        addr[0] == 127
+    } else {
+        addr[..15] == [0u8; 15] && addr[15] == 1
+    };
+    loopback || unsafe { HOST_ADDRS.get(&endpoint_key(addr, 0, family)) }.is_some()
+}
+
+#[inline(always)]
+fn learn_server(addr: &[u8; 16], port: u16, family: u8) {
+    let key = endpoint_key(addr, port, family);
+    if unsafe { SERVER_PORTS.get(&key) }.is_none() {
+        // Full: the LRU map evicts; a failed insert only costs aggregation.
+        let _ = SERVER_PORTS.insert(&key, &1, 0);
+    }
+    if let Some(w) = SERVER_PORT_BITS.get_ptr_mut(port_word(port)) {
+        // SAFETY: an element of an array map; see SERVER_PORT_BITS on races.
+        unsafe {
+            if *w & port_bit(port) == 0 {
+                *w |= port_bit(port);
+            }
+        }
+    }
+}
+
 /// How much of the socket path a program runs. Production programs run
 /// `STAGE_FULL`; the others exist only for `examples/capture_prog_cost.rs`,
 /// which measures each stage's cost (the agent never loads them).
@@ -506,16 +676,36 @@ fn socket_packet<const STAGE: u8>(ctx: &SkBuffContext, dir: u8) {
     } else {
         (1, 0)
     };
+    let pkt = Packet {
+        dir,
+        flags,
+        packets,
+        bytes,
+    };
     let cgroup_id = || unsafe { bpf_skb_cgroup_id(skb.skb) };
-    let clock = STAGE >= STAGE_CLOCK;
+    let now = packet_time(STAGE >= STAGE_CLOCK);
+    let aggregate =
+        STAGE >= STAGE_FULL && key.protocol == IPPROTO_TCP && global(&AGGREGATE_CLIENT_PORTS) != 0;
+    // One call per map: a call site that sees two maps loses the verifier's
+    // inlined lookup.
     if active_copy() == 0 {
-        add_packet(
-            &FLOWS_0, key, dir, flags, packets, bytes, cgroup_id, clock, 0,
-        );
+        FlowUpdate {
+            map: &FLOWS_0,
+            copy: 0,
+            pkt,
+            now,
+            cgroup_id,
+        }
+        .add_socket(key, aggregate);
     } else {
-        add_packet(
-            &FLOWS_1, key, dir, flags, packets, bytes, cgroup_id, clock, 1,
-        );
+        FlowUpdate {
+            map: &FLOWS_1,
+            copy: 1,
+            pkt,
+            now,
+            cgroup_id,
+        }
+        .add_socket(key, aggregate);
     }
 }
 
@@ -591,32 +781,31 @@ pub fn flow_tc(ctx: TcContext) -> i32 {
         return TC_ACT_UNSPEC;
     };
     let segs = unsafe { (*skb.skb).gso_segs };
-    let packets = if segs > 1 { segs as u64 } else { 1 };
-    let bytes = (skb.len() as u64).saturating_sub(l3 as u64);
+    let pkt = Packet {
+        dir: DIR_EGRESS,
+        flags: p.flags,
+        packets: if segs > 1 { segs as u64 } else { 1 },
+        bytes: (skb.len() as u64).saturating_sub(l3 as u64),
+    };
+    let now = packet_time(true);
     if active_copy() == 0 {
-        add_packet(
-            &TC_FLOWS_0,
-            &p.key,
-            DIR_EGRESS,
-            p.flags,
-            packets,
-            bytes,
-            || 0,
-            true,
-            0,
-        );
+        FlowUpdate {
+            map: &TC_FLOWS_0,
+            copy: 0,
+            pkt,
+            now,
+            cgroup_id: || 0,
+        }
+        .add(&p.key);
     } else {
-        add_packet(
-            &TC_FLOWS_1,
-            &p.key,
-            DIR_EGRESS,
-            p.flags,
-            packets,
-            bytes,
-            || 0,
-            true,
-            1,
-        );
+        FlowUpdate {
+            map: &TC_FLOWS_1,
+            copy: 1,
+            pkt,
+            now,
+            cgroup_id: || 0,
+        }
+        .add(&p.key);
     }
     // TCX_NEXT: let the other programs on this hook run.
     TC_ACT_UNSPEC
