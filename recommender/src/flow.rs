@@ -344,6 +344,18 @@ pub struct FlowRecord {
     pub node: Option<String>,
 }
 
+impl FlowRecord {
+    /// How many flows this record stands for: a record of a client's aggregated
+    /// TCP connections (`src.port` 0) counts each connection, any other one 1.
+    pub fn flows(&self) -> u64 {
+        if self.protocol == Protocol::Tcp && self.src.port == 0 {
+            self.connections.max(1)
+        } else {
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -395,6 +407,7 @@ mod tests {
         assert_eq!(v["first_seen"], "2026-01-02T03:04:05Z");
         assert_eq!(v["tcp_flags"], serde_json::json!(["SYN"]));
         assert_eq!(v["connections"], 4);
+        assert_eq!(rec.flows(), 1, "a client port of its own: one flow");
         let back: FlowRecord = serde_json::from_value(v).unwrap();
         assert_eq!(back, rec);
     }

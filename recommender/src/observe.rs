@@ -98,7 +98,7 @@ pub struct Evidence {
 impl Evidence {
     pub fn of(f: &FlowRecord) -> Self {
         Evidence {
-            flows: 1,
+            flows: f.flows(),
             packets: f.packets + f.reply_packets,
             bytes: f.bytes + f.reply_bytes,
             first_seen: f.first_seen,
@@ -312,7 +312,7 @@ impl<'c> Resolver<'c> {
 
 /// Folds forwarded flows into edges; dropped and unanswered flows are counted apart.
 pub fn observe(flows: &[FlowRecord], cluster: &Cluster) -> Observation {
-    observe_counted(flows.iter().map(|f| (f, 1)), cluster)
+    observe_counted(flows.iter().map(|f| (f, f.flows())), cluster)
 }
 
 /// [`observe`] over records that each stand for `count` flows (a store's per-edge aggregate:

@@ -123,7 +123,10 @@ async fn cluster_edges(
     }
     Ok(flows
         .into_iter()
-        .map(|record| Edge { record, flows: 1 })
+        .map(|record| Edge {
+            flows: record.flows(),
+            record,
+        })
         .collect())
 }
 

@@ -38,7 +38,8 @@ use sqlx::Row;
 use super::raw::{RawError, Stmt, last_error};
 use super::{Store, StoreError, codec, raw_error, write_error};
 
-/// One edge: a record standing for `flows` merged flows. Counters are summed over them,
+/// One edge: a record standing for `flows` merged flows (a row of a client's aggregated
+/// TCP connections counts each connection as a flow). Counters are summed over them,
 /// `first_seen` is the earliest, `last_seen` the latest, TCP flags OR-ed. An end's address
 /// is one of the edge's (the first row's) when the address was not part of the key; the
 /// source port is 0 except for ICMP (the type); `node` and `cgroup_id` are set only when
@@ -374,8 +375,15 @@ impl<'c> Folder<'c> {
         acc.reply_packets = acc.reply_packets.saturating_add(counter(12));
         acc.reply_bytes = acc.reply_bytes.saturating_add(counter(13));
         acc.tcp_flags |= flags;
-        acc.flows += u64::from(new_flow);
-        acc.connections = acc.connections.saturating_add(counter(19));
+        let connections = counter(19);
+        // A row of a client's aggregated connections (TCP, source port 0) stands
+        // for as many flows as connections it counts.
+        acc.flows += if protocol == 6 && src_port == 0 {
+            connections.max(u64::from(new_flow))
+        } else {
+            u64::from(new_flow)
+        };
+        acc.connections = acc.connections.saturating_add(connections);
         if acc.cgroup_id.is_some_and(|c| c != cgroup_id) {
             acc.cgroup_id = None;
         }
