@@ -65,7 +65,7 @@ impl FlowTally {
                     direction,
                 };
                 let (flows, b) = self.flows.entry(labels).or_default();
-                *flows += 1;
+                *flows += f.flows();
                 *b = b.saturating_add(bytes);
             }
             if f.verdict == Verdict::Dropped {
@@ -389,12 +389,19 @@ mod tests {
             cgroup_id: None,
             node: None,
         };
-        m.record_batch(&[f], &[("ringbuf_full", 2)]);
+        // A client's five connections to one port, aggregated: five flows.
+        let mut aggregated = f.clone();
+        aggregated.verdict = Verdict::Forwarded;
+        aggregated.drop_reason = None;
+        aggregated.src.port = 0;
+        aggregated.connections = 5;
+        m.record_batch(&[f, aggregated], &[("ringbuf_full", 2)]);
         m.observe_drain(Duration::from_millis(3), 1, &[("flows", 0.25)]);
         m.set_kernel_map_bytes(39_082_920);
         let text = m.encode().unwrap();
         for want in [
             r#"flowpol_flows_total{namespace="shop",verdict="dropped",direction="egress"} 1"#,
+            r#"flowpol_flows_total{namespace="shop",verdict="forwarded",direction="egress"} 5"#,
             r#"flowpol_bytes_total{namespace="",verdict="dropped",direction="ingress"} 100"#,
             r#"flowpol_dropped_packets_total{reason="NETFILTER_DROP"} 3"#,
             r#"flowpol_capture_losses_total{counter="ringbuf_full"} 2"#,
