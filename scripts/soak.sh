@@ -128,5 +128,6 @@ tail -n +2 "$CSV" | awk -F, -v slack="$SLACK" '
 echo "  connections: $completed completed, $failed failed, in ${SECS}s = $(( (completed + failed) / SECS )) per s offered $RATE/s"
 awk -v s="$stored" -v c="$completed" 'BEGIN {printf "  flows stored (rows with the SYN, clients -> server ports): %d of %d completed = %.2f %%\n", s, c, (c > 0 ? 100 * s / c : 0)}'
 echo "  loss counters in the database: ${losses:-none}"
-echo "  agent at exit: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent.log" | grep "capture detached" | sed -E 's/.*(drains=)/\1/' || echo '?')"
+# From ` drains=` on: `.*(drains=)` matched the last `drains=`, the one of `early_drains=`.
+echo "  agent at exit: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent.log" | grep "capture detached" | sed -E 's/^.*( drains=)/\1/; s/^ //' || echo '?')"
 echo "  CSV: $CSV"
