@@ -4,7 +4,7 @@
 # SOAK_SECONDS (default 3 600). Every SOAK_SAMPLE seconds (default 60) one CSV line: agent RSS
 # and peak RSS, database size, flows stored (the drains table), connections generated, loss
 # counters. At the end: whether memory stayed flat (max RSS of the last quarter of the samples
-# vs the first quarter, within SOAK_RSS_SLACK, default 1.10) and flows stored vs generated.
+# vs the first quarter, within SOAK_RSS_SLACK, default 1.10) and connections recorded vs made.
 # Each connection is its own 5-tuple within SOAK_PORTS x 64 512 source ports per client pod, so
 # a pair comes back only after minutes (longer than TIME_WAIT and than a drain interval), and the
 # agent runs with --per-connection so that each is its own flow and row: at its defaults a
@@ -108,10 +108,11 @@ completed=$(sum_field completed "$WORK"/client-*.out)
 failed=$(sum_field failed "$WORK"/client-*.out)
 srcs=""
 for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
-# A connection's SYN is in exactly one stored row (the interval that saw it open).
-stored=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT count(*) FROM flows WHERE protocol = 6
-  AND dst_ip = X'$(ip_hex "$SERVER_IP")' AND dst_port BETWEEN $BASE AND $LAST_PORT
-  AND src_ip IN ($srcs) AND (tcp_flags & 1) != 0")
+# A connection's SYN is counted in exactly one stored row (the interval that saw it open): its
+# own row with --per-connection, its client's aggregated row at the agent's defaults.
+stored=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT coalesce(sum(connections), 0) FROM flows
+  WHERE protocol = 6 AND verdict != 'dropped' AND dst_ip = X'$(ip_hex "$SERVER_IP")'
+  AND dst_port BETWEEN $BASE AND $LAST_PORT AND src_ip IN ($srcs)")
 losses=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT counter || '=' || sum(delta) FROM capture_losses GROUP BY counter" | tr '\n' ' ')
 echo
 echo "soak summary ($(date -u +%FT%TZ), load average $(cut -d' ' -f1-3 /proc/loadavg)):"
@@ -126,7 +127,7 @@ tail -n +2 "$CSV" | awk -F, -v slack="$SLACK" '
       first / 1024, last / 1024, n, (last <= first * slack ? "FLAT (within " slack "x)" : "GREW (over " slack "x)")
   }'
 echo "  connections: $completed completed, $failed failed, in ${SECS}s = $(( (completed + failed) / SECS )) per s offered $RATE/s"
-awk -v s="$stored" -v c="$completed" 'BEGIN {printf "  flows stored (rows with the SYN, clients -> server ports): %d of %d completed = %.2f %%\n", s, c, (c > 0 ? 100 * s / c : 0)}'
+awk -v s="$stored" -v c="$completed" 'BEGIN {printf "  connections recorded (the SYNs their rows count, clients -> server ports): %d of %d completed = %.2f %%\n", s, c, (c > 0 ? 100 * s / c : 0)}'
 echo "  loss counters in the database: ${losses:-none}"
 # From ` drains=` on: `.*(drains=)` matched the last `drains=`, the one of `early_drains=`.
 echo "  agent at exit: $(sed 's/\x1b\[[0-9;]*m//g' "$WORK/agent.log" | grep "capture detached" | sed -E 's/^.*( drains=)/\1/; s/^ //' || echo '?')"
