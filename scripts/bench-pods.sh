@@ -214,8 +214,12 @@ if [ "${STORM_DEPLOYED:-0}" = 1 ]; then
 fi
 # shellcheck disable=SC2086
 start_agent "$WORK/agent-storm.log" --db "$WORK/storm.db" $scope "${deployed[@]}" ${STORM_AGENT_ARGS:-}
-retrans_before=0
-for i in $(seq 0 $((CLIENTS - 1))); do retrans_before=$((retrans_before + $(syn_retrans client "$i"))); done
+clients_syn_retrans() { # the client pods' SYN retransmissions so far, summed
+  local sum=0 i
+  for i in $(seq 0 $((CLIENTS - 1))); do sum=$((sum + $(syn_retrans client "$i"))); done
+  echo "$sum"
+}
+retrans_before=$(clients_syn_retrans)
 cpu_before=$(agent_cpu_ticks); storm_started=$(date +%s.%N)
 pids=()
 for i in $(seq 0 $((CLIENTS - 1))); do
@@ -225,9 +229,7 @@ for i in $(seq 0 $((CLIENTS - 1))); do
 done
 for p in "${pids[@]}"; do wait "$p"; done
 cpu_after=$(agent_cpu_ticks); storm_ended=$(date +%s.%N)
-retrans=0
-for i in $(seq 0 $((CLIENTS - 1))); do retrans=$((retrans + $(syn_retrans client "$i"))); done
-retrans=$((retrans - retrans_before))
+retrans=$(($(clients_syn_retrans) - retrans_before))
 sleep 1
 stop_agent
 cat "$WORK"/storm-client-*.out

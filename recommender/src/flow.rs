@@ -344,15 +344,24 @@ pub struct FlowRecord {
     pub node: Option<String>,
 }
 
+/// A record (or stored row) of `protocol` from source port `src_port` holds a
+/// client's TCP connections to one server port, aggregated by the agent: TCP
+/// never uses port 0, the kernel writes it in place of the client's ports.
+pub fn aggregates_connections(protocol: Protocol, src_port: u16) -> bool {
+    protocol == Protocol::Tcp && src_port == 0
+}
+
 impl FlowRecord {
-    /// How many flows this record stands for: a record of a client's aggregated
-    /// TCP connections (`src.port` 0) counts each connection, any other one 1.
+    /// The connections of a record of a client's aggregated TCP connections
+    /// (see [`aggregates_connections`]); `None` for a record of one flow.
+    pub fn aggregated_connections(&self) -> Option<u64> {
+        aggregates_connections(self.protocol, self.src.port).then_some(self.connections)
+    }
+
+    /// How many flows this record stands for: each connection of an aggregated
+    /// record (at least one), any other record one.
     pub fn flows(&self) -> u64 {
-        if self.protocol == Protocol::Tcp && self.src.port == 0 {
-            self.connections.max(1)
-        } else {
-            1
-        }
+        self.aggregated_connections().map_or(1, |n| n.max(1))
     }
 }
 

@@ -89,13 +89,6 @@ pub fn clients(plan: &Plan, scenario: &Scenario, attempts: &[Attempt]) -> (Strin
     (out, unmet)
 }
 
-/// How many connections a record of a client's aggregated TCP connections
-/// (source port 0) stands for; `None` for a record of one flow.
-fn aggregated_connections(f: &FlowRecord) -> Option<u64> {
-    (f.protocol == flowpol_recommender::flow::Protocol::Tcp && f.src.port == 0)
-        .then_some(f.connections)
-}
-
 /// Flow lines grouped by names, port and verdict, with flow and packet counts
 /// (a record of aggregated connections counts each).
 pub fn flows(plan: &Plan, flows: &[FlowRecord]) -> String {
@@ -117,7 +110,7 @@ pub fn flows(plan: &Plan, flows: &[FlowRecord]) -> String {
             reason,
         );
         let g = groups.entry(key).or_default();
-        g.flows += aggregated_connections(f).unwrap_or(1);
+        g.flows += f.aggregated_connections().unwrap_or(1);
         g.packets += f.packets;
         g.reply_packets += f.reply_packets;
     }
@@ -164,7 +157,10 @@ pub fn check(plan: &Plan, scenario: &Scenario, flows: &[FlowRecord]) -> Vec<Stri
     let mut used = vec![false; flows.len()];
     // Connections of aggregated records not yet attributed: one record may hold
     // those of several `traffic.yaml` entries (the same client and pod port).
-    let mut aggregated_left: Vec<Option<u64>> = flows.iter().map(aggregated_connections).collect();
+    let mut aggregated_left: Vec<Option<u64>> = flows
+        .iter()
+        .map(FlowRecord::aggregated_connections)
+        .collect();
     for (i, c) in scenario.traffic.connections.iter().enumerate() {
         let proto = c.protocol.as_deref().unwrap_or("TCP");
         let clients: Vec<_> = plan

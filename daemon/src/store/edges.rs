@@ -31,6 +31,7 @@ use std::ptr::NonNull;
 use chrono::{DateTime, Utc};
 use flowpol_recommender::flow::{
     Endpoint, EndpointKind, FlowRecord, Protocol, TcpFlags, Verdict, WorkloadRef,
+    aggregates_connections,
 };
 use libsqlite3_sys as ffi;
 use sqlx::Row;
@@ -376,9 +377,9 @@ impl<'c> Folder<'c> {
         acc.reply_bytes = acc.reply_bytes.saturating_add(counter(13));
         acc.tcp_flags |= flags;
         let connections = counter(19);
-        // A row of a client's aggregated connections (TCP, source port 0) stands
-        // for as many flows as connections it counts.
-        acc.flows += if protocol == 6 && src_port == 0 {
+        // A row of a client's aggregated connections stands for as many flows
+        // as connections it counts (`FlowRecord::flows`).
+        acc.flows += if aggregates_connections(Protocol::from_number(protocol), src_port) {
             connections.max(u64::from(new_flow))
         } else {
             u64::from(new_flow)

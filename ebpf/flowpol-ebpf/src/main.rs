@@ -457,32 +457,24 @@ impl<C: Fn() -> u64> FlowUpdate<'_, C> {
             remote_marked
         };
         let mut agg = AlignedKey(*key);
-        if remote_serves {
+        let (server, server_port, client) = if remote_serves {
             agg.0.local_port = 0;
+            (&key.remote_addr, key.remote_port, &key.local_addr)
         } else {
             agg.0.remote_port = 0;
-        }
+            (&key.local_addr, key.local_port, &key.remote_addr)
+        };
         if remote_marked != local_marked {
             if let Some(v) = self.map.get_ptr_mut(&agg.0) {
                 update_slot(unsafe { &mut *v }, &self.pkt, self.now, &self.cgroup_id);
                 return true;
             }
-            let known = if remote_serves {
-                is_server(&key.remote_addr, key.remote_port, key.family)
-            } else {
-                is_server(&key.local_addr, key.local_port, key.family)
-            };
-            if !known {
+            if !is_server(server, server_port, key.family) {
                 return false;
             }
         }
         // Only here, where an aggregated entry is made: a shared address never
         // gets one, so the lookup above never finds one for it.
-        let client = if remote_serves {
-            &key.local_addr
-        } else {
-            &key.remote_addr
-        };
         if shared_address(client, key.family) {
             return false;
         }
