@@ -97,6 +97,42 @@ fn send(cap: &mut Capture, egress: bool, frame: &[u8]) {
     assert_eq!(ret, 1, "cgroup_skb programs must always allow the packet");
 }
 
+/// A client's socket at `client:cport` opening a TCP connection to
+/// `server:sport` and sending `payload` bytes: SYN out, SYN-ACK in, data out.
+fn client_connection(
+    cap: &mut Capture,
+    client: [u8; 4],
+    server: [u8; 4],
+    cport: u16,
+    sport: u16,
+    payload: usize,
+) {
+    send(
+        cap,
+        true,
+        &eth(
+            ETH_IPV4,
+            &ipv4(6, client, server, &tcp(cport, sport, 0x02, 0)),
+        ),
+    );
+    send(
+        cap,
+        false,
+        &eth(
+            ETH_IPV4,
+            &ipv4(6, server, client, &tcp(sport, cport, 0x12, 0)),
+        ),
+    );
+    send(
+        cap,
+        true,
+        &eth(
+            ETH_IPV4,
+            &ipv4(6, client, server, &tcp(cport, sport, 0x18, payload)),
+        ),
+    );
+}
+
 fn counters(cap: &Capture) -> BTreeMap<&'static str, u64> {
     cap.counters().unwrap().into_iter().collect()
 }
@@ -117,22 +153,7 @@ fn privileged_parse_ipv4_tcp_udp_icmp_sctp() {
     let mut cap = loaded();
     let a = [192, 0, 2, 1];
     let b = [192, 0, 2, 2];
-    // Client SYN out, SYN-ACK in, one data segment out.
-    send(
-        &mut cap,
-        true,
-        &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(40000, 80, 0x02, 0))),
-    );
-    send(
-        &mut cap,
-        false,
-        &eth(ETH_IPV4, &ipv4(6, b, a, &tcp(80, 40000, 0x12, 0))),
-    );
-    send(
-        &mut cap,
-        true,
-        &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(40000, 80, 0x18, 100))),
-    );
+    client_connection(&mut cap, a, b, 40000, 80, 100);
     // A datagram received from a remote DNS server.
     send(
         &mut cap,
@@ -183,21 +204,7 @@ fn privileged_parse_client_ports_are_left_out_once_the_server_is_known() {
     // Two connections from a to b:80 (SYN out, SYN-ACK in, data out): the
     // first SYN teaches b:80, both are one flow without a's ports.
     for port in [40000, 40001] {
-        send(
-            &mut cap,
-            true,
-            &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(port, 80, 0x02, 0))),
-        );
-        send(
-            &mut cap,
-            false,
-            &eth(ETH_IPV4, &ipv4(6, b, a, &tcp(80, port, 0x12, 0))),
-        );
-        send(
-            &mut cap,
-            true,
-            &eth(ETH_IPV4, &ipv4(6, a, b, &tcp(port, 80, 0x18, 100))),
-        );
+        client_connection(&mut cap, a, b, port, 80, 100);
     }
     // A server socket on a: a SYN in from c, the SYN-ACK out.
     send(
