@@ -97,24 +97,27 @@ fn describe(records: &[serde_json::Value]) -> String {
     format!("{by_proto:?}")
 }
 
-/// Polls `flowpol flows` until `done` holds for the stored records.
+/// Polls `flowpol flows` until `done` holds for the stored records; on timeout
+/// the failure shows `missing` (what is still absent) and the agent's log.
 fn wait_for_records(
     db: &Path,
+    agent: &mut Agent,
     timeout: Duration,
     what: &str,
-    done: impl Fn(&[serde_json::Value]) -> bool,
+    missing: impl Fn(&[serde_json::Value]) -> Option<String>,
 ) -> Vec<serde_json::Value> {
     let deadline = Instant::now() + timeout;
     loop {
         let records = stored_flows(db);
-        if done(&records) {
+        let Some(absent) = missing(&records) else {
             return records;
-        }
+        };
         assert!(
             Instant::now() < deadline,
-            "{what}: not stored within {timeout:?} ({} records: {})",
+            "{what}: not stored within {timeout:?}: {absent} ({} records: {}); agent log:\n{}",
             records.len(),
-            describe(&records)
+            describe(&records),
+            agent.log_so_far()
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -217,8 +220,11 @@ fn privileged_fault_a_full_disk_is_reported_counting_goes_on_and_everything_is_w
         u.local_addr().unwrap().port()
     });
     let (av4, steady_dst) = (a.v4, (b.v4, Some(port)));
-    wait_for_records(&db, Duration::from_secs(10), "phase 1", |r| {
-        flow_sum(r, "UDP", (av4, Some(steady)), steady_dst).packets == 50
+    let steady_packets =
+        |r: &[serde_json::Value]| flow_sum(r, "UDP", (av4, Some(steady)), steady_dst).packets;
+    wait_for_records(&db, &mut agent, Duration::from_secs(10), "phase 1", |r| {
+        let n = steady_packets(r);
+        (n != 50).then(|| format!("the steady flow has {n} of 50 packets"))
     });
 
     // Phase 2: the disk fills, then 1 500 new flows need new pages.
@@ -226,13 +232,14 @@ fn privileged_fault_a_full_disk_is_reported_counting_goes_on_and_everything_is_w
     const NEW_FLOWS: usize = 1500;
     let new_ports = a.ns.within(move || {
         // Fixed source ports: an ephemeral port reused by a later socket
-        // would merge two flows into one.
-        (0..NEW_FLOWS as u16)
-            .map(|i| {
-                let port = 41000 + i;
+        // would merge two flows into one. The steady flow's own (ephemeral)
+        // port may fall in the range: skipped, or its flow gets a packet more.
+        (41000u16..)
+            .filter(|p| *p != steady)
+            .take(NEW_FLOWS)
+            .inspect(|&port| {
                 let u = UdpSocket::bind(SocketAddr::new([0, 0, 0, 0].into(), port)).unwrap();
                 u.send_to(&[2u8; 64], target).unwrap();
-                port
             })
             .collect::<Vec<u16>>()
     });
@@ -249,16 +256,30 @@ fn privileged_fault_a_full_disk_is_reported_counting_goes_on_and_everything_is_w
 
     // Space returns: the kept batches are written, in order, nothing lost.
     std::fs::remove_file(&filler).unwrap();
-    let stored_new = |r: &[serde_json::Value]| {
+    let absent_new = |r: &[serde_json::Value]| {
         new_ports
             .iter()
-            .filter(|p| flow_sum(r, "UDP", (av4, Some(**p)), steady_dst).packets > 0)
-            .count()
+            .copied()
+            .filter(|p| flow_sum(r, "UDP", (av4, Some(*p)), steady_dst).packets == 0)
+            .collect::<Vec<u16>>()
     };
-    let records = wait_for_records(&db, Duration::from_secs(20), "after space returned", |r| {
-        stored_new(r) == NEW_FLOWS
-            && flow_sum(r, "UDP", (av4, Some(steady)), steady_dst).packets == 75
-    });
+    let records = wait_for_records(
+        &db,
+        &mut agent,
+        Duration::from_secs(20),
+        "after space returned",
+        |r| {
+            let (absent, steady) = (absent_new(r), steady_packets(r));
+            (!absent.is_empty() || steady != 75).then(|| {
+                format!(
+                    "the steady flow has {steady} of 75 packets; {} of {NEW_FLOWS} new flows \
+                     absent (first: {:?})",
+                    absent.len(),
+                    &absent[..absent.len().min(8)]
+                )
+            })
+        },
+    );
     assert_eq!(
         flow_sum(&records, "UDP", (a.v4, Some(steady)), steady_dst).packets,
         75,

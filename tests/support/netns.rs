@@ -304,6 +304,15 @@ impl Agent {
         }
     }
 
+    /// Everything the agent has logged so far (takes what is waiting, never blocks).
+    #[allow(dead_code)]
+    pub fn log_so_far(&mut self) -> String {
+        while let Ok(line) = self.stderr_lines.try_recv() {
+            self.log.push(line);
+        }
+        self.log.join("\n")
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.as_ref().unwrap().id() as i32
     }
