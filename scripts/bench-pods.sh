@@ -15,7 +15,8 @@
 # measured connection-rate window, uncounted, so that the window holds the agent's steady state:
 # one interval, 5 s, has gone by and its drains and SQLite writes fall inside the window; 0 to
 # measure from attach, as before 2026-11-22), THROUGHPUT (1; 0: the rounds measure the
-# connection rate only, for many short rounds of it), STORM_SECONDS (30), STORM_CLIENTS (2),
+# connection rate only, for many short rounds of it), CONN_RATE (1; 0: the rounds measure the
+# throughput only), STORM_SECONDS (30), STORM_CLIENTS (2),
 # STORM_THREADS (8 per client pod), STORM_AGENT_ARGS (extra `flowpol agent` flags, e.g.
 # "--flow-map-entries 262144"), STORM_DEPLOYED (1: the storm's agent also resolves identity from
 # the lab's manifests and serves the API, as the DaemonSet runs it), STORM_SCOPE (root: the agent at the cgroup v2 root, as deployed,
@@ -31,6 +32,8 @@ ROUNDS=${ROUNDS:-6}
 DUR=${SECONDS_PER_RUN:-5}
 WARMUP=${WARMUP:-5}
 THROUGHPUT=${THROUGHPUT:-1}
+CONN_RATE=${CONN_RATE:-1}
+[ "$THROUGHPUT" = 1 ] || [ "$CONN_RATE" = 1 ] || { echo "bench-pods: THROUGHPUT=0 and CONN_RATE=0 leave the rounds nothing to measure" >&2; exit 2; }
 STORM_SECONDS=${STORM_SECONDS:-30}
 CLIENTS=${STORM_CLIENTS:-2}
 STORM_THREADS=${STORM_THREADS:-8}
@@ -80,6 +83,7 @@ gbps() {
   in_pod client 0 iperf3 -c "$SERVER_IP" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
 }
 conns() { # connections/s, flat-out, 8 threads, kernel-chosen source ports, after the warm-up
+  [ "$CONN_RATE" = 1 ] || { echo 0; return; }
   in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds "$DUR" --threads 8 \
     --warmup "$WARMUP" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
 }
@@ -144,39 +148,46 @@ if [ "$ROUNDS" -gt 0 ]; then
     result pods.tcp_throughput.round_ratio_mean "$(mean "${rt[@]}")" ratio -
     result pods.tcp_throughput.round_ratio_ci95 "$(ci95 "${rt[@]}")" "+-ratio" -
   fi
-  result pods.conn_rate.without_agent "$(printf %.0f "$mcb")" conn/s -
-  result pods.conn_rate.with_agent "$(printf %.0f "$mcw")" conn/s -
-  result pods.conn_rate.ratio "$(ratio "$mcw" "$mcb")" ratio ">=0.95"
-  result pods.conn_rate.round_ratio_mean "$(mean "${rc[@]}")" ratio -
-  result pods.conn_rate.round_ratio_ci95 "$(ci95 "${rc[@]}")" "+-ratio" -
-  result pods.conn_rate.agent_drains_per_round "$(mean "${dr[@]}")" drains -
+  if [ "$CONN_RATE" = 1 ]; then
+    result pods.conn_rate.without_agent "$(printf %.0f "$mcb")" conn/s -
+    result pods.conn_rate.with_agent "$(printf %.0f "$mcw")" conn/s -
+    result pods.conn_rate.ratio "$(ratio "$mcw" "$mcb")" ratio ">=0.95"
+    result pods.conn_rate.round_ratio_mean "$(mean "${rc[@]}")" ratio -
+    result pods.conn_rate.round_ratio_ci95 "$(ci95 "${rc[@]}")" "+-ratio" -
+    result pods.conn_rate.agent_drains_per_round "$(mean "${dr[@]}")" drains -
+  fi
   echo "the bare hooks (programs that only return 1, no agent) against the same rounds without:"
   if [ "$THROUGHPUT" = 1 ]; then
     result pods.tcp_throughput.hooks_only "$mth" Gbit/s -
     result pods.tcp_throughput.hooks_only_ratio "$(ratio "$mth" "$mtb")" ratio -
   fi
-  result pods.conn_rate.hooks_only "$(printf %.0f "$mch")" conn/s -
-  result pods.conn_rate.hooks_only_ratio "$(ratio "$mch" "$mcb")" ratio -
-  result pods.conn_rate.hooks_only_round_ratio_mean "$(mean "${rhc[@]}")" ratio -
-  result pods.conn_rate.hooks_only_round_ratio_ci95 "$(ci95 "${rhc[@]}")" "+-ratio" -
-  # Low-noise view of the same cost: while the client makes connections flat-out with the agent
+  if [ "$CONN_RATE" = 1 ]; then
+    result pods.conn_rate.hooks_only "$(printf %.0f "$mch")" conn/s -
+    result pods.conn_rate.hooks_only_ratio "$(ratio "$mch" "$mcb")" ratio -
+    result pods.conn_rate.hooks_only_round_ratio_mean "$(mean "${rhc[@]}")" ratio -
+    result pods.conn_rate.hooks_only_round_ratio_ci95 "$(ci95 "${rhc[@]}")" "+-ratio" -
+  fi
+  # Low-noise view of the same cost: while the client drives TRAFFIC flat-out with the agent
   # recording (bpf_stats off), the share of the machine's busy CPU that the capture takes:
   # the agent process (/proc/PID/stat) plus the kernel's side of the programs (perf samples in
   # the programs, the cgroup hook and the flow-map helpers they call). If the lab is CPU-bound,
-  # the connection rate with the agent is at best (1 - that share) of the rate without.
-  if command -v perf >/dev/null; then
+  # the rate with the agent is at best (1 - that share) of the rate without.
+  busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
+  capture_cpu_share() { # capture_cpu_share FIGURE_PREFIX WHAT TRAFFIC_COMMAND...
+    local prefix=$1 what=$2; shift 2
     start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
-    busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8}' /proc/stat; }
     # Sampled over the measured window only (after the warm-up), like the rounds.
-    conns > /dev/null &
-    conns_pid=$!
+    "$@" > /dev/null &
+    local traffic_pid=$!
     sleep "$WARMUP"
+    local a0 b0 a1 b1
     a0=$(agent_cpu_ticks); b0=$(busy)
     perf record -a -F 499 -o "$WORK/perf.data" -- sleep "$DUR" > /dev/null 2>&1 || true
     a1=$(agent_cpu_ticks); b1=$(busy)
-    wait "$conns_pid" || true
+    wait "$traffic_pid" || true
     stop_agent
     # Program-side symbols only: the agent's own syscalls are in its ticks already.
+    local prog_share agent_share
     prog_share=$(perf report -i "$WORK/perf.data" --sort sym -g none -F overhead,sym 2>/dev/null |
       awk '!/^#/ && NF >= 3 {
         p = $1; sub(/%/, "", p); s = $NF
@@ -185,10 +196,19 @@ if [ "$ROUNDS" -gt 0 ]; then
           if (s ~ /^bpf_prog_/ || s ~ /^(__cgroup_bpf_run_filter_skb|__bpf_prog_run_save_cb|__bpf_prog_enter_recur|__bpf_prog_exit_recur|bpf_trace_run[0-9]|htab_map_hash|__htab_map_lookup_elem|htab_map_update_elem_in_place|htab_percpu_map_update_elem|__htab_percpu_map_update_elem|pcpu_freelist_pop|alloc_htab_elem|lookup_nulls_elem_raw|bpf_skb_cgroup_id|bpf_probe_read_kernel|bpf_ringbuf_output|bpf_jiffies64|bpf_ktime_get_ns|bpf_ktime_get_coarse_ns)$/) prog += p }
       } END { printf "%.2f", (busy > 0 ? 100 * prog / busy : 0) }')
     agent_share=$(awk -v a=$((a1 - a0)) -v b=$((b1 - b0)) 'BEGIN {printf "%.2f", (b > 0 ? 100 * a / b : 0)}')
-    echo "share of the busy CPU while connecting flat-out with the agent (perf -a and /proc, ${DUR}s):"
-    result pods.conn_rate.cpu_share.programs "$prog_share" % -
-    result pods.conn_rate.cpu_share.agent "$agent_share" % -
-    result pods.conn_rate.cpu_bound_ratio "$(awk -v p="$prog_share" -v a="$agent_share" 'BEGIN {printf "%.3f", 1 - (p + a) / 100}')" ratio -
+    echo "share of the busy CPU while $what with the agent (perf -a and /proc, ${DUR}s):"
+    result "$prefix.cpu_share.programs" "$prog_share" % -
+    result "$prefix.cpu_share.agent" "$agent_share" % -
+    result "$prefix.cpu_bound_ratio" "$(awk -v p="$prog_share" -v a="$agent_share" 'BEGIN {printf "%.3f", 1 - (p + a) / 100}')" ratio -
+  }
+  if command -v perf >/dev/null; then
+    if [ "$CONN_RATE" = 1 ]; then
+      capture_cpu_share pods.conn_rate "connecting flat-out" conns
+    fi
+    if [ "$THROUGHPUT" = 1 ]; then
+      capture_cpu_share pods.tcp_throughput "streaming (iperf3)" \
+        in_pod client 0 iperf3 -c "$SERVER_IP" -p 5201 -t $((WARMUP + DUR))
+    fi
   else
     echo "perf missing: the CPU share of the capture is not measured"
   fi

@@ -1,11 +1,11 @@
 //! The cluster-wide view: find the agent pods with kube-rs, ask each one's
 //! `/api/v1/flows` through the API server's pod proxy, and merge the per-node
 //! answers into one list. A node that does not answer is reported, not fatal.
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use flowpol_recommender::flow::FlowRecord;
+use flowpol_recommender::flow::{FlowRecord, Protocol};
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -305,13 +305,34 @@ fn add_into(into: &mut FlowRecord, f: &FlowRecord) {
 /// (they are successive intervals); across nodes, the same flow seen by both
 /// ends' agents is one flow with the larger counters (both saw the same
 /// packets) and each end's identity from whichever node resolved it.
+///
+/// One end's agent may have aggregated a client's TCP connections to a port
+/// (source port 0) while the other kept them one row each: an agent without
+/// identity does not know another node's addresses, so it never aggregates
+/// connections from them. Rows of such a client are folded into the
+/// aggregated form first, so that both ends meet as one flow.
 pub fn merge_node_flows(per_node: Vec<(String, Vec<FlowRecord>)>) -> Vec<FlowRecord> {
+    let aggregated: HashSet<FlowKey> = per_node
+        .iter()
+        .flat_map(|(_, flows)| flows)
+        .filter(|f| f.aggregated_connections().is_some())
+        .map(key_of)
+        .collect();
     // (key, node) → summed record.
     let mut by_node: HashMap<(FlowKey, String), FlowRecord> = HashMap::new();
     let mut order: Vec<(FlowKey, String)> = Vec::new();
     for (node, flows) in per_node {
         for mut f in flows {
             f.node.get_or_insert_with(|| node.clone());
+            if f.protocol == Protocol::Tcp && f.src.port != 0 {
+                let mut as_aggregated = key_of(&f);
+                as_aggregated.src.1 = 0;
+                if aggregated.contains(&as_aggregated) {
+                    // One connection of that client: its SYNs (`connections`)
+                    // add up like the aggregated row's.
+                    f.src.port = 0;
+                }
+            }
             let k = (key_of(&f), node.clone());
             match by_node.get_mut(&k) {
                 Some(existing) => add_into(existing, &f),
@@ -465,7 +486,7 @@ pub async fn follow_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowpol_recommender::flow::{Endpoint, Protocol, TcpFlags, Verdict};
+    use flowpol_recommender::flow::{Endpoint, TcpFlags, Verdict};
 
     fn flow(src: &str, dst: &str, packets: u64, secs: i64) -> FlowRecord {
         let t = chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
@@ -505,5 +526,40 @@ mod tests {
         assert_eq!(m.packets, 5);
         assert_eq!(m.last_seen.timestamp(), 1_700_000_005);
         assert_eq!(m.dst.namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn one_ends_connection_rows_meet_the_other_ends_aggregated_row() {
+        // The server's node aggregated the client's three connections; the
+        // client's node (its own address, no identity) kept one row each.
+        let mut server_side = flow("172.18.0.3", "10.0.1.1", 30, 1);
+        server_side.src.port = 0;
+        server_side.connections = 3;
+        let client_side: Vec<FlowRecord> = (0..3)
+            .map(|i| {
+                let mut f = flow("172.18.0.3", "10.0.1.1", 10, i);
+                f.src.port = 40000 + i as u16;
+                f.connections = 1;
+                f
+            })
+            .collect();
+        // Another client of the same server, aggregated nowhere: untouched.
+        let other = flow("172.18.0.4", "10.0.1.1", 4, 2);
+        let merged = merge_node_flows(vec![
+            ("client-node".into(), [client_side, vec![other]].concat()),
+            ("server-node".into(), vec![server_side]),
+        ]);
+        assert_eq!(merged.len(), 2, "{merged:#?}");
+        let m = merged
+            .iter()
+            .find(|f| f.src.ip.to_string() == "172.18.0.3")
+            .unwrap();
+        assert_eq!((m.src.port, m.connections, m.packets), (0, 3, 30));
+        assert_eq!(m.flows(), 3);
+        let o = merged
+            .iter()
+            .find(|f| f.src.ip.to_string() == "172.18.0.4")
+            .unwrap();
+        assert_eq!((o.src.port, o.packets), (40000, 4));
     }
 }
