@@ -11,7 +11,7 @@
 # Env knobs (the defaults finish in ~8 min on the 2-core build machine):
 #   BENCH_PARTS        parts, in order (default: capture pods store api recommend engine identity lab)
 #   BENCH_RESULTS      results file (default target/bench/results-<UTC time>.txt)
-#   ROUNDS, SECONDS_PER_RUN   rounds without and with the agent between lab pods, order alternating (6, 5 s)
+#   ROUNDS, SECONDS_PER_RUN   rounds without and with the agent between lab pods, order rotating (10, 5 s)
 #   STORM_SECONDS, STORM_CLIENTS, STORM_THREADS, STORM_AGENT_ARGS   the connection storm (30 s, 2, 8)
 #   INGEST_ROWS        SQLite ingest rows (1 000 000)
 #   RECOMMEND_PODS     cluster sizes for recommend/audit/connectivity ("1000 10000")
@@ -53,7 +53,7 @@ for part in $PARTS; do
       else not_measured prog.flow_egress.ns_per_packet.udp200 ns/pkt "<=100" \
         prog.flow_ingress.ns_per_packet.udp200 ns/pkt "<=100" prog.drop_kfree_skb.ns_per_packet.udp200 ns/pkt "<=100"; fi ;;
     pods)
-      if [ "$ROOT" = 1 ]; then ROUNDS=${ROUNDS:-6} bash scripts/bench-pods.sh || st=$?
+      if [ "$ROOT" = 1 ]; then ROUNDS=${ROUNDS:-10} bash scripts/bench-pods.sh || st=$?
       else not_measured pods.tcp_throughput.ratio ratio ">=0.97" pods.conn_rate.ratio ratio ">=0.95" \
         storm.recorded_share % ">=100"; fi ;;
     store) bash scripts/bench-store.sh || st=$? ;;

@@ -43,7 +43,8 @@ pub struct AgentArgs {
         long,
         value_name = "REASONS",
         value_delimiter = ',',
-        default_values = flowpol_common::DEFAULT_ROUTINE_DROP_REASONS
+        default_values = flowpol_common::DEFAULT_ROUTINE_DROP_REASONS,
+        env = "FLOWPOL_ROUTINE_DROP_REASONS"
     )]
     pub routine_drop_reasons: Vec<String>,
     /// Name of the node the agent runs on, stored with every flow, drain and

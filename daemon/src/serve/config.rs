@@ -182,6 +182,33 @@ mod tests {
     }
 
     #[test]
+    fn every_agent_flag_reads_the_environment_and_the_file() {
+        let cmd = crate::cli::Cli::command();
+        let agent = cmd.find_subcommand("agent").expect("agent subcommand");
+        let without: Vec<&str> = agent
+            .get_arguments()
+            .filter(|a| a.get_long().is_some_and(|l| l != "help") && a.get_env().is_none())
+            .filter_map(|a| a.get_long())
+            .collect();
+        assert!(without.is_empty(), "agent flags without env: {without:?}");
+        let a = args(&["flowpol", "agent", "--config", "c.yaml"]);
+        let env = resolve(
+            Path::new("c.yaml"),
+            "routine-drop-reasons: [NOT_SPECIFIED, TCP_CLOSE]\n",
+            &a,
+            &cmd,
+        )
+        .unwrap();
+        assert_eq!(
+            env,
+            [(
+                "FLOWPOL_ROUTINE_DROP_REASONS".to_string(),
+                "NOT_SPECIFIED,TCP_CLOSE".to_string()
+            )]
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_by_name() {
         let cmd = crate::cli::Cli::command();
         let a = args(&["flowpol", "agent"]);
