@@ -433,7 +433,7 @@ impl Capture {
         Ok(flows.iter().map(CompactFlow::to_record).collect())
     }
 
-    /// [`Capture::drain`] into compact records, [`DRAIN_CHUNK`] map entries at
+    /// [`Capture::drain`] into compact records, [`drain_chunk`] map entries at
     /// a time: the maps are never copied whole into memory.
     pub fn drain_compact(&mut self, final_drain: bool) -> Result<Vec<CompactFlow>, CaptureError> {
         let idle = self.active as usize;
@@ -465,19 +465,15 @@ impl Capture {
             }
         }
         let clock = Clock::now();
+        let chunk = drain_chunk(self.cpus);
         let sources = Sources {
-            sockets: &mut batch_drain(&self.flows[idle], self.cpus, "FLOWS"),
-            tc: &mut batch_drain(&self.tc_flows[idle], self.cpus, "TC_FLOWS"),
-            drops: &mut batch_drain(&self.drops[idle], self.cpus, "DROPS"),
+            sockets: &mut batch_drain(&self.flows[idle], self.cpus, chunk, "FLOWS"),
+            tc: &mut batch_drain(&self.tc_flows[idle], self.cpus, chunk, "TC_FLOWS"),
+            drops: &mut batch_drain(&self.drops[idle], self.cpus, chunk, "DROPS"),
         };
-        let out = self.assembler.drain(
-            sources,
-            &overflow,
-            clock,
-            &self.reasons,
-            final_drain,
-            DRAIN_CHUNK,
-        )?;
+        let out =
+            self.assembler
+                .drain(sources, &overflow, clock, &self.reasons, final_drain, chunk)?;
         self.last_drained = [out.socket_entries, out.tc_entries];
         Ok(out.flows)
     }
@@ -649,24 +645,36 @@ fn fdinfo_memlock(fdinfo: &str) -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// Map entries a drain reads per step (plus their mirrors): bounds the memory
-/// of a drain besides its compact output.
+/// Most map entries a drain reads per step (plus their mirrors): bounds the
+/// memory of a drain besides its compact output.
 pub const DRAIN_CHUNK: usize = 4096;
 
+/// Per-CPU slots a drain step reads: [`DRAIN_CHUNK`] entries on 2 CPUs.
+const DRAIN_CHUNK_SLOTS: usize = 2 * DRAIN_CHUNK;
+
+/// Fewest entries a drain step reads: far more than a hash bucket holds (a
+/// batch read fails when one bucket does not fit).
+const MIN_DRAIN_CHUNK: usize = 64;
+
+/// Entries per drain step with `cpus` possible CPUs. A step's buffers hold
+/// every CPU's slot of each entry (64 bytes a slot, twice: the syscall's
+/// buffer and the values taken from it), so a node with more CPUs reads fewer
+/// entries a step: 1 MiB of slots on 2 CPUs or 128, where 4 096 entries
+/// would need 64 MiB.
+pub fn drain_chunk(cpus: usize) -> usize {
+    (DRAIN_CHUNK_SLOTS / cpus.max(1)).clamp(MIN_DRAIN_CHUNK, DRAIN_CHUNK)
+}
+
 /// The idle copy of a per-CPU hash map, emptied by one drain a batch of
-/// [`DRAIN_CHUNK`] entries per syscall. The programs write the other copy
-/// meanwhile, so nothing changes it but the drain.
+/// `chunk` entries per syscall. The programs write the other copy meanwhile,
+/// so nothing changes it but the drain.
 fn batch_drain<K: aya::Pod + Copy, V: aya::Pod + Copy>(
     map: &PerCpuHashMap<MapData, K, V>,
     cpus: usize,
+    chunk: usize,
     name: &'static str,
 ) -> batch::BatchDrain<batch::SyscallMap, K, V> {
-    batch::BatchDrain::new(
-        batch::SyscallMap::new(raw_fd(map.map())),
-        cpus,
-        DRAIN_CHUNK,
-        name,
-    )
+    batch::BatchDrain::new(batch::SyscallMap::new(raw_fd(map.map())), cpus, chunk, name)
 }
 
 /// A loaded map's descriptor, for raw `bpf(2)` calls and /proc/self/fdinfo.
@@ -687,6 +695,19 @@ mod tests {
         let file = "pos:\t0\nflags:\t02100002\nmnt_id:\t25\nino:\t131\n";
         assert_eq!(fdinfo_memlock(file), None);
         assert_eq!(fdinfo_memlock("memlock:\tmany\n"), None);
+    }
+
+    #[test]
+    fn a_drain_step_reads_fewer_entries_on_more_cpus() {
+        assert_eq!(drain_chunk(1), DRAIN_CHUNK);
+        assert_eq!(drain_chunk(2), DRAIN_CHUNK);
+        assert_eq!(drain_chunk(8), 1024);
+        assert_eq!(drain_chunk(64), 128);
+        assert_eq!(drain_chunk(1024), MIN_DRAIN_CHUNK);
+        // The step's per-CPU slots stay at most what 2 CPUs read, up to 128 CPUs.
+        for cpus in 1..=128 {
+            assert!(drain_chunk(cpus) * cpus <= DRAIN_CHUNK_SLOTS, "{cpus} CPUs");
+        }
     }
 
     #[test]
