@@ -26,6 +26,13 @@ cgroup2_mount() { awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts; }
 # ip_hex A.B.C.D: the 4-byte blob the store writes for an IPv4 address, as SQLite hex.
 ip_hex() { local IFS=.; set -- $1; printf "%02X%02X%02X%02X" "$1" "$2" "$3" "$4"; }
 
+# The first N client pods' addresses as an SQL list of blobs (the flows table's src_ip).
+client_ips_sql() {
+  local srcs="" i
+  for i in $(seq 0 $(($1 - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
+  echo "$srcs"
+}
+
 # agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log
 # lines (`program stats`, kernel.bpf_stats_enabled=1), summed over the runs in LOG.
 agent_prog_stats() {

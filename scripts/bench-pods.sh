@@ -257,8 +257,7 @@ completed=$(sum_field completed "$WORK"/storm-client-*.out)
 failed=$(sum_field failed "$WORK"/storm-client-*.out)
 secs=$(cat "$WORK"/storm-client-*.out | sed -E 's/.*seconds=([0-9.]+).*/\1/' | sort -n | tail -1)
 min1=$(sum_field min_1s "$WORK"/storm-client-*.out)
-srcs=""
-for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
+srcs=$(client_ips_sql "$CLIENTS")
 # The storm's rows: a client's connections to one port are one row per interval (its ephemeral
 # port 0), each row counting the SYNs it covers. Every completed connection sent a SYN, some sent
 # it again, a failed attempt may have sent one (refused) or not (no free tuple): nothing is lost

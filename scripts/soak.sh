@@ -106,8 +106,7 @@ kill -TERM "$AGENT_PID"; wait "$AGENT_PID" || true; AGENT_PID=""
 cat "$WORK"/client-*.out
 completed=$(sum_field completed "$WORK"/client-*.out)
 failed=$(sum_field failed "$WORK"/client-*.out)
-srcs=""
-for i in $(seq 0 $((CLIENTS - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
+srcs=$(client_ips_sql "$CLIENTS")
 # A connection's SYN is counted in exactly one stored row (the interval that saw it open): its
 # own row with --per-connection, its client's aggregated row at the agent's defaults.
 stored=$(sqlite3 "file:$WORK/soak.db?mode=ro" "SELECT coalesce(sum(connections), 0) FROM flows

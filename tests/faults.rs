@@ -281,7 +281,7 @@ fn privileged_fault_a_full_disk_is_reported_counting_goes_on_and_everything_is_w
         },
     );
     assert_eq!(
-        flow_sum(&records, "UDP", (a.v4, Some(steady)), steady_dst).packets,
+        steady_packets(&records),
         75,
         "the steady flow: 50 before the disk filled, 25 while it was full"
     );

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use chrono::Utc;
-use flowpol_recommender::flow::{FlowRecord, Protocol};
+use flowpol_recommender::flow::{FlowRecord, aggregates_connections};
 use futures::{AsyncBufReadExt, StreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -324,7 +324,9 @@ pub fn merge_node_flows(per_node: Vec<(String, Vec<FlowRecord>)>) -> Vec<FlowRec
     for (node, flows) in per_node {
         for mut f in flows {
             f.node.get_or_insert_with(|| node.clone());
-            if f.protocol == Protocol::Tcp && f.src.port != 0 {
+            // A connection of a client the other end aggregated (its protocol
+            // aggregates, its own port is still there).
+            if f.src.port != 0 && aggregates_connections(f.protocol, 0) {
                 let mut as_aggregated = key_of(&f);
                 as_aggregated.src.1 = 0;
                 if aggregated.contains(&as_aggregated) {
@@ -486,7 +488,7 @@ pub async fn follow_flows(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flowpol_recommender::flow::{Endpoint, TcpFlags, Verdict};
+    use flowpol_recommender::flow::{Endpoint, Protocol, TcpFlags, Verdict};
 
     fn flow(src: &str, dst: &str, packets: u64, secs: i64) -> FlowRecord {
         let t = chrono::DateTime::from_timestamp(1_700_000_000 + secs, 0).unwrap();
