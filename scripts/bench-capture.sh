@@ -107,12 +107,15 @@ echo
 echo "socket programs by stage (examples/capture_prog_cost.rs: test-run, then bpf_stats on loopback UDP):"
 cargo build -q --release -p flowpol --example capture_prog_cost
 target/release/examples/capture_prog_cost | tee "$WORK/test-run.txt"
-# Lines "  NAME  N ns/run ...": the first block is test-run, the second bpf_stats.
+# Lines "  NAME  N ns/run ...": the first block is test-run (with each program's machine code
+# size, "B bytes of machine code"), the second bpf_stats.
 awk '/^BPF_PROG_TEST_RUN/ {m="test_run"} /^bpf_stats/ {m="loopback_udp200"}
-     /ns\/run/ {print m, $1, $2}' "$WORK/test-run.txt" | while read -r m p ns; do
-  target="<=100"; case $p in bench_*) target=-;; esac
-  result "prog.$p.ns_per_packet.$m" "$ns" ns/pkt "$target"
-done
+     /ns\/run/ {print m, $1, $2, ($5 == "bytes" ? $4 : "-")}' "$WORK/test-run.txt" |
+  while read -r m p ns jited; do
+    target="<=100"; case $p in bench_*) target=-;; esac
+    result "prog.$p.ns_per_packet.$m" "$ns" ns/pkt "$target"
+    [ "$jited" = - ] || result "prog.$p.machine_code" "$jited" bytes -
+  done
 
 # The tc program: RA -> router R -> RB, 200-byte UDP forwarded by R; the agent runs in R's network
 # namespace (nsenter: same mounts, so it finds cgroup v2) and attaches flow_tc to R's two interfaces.

@@ -4,6 +4,8 @@
 //! Needs root. `hook_hold [EGRESS_PROGRAM INGRESS_PROGRAM]` (default
 //! `bench_floor bench_floor_ingress`: programs that only return 1; the agent
 //! never loads them). Prints `attached` once both are attached.
+//! `FLOWPOL_BPF_OBJECT`: an object file to take the programs from instead of
+//! the built-in one (to compare variants of the programs on real traffic).
 
 use std::io::Read;
 
@@ -32,7 +34,13 @@ fn main() -> anyhow::Result<()> {
     }
     let root = flowpol::capture::preflight::find_cgroup2_root()?;
     let cgroup = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
-    let mut ebpf = EbpfLoader::new().load(PROGRAMS)?;
+    let object = match std::env::var_os("FLOWPOL_BPF_OBJECT") {
+        Some(path) => {
+            Some(std::fs::read(&path).with_context(|| format!("FLOWPOL_BPF_OBJECT {path:?}"))?)
+        }
+        None => None,
+    };
+    let mut ebpf = EbpfLoader::new().load(object.as_deref().unwrap_or(PROGRAMS))?;
     let mut links = Vec::new();
     for (name, attach) in [
         (egress, CgroupSkbAttachType::Egress),
