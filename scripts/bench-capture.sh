@@ -15,7 +15,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 
-BIN=${FLOWPOL_BIN:-target/release/flowpol}
 ROUNDS=${ROUNDS:-3}
 DUR=${SECONDS_PER_RUN:-5}
 need_root bench-capture
@@ -80,7 +79,6 @@ prog_stats() {
   agent_prog_stats "$1" | awk '{printf "  %-16s %12d runs  %7.1f ns/run\n", $1, $2, $3}'
 }
 if [ "$ROUNDS" -gt 0 ]; then
-  mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
   mb=$(mean "${base[@]}"); mw=$(mean "${with[@]}")
   echo
   echo "TCP throughput between two namespaces, $ROUNDS x ${DUR}s each, alternating:"

@@ -12,6 +12,25 @@ result() {
   fi
 }
 
+# The binaries the benchmarks run (FLOWPOL_BIN: another flowpol binary).
+BIN=${FLOWPOL_BIN:-target/release/flowpol}
+CONN=target/release/examples/bench_conn
+HOLD=target/release/examples/hook_hold
+
+# mean VALUES...: their mean (3 decimals). spread VALUES...: "lowest-highest".
+mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
+spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%s-%s", v[1], v[NR]}'; }
+# ci95 VALUES...: half-width of a 95 % interval for their mean (Student t, n - 1 degrees of
+# freedom; "n/a" below two values): how far run-to-run noise (large on a 2-core VM) leaves a
+# ratio of per-round means uncertain.
+ci95() {
+  printf '%s\n' "$@" | awk '{x[NR]=$1; s+=$1} END {
+    n=NR; if (n < 2) {print "n/a"; exit}
+    m=s/n; for (i=1;i<=n;i++) v+=(x[i]-m)^2; sd=sqrt(v/(n-1))
+    split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", t, " ")
+    q=(n-1 <= 30 ? t[n-1] : 2.0); printf "%.3f", q*sd/sqrt(n)}'
+}
+
 # need_root WHAT: exit 1 with a clear message when not root.
 need_root() {
   if [ "$(id -u)" != 0 ]; then

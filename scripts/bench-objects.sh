@@ -17,16 +17,16 @@ cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 need_root bench-objects
 [ -n "${OBJECTS:-}" ] || { echo "bench-objects: set OBJECTS=\"NAME:PATH ...\" (eBPF object files to compare)" >&2; exit 2; }
+seen=" none "
 for item in $OBJECTS; do
+  case $seen in *" ${item%%:*} "*) echo "bench-objects: name '${item%%:*}' is taken (names are unique; 'none' is the run without programs)" >&2; exit 2 ;; esac
+  seen="$seen${item%%:*} "
   case $item in
     *:built-in) ;;
     *:*) [ -r "${item#*:}" ] || { echo "bench-objects: object ${item#*:} (${item%%:*}) is not a readable file" >&2; exit 2; } ;;
     *) echo "bench-objects: '$item' is not NAME:PATH" >&2; exit 2 ;;
   esac
 done
-BIN=${FLOWPOL_BIN:-target/release/flowpol}
-CONN=target/release/examples/bench_conn
-HOLD=target/release/examples/hook_hold
 ROUNDS=${ROUNDS:-10}
 DUR=${SECONDS_PER_RUN:-5}
 WARMUP=${WARMUP:-2}
@@ -84,21 +84,28 @@ for r in $(seq 1 "$ROUNDS"); do
   done
 done
 
-echo "object                mean conn/s   ratio   round ratio mean +- 95%   ns/run (bpf_stats)"
-awk -v rounds="$ROUNDS" -v n="$#" '
-  { name[NR] = $1; rate[NR] = $2; t[$1] += $3; c[$1] += $4; sum[$1] += $2; cnt[$1]++ }
-  END {
-    split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", tq, " ")
-    for (r = 0; r < rounds; r++) {
-      base = 0
-      for (i = 1; i <= n; i++) if (name[r * n + i] == "none") base = rate[r * n + i]
-      for (i = 1; i <= n; i++) { o = name[r * n + i]; if (o != "none" && base > 0) { x[o, ++m[o]] = rate[r * n + i] / base } }
-    }
-    for (o in cnt) {
-      if (o == "none") { printf "%-20s %12.0f %7s %26s %20s\n", o, sum[o] / cnt[o], "1", "-", "-"; continue }
-      s = 0; for (i = 1; i <= m[o]; i++) s += x[o, i]; mean = s / m[o]
-      v = 0; for (i = 1; i <= m[o]; i++) v += (x[o, i] - mean) ^ 2
-      half = (m[o] > 1) ? (m[o] - 1 <= 30 ? tq[m[o] - 1] : 2.0) * sqrt(v / (m[o] - 1)) / sqrt(m[o]) : 0
-      printf "%-20s %12.0f %7.3f %18.3f +- %.3f %20.1f\n", o, sum[o] / cnt[o], (sum[o] / cnt[o]) / (sum["none"] / cnt["none"]), mean, half, (c[o] > 0 ? t[o] / c[o] : 0)
-    }
-  }' "$WORK/runs"
+# The summary: each round's lines are its configurations, "none" among them.
+per_round() { # per_round NAME: NAME's rate over its round's rate without programs, a line a round
+  awk -v name="$1" -v per="$CONFIGS" '
+    { rate[NR] = $2; who[NR] = $1 }
+    END {
+      for (r = 0; r * per < NR; r++) {
+        base = 0; mine = 0
+        for (i = 1; i <= per; i++) { if (who[r * per + i] == "none") base = rate[r * per + i]; if (who[r * per + i] == name) mine = rate[r * per + i] }
+        if (base > 0) printf "%.4f\n", mine / base
+      }
+    }' "$WORK/runs"
+}
+CONFIGS=$#
+printf '%-16s %12s %8s %24s %20s\n' object "conn/s" ratio "round ratio mean +- 95%" "ns/run (bpf_stats)"
+none_mean=$(awk '$1 == "none" {s += $2; n++} END {printf "%.0f", s / n}' "$WORK/runs")
+printf '%-16s %12s %8s %24s %20s\n' none "$none_mean" 1 - -
+for item in $OBJECTS; do
+  name=${item%%:*}
+  rate=$(awk -v o="$name" '$1 == o {s += $2; n++} END {printf "%.0f", s / n}' "$WORK/runs")
+  ns=$(awk -v o="$name" '$1 == o {t += $3; c += $4} END {printf "%.1f", (c > 0 ? t / c : 0)}' "$WORK/runs")
+  mapfile -t ratios < <(per_round "$name")
+  printf '%-16s %12s %8s %24s %20s\n' "$name" "$rate" \
+    "$(awk -v a="$rate" -v b="$none_mean" 'BEGIN {printf "%.3f", a / b}')" \
+    "$(mean "${ratios[@]}") +- $(ci95 "${ratios[@]}")" "$ns"
+done

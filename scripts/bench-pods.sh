@@ -25,9 +25,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 need_root bench-pods
-BIN=${FLOWPOL_BIN:-target/release/flowpol}
-CONN=target/release/examples/bench_conn
-HOLD=target/release/examples/hook_hold
 ROUNDS=${ROUNDS:-10}
 DUR=${SECONDS_PER_RUN:-5}
 WARMUP=${WARMUP:-5}
@@ -127,17 +124,6 @@ if [ "$ROUNDS" -gt 0 ]; then
     printf 'round %d: throughput %.2f / %.2f / %.2f Gbit/s, connections %s / %s / %s per s (without / agent / hooks)\n' \
       "$r" "$b" "$w" "$h" "$c" "$d" "$e"
   done
-  mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
-  spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%s-%s", v[1], v[NR]}'; }
-  # Half-width of a 95 % interval for the mean of the per-round ratios (t, n - 1 degrees of
-  # freedom): how far run-to-run noise (large on a 2-core VM) leaves the ratio uncertain.
-  ci95() {
-    printf '%s\n' "$@" | awk '{x[NR]=$1; s+=$1} END {
-      n=NR; if (n < 2) {print "n/a"; exit}
-      m=s/n; for (i=1;i<=n;i++) v+=(x[i]-m)^2; sd=sqrt(v/(n-1))
-      split("12.71 4.30 3.18 2.78 2.57 2.45 2.36 2.31 2.26 2.23 2.20 2.18 2.16 2.14 2.13 2.12 2.11 2.10 2.09 2.09 2.08 2.07 2.07 2.06 2.06 2.06 2.05 2.05 2.05 2.04", t, " ")
-      q=(n-1 <= 30 ? t[n-1] : 2.0); printf "%.3f", q*sd/sqrt(n)}'
-  }
   mtb=$(mean "${tb[@]}"); mtw=$(mean "${tw[@]}"); mcb=$(mean "${cb[@]}"); mcw=$(mean "${cw[@]}")
   mth=$(mean "${th[@]}"); mch=$(mean "${ch[@]}")
   echo "lab pods, $ROUNDS rounds of ${DUR}s (per-round ratios: throughput $(spread "${rt[@]}"), connections $(spread "${rc[@]}")):"

@@ -20,8 +20,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/bench-lib.sh
 need_root soak
-BIN=${FLOWPOL_BIN:-target/release/flowpol}
-CONN=target/release/examples/bench_conn
 SECS=${SOAK_SECONDS:-3600}
 RATE=${SOAK_RATE:-5000}
 SAMPLE=${SOAK_SAMPLE:-60}
