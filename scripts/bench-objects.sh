@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compares variants of the socket programs on real traffic between lab pods (BENCHMARKS.md,
-# "Comparing program variants"). OBJECTS="NAME:PATH ..." names eBPF object files (the
+# "Program variants on lab traffic"). OBJECTS="NAME:PATH ..." names eBPF object files (the
 # `flowpol` object a build leaves in target/release/build/flowpol-*/out/; `NAME:built-in` for
 # the one built into hook_hold). Each round runs `examples/bench_conn.rs` (8 threads, short
 # connections flat-out) from a client pod to the server pod without programs and with each
