@@ -24,7 +24,6 @@ if [ "$(id -u)" != 0 ]; then
   exit 0
 fi
 [ -x target/release/flowpol ] || cargo build -q --release -p flowpol
-bin=${FLOWPOL_BIN:-target/release/flowpol}
 ns="fpapi-bench-$$"
 agent=""
 cleanup() {
@@ -40,7 +39,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 # NO_LISTEN=1: the same agent without the HTTP API, to tell the API's share of memory apart.
 listen=(--listen "127.0.0.1:$port" --token-file "$work/token")
 [ "${NO_LISTEN:-0}" = 1 ] && listen=()
-"$bin" agent --db "$work/flows.db" --interval 20s --flow-map-entries 262144 "${listen[@]}" 2> "$work/agent.log" &
+"$BIN" agent --db "$work/flows.db" --interval 20s --flow-map-entries 262144 "${listen[@]}" 2> "$work/agent.log" &
 agent=$!
 for _ in $(seq 100); do grep -q "capture attached" "$work/agent.log" && break; sleep 0.2; done
 grep -q "capture attached" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }

@@ -18,7 +18,7 @@ cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-3}
 DUR=${SECONDS_PER_RUN:-5}
 need_root bench-capture
-[ -x "$BIN" ] || { echo "bench-capture: $BIN missing: run 'make build'" >&2; exit 1; }
+need_flowpol bench-capture
 command -v iperf3 >/dev/null || { echo "bench-capture: iperf3 missing: run 'make setup'" >&2; exit 1; }
 
 ID="fpcb$$"; HUB="${ID}h"; A="${ID}a"; B="${ID}b"; R="${ID}r"; RA="${ID}c"; RB="${ID}d"

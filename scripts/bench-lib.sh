@@ -17,6 +17,11 @@ BIN=${FLOWPOL_BIN:-target/release/flowpol}
 CONN=target/release/examples/bench_conn
 HOLD=target/release/examples/hook_hold
 
+# need_flowpol WHAT: exit 1 naming the fix when $BIN is not built.
+need_flowpol() {
+  [ -x "$BIN" ] || { echo "$1: $BIN missing: run 'make build'" >&2; exit 1; }
+}
+
 # mean VALUES...: their mean (3 decimals). spread VALUES...: "lowest-highest".
 mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
 spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%s-%s", v[1], v[NR]}'; }
@@ -50,6 +55,14 @@ client_ips_sql() {
   local srcs="" i
   for i in $(seq 0 $(($1 - 1))); do srcs="$srcs${srcs:+,}X'$(ip_hex "$(pod client "$i" ip)")'"; done
   echo "$srcs"
+}
+
+# lab_conn_rate SERVER_IP PORT SECONDS WARMUP: connections/s from the first client pod to
+# SERVER_IP:PORT (a `bench_conn server` there), 8 threads flat-out, kernel-chosen source ports,
+# counted after WARMUP seconds of uncounted connections.
+lab_conn_rate() {
+  in_pod client 0 "$CONN" client --server "$1" --ports "$2" --seconds "$3" --threads 8 \
+    --warmup "$4" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
 }
 
 # agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log

@@ -30,7 +30,7 @@ done
 ROUNDS=${ROUNDS:-10}
 DUR=${SECONDS_PER_RUN:-5}
 WARMUP=${WARMUP:-2}
-[ -x "$BIN" ] || { echo "bench-objects: $BIN missing: run 'make build'" >&2; exit 1; }
+need_flowpol bench-objects
 cargo build -q --release -p flowpol --example bench_conn --example hook_hold
 
 LAB="bo$$"
@@ -52,10 +52,7 @@ in_pod server 0 "$CONN" server --listen "$SERVER_IP" --ports 9000 > "$WORK/conn.
 sleep 1
 sysctl -qw kernel.bpf_stats_enabled=1
 
-conns() {
-  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds "$DUR" --threads 8 \
-    --warmup "$WARMUP" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
-}
+conns() { lab_conn_rate "$SERVER_IP" 9000 "$DUR" "$WARMUP"; }
 # run NAME PATH|built-in|none: one connection-rate run; prints `NAME rate run_time_ns runs`.
 run() {
   if [ "$2" = none ]; then echo "$1 $(conns) 0 0"; return; fi
@@ -97,12 +94,13 @@ per_round() { # per_round NAME: NAME's rate over its round's rate without progra
     }' "$WORK/runs"
 }
 CONFIGS=$#
+mean_rate() { awk -v o="$1" '$1 == o {s += $2; n++} END {printf "%.0f", s / n}' "$WORK/runs"; }
 printf '%-16s %12s %8s %24s %20s\n' object "conn/s" ratio "round ratio mean +- 95%" "ns/run (bpf_stats)"
-none_mean=$(awk '$1 == "none" {s += $2; n++} END {printf "%.0f", s / n}' "$WORK/runs")
+none_mean=$(mean_rate none)
 printf '%-16s %12s %8s %24s %20s\n' none "$none_mean" 1 - -
 for item in $OBJECTS; do
   name=${item%%:*}
-  rate=$(awk -v o="$name" '$1 == o {s += $2; n++} END {printf "%.0f", s / n}' "$WORK/runs")
+  rate=$(mean_rate "$name")
   ns=$(awk -v o="$name" '$1 == o {t += $3; c += $4} END {printf "%.1f", (c > 0 ? t / c : 0)}' "$WORK/runs")
   mapfile -t ratios < <(per_round "$name")
   printf '%-16s %12s %8s %24s %20s\n' "$name" "$rate" \

@@ -34,7 +34,7 @@ CONN_RATE=${CONN_RATE:-1}
 STORM_SECONDS=${STORM_SECONDS:-30}
 CLIENTS=${STORM_CLIENTS:-2}
 STORM_THREADS=${STORM_THREADS:-8}
-[ -x "$BIN" ] || { echo "bench-pods: $BIN missing: run 'make build'" >&2; exit 1; }
+need_flowpol bench-pods
 command -v iperf3 >/dev/null || { echo "bench-pods: iperf3 missing: run 'make setup'" >&2; exit 1; }
 cargo build -q --release -p flowpol --example bench_conn --example hook_hold
 
@@ -79,10 +79,9 @@ gbps() {
   [ "$THROUGHPUT" = 1 ] || { echo 0; return; }
   in_pod client 0 iperf3 -c "$SERVER_IP" -p 5201 -t "$DUR" -J | jq '.end.sum_received.bits_per_second / 1e9'
 }
-conns() { # connections/s, flat-out, 8 threads, kernel-chosen source ports, after the warm-up
+conns() { # connections/s after the warm-up (lab_conn_rate)
   [ "$CONN_RATE" = 1 ] || { echo 0; return; }
-  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds "$DUR" --threads 8 \
-    --warmup "$WARMUP" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
+  lab_conn_rate "$SERVER_IP" 9000 "$DUR" "$WARMUP"
 }
 
 # ROUNDS=0: the storm only.

@@ -31,10 +31,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use aya::Ebpf;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, TestRun, TestRunOptions};
-use aya::{Ebpf, EbpfLoader};
 
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
+#[path = "support/bpf_object.rs"]
+mod bpf_object;
 
 /// (program, attach type, what it adds)
 const MEASURED: [(&str, CgroupSkbAttachType, &str); 6] = [
@@ -179,15 +180,7 @@ fn main() -> anyhow::Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("capture_prog_cost needs root (BPF_PROG_TEST_RUN, cgroup attach, bpf_stats)");
     }
-    // FLOWPOL_BPF_OBJECT: an object file to measure instead of the built-in one
-    // (to compare variants of the programs without rebuilding this example).
-    let object = match std::env::var_os("FLOWPOL_BPF_OBJECT") {
-        Some(path) => {
-            Some(fs::read(&path).with_context(|| format!("FLOWPOL_BPF_OBJECT {path:?}"))?)
-        }
-        None => None,
-    };
-    let mut ebpf = EbpfLoader::new().load(object.as_deref().unwrap_or(PROGRAMS))?;
+    let mut ebpf = bpf_object::load()?;
     for (name, _, _) in MEASURED {
         program(&mut ebpf, name)?
             .load()

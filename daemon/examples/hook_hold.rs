@@ -10,10 +10,11 @@
 use std::io::Read;
 
 use anyhow::{Context, bail};
+use aya::Ebpf;
 use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType};
-use aya::{Ebpf, EbpfLoader};
 
-static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flowpol"));
+#[path = "support/bpf_object.rs"]
+mod bpf_object;
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut CgroupSkb> {
     let p = ebpf
@@ -34,13 +35,7 @@ fn main() -> anyhow::Result<()> {
     }
     let root = flowpol::capture::preflight::find_cgroup2_root()?;
     let cgroup = std::fs::File::open(&root).with_context(|| format!("open {}", root.display()))?;
-    let object = match std::env::var_os("FLOWPOL_BPF_OBJECT") {
-        Some(path) => {
-            Some(std::fs::read(&path).with_context(|| format!("FLOWPOL_BPF_OBJECT {path:?}"))?)
-        }
-        None => None,
-    };
-    let mut ebpf = EbpfLoader::new().load(object.as_deref().unwrap_or(PROGRAMS))?;
+    let mut ebpf = bpf_object::load()?;
     let mut links = Vec::new();
     for (name, attach) in [
         (egress, CgroupSkbAttachType::Egress),
