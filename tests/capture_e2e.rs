@@ -374,6 +374,83 @@ fn privileged_e2e_nftables_drop_and_unanswered_syn() {
     );
 }
 
+/// Two hosts on two separate bridges drop the same kind of packet; the agent is told to
+/// keep the drops of one namespace only. The other's are counted, never recorded.
+#[test]
+fn privileged_e2e_drop_netns_keeps_only_the_named_namespaces_drops() {
+    require_root();
+    let (kept, other) = (Lab::new(2), Lab::new(2));
+    let rules =
+        "chain input { type filter hook input priority 0; policy accept; udp dport 7790 drop; }";
+    let _nft_kept = NftTable::new(&kept.hosts[1].ns, "fpcnsdrop", rules);
+    let _nft_other = NftTable::new(&other.hosts[1].ns, "fpcnsdrop", rules);
+    let kept_ns = format!("/run/netns/{}", kept.hosts[1].ns.name);
+    let mut agent = Agent::start(&["--interval", "500ms", "--drop-netns", &kept_ns]);
+    for lab in [&kept, &other] {
+        let to = lab.hosts[1].v4;
+        lab.hosts[0].ns.within(move || {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            for _ in 0..4 {
+                s.send_to(&[7u8; 32], SocketAddr::new(to, 7790)).unwrap();
+            }
+        });
+    }
+    std::thread::sleep(Duration::from_millis(1200));
+    let records = agent.stop();
+    let drops_from = |lab: &Lab| -> u64 {
+        records
+            .iter()
+            .filter(|r| {
+                r["verdict"] == "dropped"
+                    && r["dst"]["port"] == 7790
+                    && r["src"]["ip"] == lab.hosts[0].v4.to_string()
+            })
+            .map(|r| r["packets"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(
+        drops_from(&kept),
+        4,
+        "the named namespace's drops: {records:?}"
+    );
+    assert_eq!(
+        drops_from(&other),
+        0,
+        "another namespace's drops: {records:?}"
+    );
+    // Counted at exit (`capture detached ... counters=... drops_other_netns=N`).
+    let exit = agent
+        .log
+        .iter()
+        .find(|l| l.contains("capture detached"))
+        .expect("exit line");
+    let other_count: u64 = exit
+        .split("drops_other_netns=")
+        .nth(1)
+        .and_then(|v| v.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no drops_other_netns counter: {exit}"));
+    assert!(other_count >= 4, "{exit}");
+
+    // A path that is not a network namespace: a clear error naming it, before capture.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_flowpol"))
+        .args([
+            "agent",
+            "--json-out",
+            "-",
+            "--drop-netns",
+            "/proc/self/ns/uts",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("--drop-netns /proc/self/ns/uts") && err.contains("not a network namespace"),
+        "{err}"
+    );
+}
+
 #[test]
 fn privileged_e2e_sigterm_during_traffic_loses_nothing_sent_before_it() {
     require_root();

@@ -1,33 +1,18 @@
 //! The lab for real: network namespaces, nftables, cgroups and processes (root).
-//! Each test uses its own lab id and state folder, so they run in parallel (the scenario test
-//! excepted, see [`LABS`]); a Drop guard tears the lab down even when an assertion fails.
+//! Each test uses its own lab id and state folder, so they run in parallel: every lab numbers
+//! its pods alike, and a checked lab's agent keeps only its own namespaces' drops
+//! (`--drop-netns`, the kfree_skb tracepoint being machine-wide). A Drop guard tears the lab
+//! down even when an assertion fails.
 #![cfg(target_os = "linux")]
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flowpol");
 static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// The scenario test's agent records every packet the kernel drops on the machine (the
-/// `kfree_skb` tracepoint is not per network namespace), and every lab numbers its pods from
-/// 10.244.0.10: while another lab of this binary runs, `lab run --check` can see that lab's
-/// drops under its own pods' addresses and names (seen once: a default-deny lab's blocked SYN to
-/// port 9000 reported as an unexpected flow of statefulset-peers). So the scenario test runs
-/// alone; the other lab tests share the lock and still run side by side.
-static LABS: RwLock<()> = RwLock::new(());
-
-fn lab_alone() -> RwLockWriteGuard<'static, ()> {
-    LABS.write().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn lab_beside_others() -> RwLockReadGuard<'static, ()> {
-    LABS.read().unwrap_or_else(PoisonError::into_inner)
-}
 
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/examples")
@@ -162,7 +147,6 @@ fn plan(lab: &TestLab) -> serde_json::Value {
 #[test]
 fn lab_up_serves_resolves_dnats_and_down_leaves_nothing_privileged() {
     require_root();
-    let _labs = lab_beside_others();
     let lab = TestLab::new();
     let scenario = examples().join("task-api");
     let up = lab.run(&["up", "--scenario", scenario.to_str().unwrap()]);
@@ -273,7 +257,6 @@ fn lab_up_serves_resolves_dnats_and_down_leaves_nothing_privileged() {
 #[test]
 fn lab_teardown_after_injected_failure_privileged() {
     require_root();
-    let _labs = lab_beside_others();
     for step in ["links", "nat", "ready", "probes"] {
         let lab = TestLab::new();
         let scenario = examples().join("three-tier");
@@ -296,7 +279,6 @@ fn lab_teardown_after_injected_failure_privileged() {
 #[test]
 fn lab_teardown_after_sigint_privileged() {
     require_root();
-    let _labs = lab_beside_others();
     for step in ["nat", "probes"] {
         let lab = TestLab::new();
         let scenario = examples().join("statefulset-peers");
@@ -350,7 +332,6 @@ fn agent_support() -> (bool, bool) {
 #[test]
 fn lab_run_plays_every_shipped_scenario_privileged() {
     require_root();
-    let _labs = lab_alone();
     let (capture, identity) = agent_support();
     if !capture {
         eprintln!(
@@ -450,7 +431,6 @@ fn lab_run_plays_every_shipped_scenario_privileged() {
 #[test]
 fn lab_enforce_drops_what_policies_deny_and_passes_the_rest_privileged() {
     require_root();
-    let _labs = lab_beside_others();
     let lab = TestLab::new();
     let scenario = examples().join("default-deny");
     let up = lab.run(&["up", "--scenario", scenario.to_str().unwrap(), "--enforce"]);

@@ -280,6 +280,34 @@ impl SkbOffsets {
     }
 }
 
+/// Offsets the drop program follows from a dropped packet to its network
+/// namespace's inode number (`flowpol agent --drop-netns`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetnsOffsets {
+    /// `sk_buff.dev`, `sk_buff.sk`.
+    pub skb_dev: u32,
+    pub skb_sk: u32,
+    /// `net_device.nd_net` (a `possible_net_t`: the `struct net *` is its one member).
+    pub dev_net: u32,
+    /// `sock.__sk_common.skc_net`.
+    pub sk_net: u32,
+    /// `net.ns.inum`.
+    pub net_inum: u32,
+}
+
+impl NetnsOffsets {
+    pub fn from_btf(btf: &Btf) -> Result<Self, BtfError> {
+        Ok(Self {
+            skb_dev: btf.member_offset("sk_buff", "dev")?,
+            skb_sk: btf.member_offset("sk_buff", "sk")?,
+            dev_net: btf.member_offset("net_device", "nd_net")?,
+            sk_net: btf.member_offset("sock", "__sk_common")?
+                + btf.member_offset("sock_common", "skc_net")?,
+            net_inum: btf.member_offset("net", "ns")? + btf.member_offset("ns_common", "inum")?,
+        })
+    }
+}
+
 /// The running kernel's drop reasons: number → name without the
 /// `SKB_DROP_REASON_` prefix (`NETFILTER_DROP`).
 #[derive(Debug, Clone, Default)]
@@ -472,6 +500,14 @@ mod tests {
         assert_eq!(off.transport_header.abs_diff(off.network_header), 2);
         assert!(off.head < 512 && off.network_header < 512);
         assert_ne!(off.head, off.network_header);
+        let ns = NetnsOffsets::from_btf(&btf).unwrap();
+        // Pointers are 8-byte aligned; `sk_buff.dev` shares the first cache line
+        // with next/prev, and `skc_net` sits in the socket's common header.
+        for off in [ns.skb_dev, ns.skb_sk, ns.dev_net, ns.sk_net] {
+            assert_eq!(off % 8, 0, "{ns:?}");
+        }
+        assert_eq!(ns.skb_dev, 16, "{ns:?}");
+        assert!(ns.sk_net < 128 && ns.net_inum.is_multiple_of(4), "{ns:?}");
         let reasons = DropReasons::from_btf(&btf).unwrap();
         assert!(reasons.not_specified > 0);
         assert!(reasons.names.values().any(|n| n == "NETFILTER_DROP"));

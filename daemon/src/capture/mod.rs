@@ -10,6 +10,7 @@ pub mod assemble;
 pub mod batch;
 pub mod btf;
 pub mod host;
+pub mod netns;
 pub mod preflight;
 pub mod tc;
 
@@ -28,10 +29,10 @@ use aya::programs::{
     TestRun, TestRunOptions,
 };
 use aya::{Ebpf, EbpfLoader};
-use btf::{Btf, BtfError, DropReasons, SkbOffsets};
+use btf::{Btf, BtfError, DropReasons, NetnsOffsets, SkbOffsets};
 use flowpol_common::{
-    CNT_FLOW_INSERTS, CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DropKey, DropStats, FlowKey,
-    FlowStats, OverflowEvent,
+    CNT_FLOW_INSERTS, CONTROL_ACTIVE, COUNTER_COUNT, COUNTER_NAMES, DROP_NETNS_ENTRIES, DropKey,
+    DropStats, FlowKey, FlowStats, OverflowEvent,
 };
 use tc::TcInterfaces;
 
@@ -61,6 +62,8 @@ pub enum CaptureError {
     },
     #[error("reading kernel BTF: {0}")]
     Btf(#[from] BtfError),
+    #[error(transparent)]
+    Netns(#[from] netns::NetnsError),
     #[error("loading the eBPF object into the kernel failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("eBPF program {name}: {source}")]
@@ -108,6 +111,10 @@ pub struct CaptureOptions {
     /// Kernel drop reasons (names, e.g. `TCP_OLD_DATA`) that are only counted
     /// (`drops_routine`), never recorded as drops.
     pub routine_drop_reasons: Vec<String>,
+    /// Network namespace files (`/run/netns/NAME`, `/proc/PID/ns/net`): when
+    /// any are given, only drops in those namespaces are recorded, the rest
+    /// counted (`drops_other_netns`). Empty: every drop on the machine.
+    pub drop_netns: Vec<PathBuf>,
 }
 
 impl CaptureOptions {
@@ -135,6 +142,7 @@ impl Default for CaptureOptions {
                 .iter()
                 .map(|r| r.to_string())
                 .collect(),
+            drop_netns: Vec::new(),
         }
     }
 }
@@ -204,7 +212,21 @@ impl Capture {
         let btf = Btf::from_sys_fs()?;
         let offsets = SkbOffsets::from_btf(&btf)?;
         let reasons = DropReasons::from_btf(&btf)?;
+        let drop_netns = netns::inodes(&options.drop_netns, DROP_NETNS_ENTRIES)?;
+        // Only a filtering agent needs them (a kernel without them still loads otherwise).
+        let ns_offsets = if drop_netns.is_empty() {
+            None
+        } else {
+            Some(NetnsOffsets::from_btf(&btf)?)
+        };
         drop(btf);
+        let ns = ns_offsets.unwrap_or(NetnsOffsets {
+            skb_dev: 0,
+            skb_sk: 0,
+            dev_net: 0,
+            sk_net: 0,
+            net_inum: 0,
+        });
         let (routine, unknown) = reasons.bitmap(&options.routine_drop_reasons);
         if !unknown.is_empty() {
             // Reason names come and go between kernels: not an error.
@@ -219,6 +241,12 @@ impl Capture {
             .override_global("SKB_OFF_NETWORK_HEADER", &offsets.network_header, true)
             .override_global("SKB_OFF_TRANSPORT_HEADER", &offsets.transport_header, true)
             .override_global("DROP_REASON_NOT_SPECIFIED", &reasons.not_specified, true)
+            .override_global("DROP_NETNS_FILTER", &u32::from(ns_offsets.is_some()), true)
+            .override_global("SKB_OFF_DEV", &ns.skb_dev, true)
+            .override_global("SKB_OFF_SK", &ns.skb_sk, true)
+            .override_global("DEV_OFF_NET", &ns.dev_net, true)
+            .override_global("SK_OFF_NET", &ns.sk_net, true)
+            .override_global("NET_OFF_INUM", &ns.net_inum, true)
             .override_global("ROUTINE_DROP_REASONS", &routine, true)
             .override_global(
                 "AGGREGATE_CLIENT_PORTS",
@@ -265,6 +293,15 @@ impl Capture {
         let host_addrs = take_map(&mut ebpf, "HOST_ADDRS")?;
         let server_ports = take_map(&mut ebpf, "SERVER_PORTS")?;
         let server_port_bits = take_map(&mut ebpf, "SERVER_PORT_BITS")?;
+        {
+            let mut kept: aya::maps::HashMap<_, u32, u8> = take_map(&mut ebpf, "DROP_NETNS")?;
+            for ino in &drop_netns {
+                kept.insert(ino, 1, 0).map_err(|source| CaptureError::Map {
+                    name: "DROP_NETNS",
+                    source,
+                })?;
+            }
+        }
         let cpus =
             aya::util::nr_cpus().map_err(|(path, source)| CaptureError::Cpus { path, source })?;
         let counters = take_map(&mut ebpf, "COUNTERS")?;

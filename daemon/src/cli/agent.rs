@@ -47,6 +47,16 @@ pub struct AgentArgs {
         env = "FLOWPOL_ROUTINE_DROP_REASONS"
     )]
     pub routine_drop_reasons: Vec<String>,
+    /// Record only the drops in these network namespaces (files such as
+    /// /run/netns/NAME or /proc/PID/ns/net; repeat or comma-separate); drops
+    /// elsewhere are counted (`drops_other_netns`). Default: every drop on the machine.
+    #[arg(
+        long,
+        value_name = "PATH",
+        value_delimiter = ',',
+        env = "FLOWPOL_DROP_NETNS"
+    )]
+    pub drop_netns: Vec<PathBuf>,
     /// Name of the node the agent runs on, stored with every flow, drain and
     /// capture loss it records (the DaemonSet sets NODE_NAME from spec.nodeName).
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
@@ -88,6 +98,7 @@ pub fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 .filter(|r| !r.eq_ignore_ascii_case("none") && !r.is_empty())
                 .cloned()
                 .collect(),
+            drop_netns: args.drop_netns.clone(),
         },
         interval: args.interval,
         node: args.node_name.clone().filter(|n| !n.is_empty()),

@@ -369,7 +369,17 @@ mod linux {
             // Only this lab's sockets: other labs (same addresses, other netns) and the
             // host's own traffic stay out of the report.
             .arg("--cgroup")
-            .arg(cg2.join(&lab.plan.cgroup_root));
+            .arg(cg2.join(&lab.plan.cgroup_root))
+            // Drops too: the kfree_skb tracepoint sees every namespace's.
+            .arg("--drop-netns")
+            .arg(
+                lab.plan
+                    .netns_names()
+                    .iter()
+                    .map(|n| format!("/run/netns/{n}"))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
         let mut child = cmd
             .stdin(std::process::Stdio::null())
             .stdout(logf)

@@ -257,10 +257,7 @@ fn build(
     write_state(&dir.join(CLUSTER_FILE), out.cluster_yaml)?;
 
     step("netns")?;
-    let mut names: Vec<&str> = vec![plan.node_netns.as_str()];
-    names.extend(plan.pods.iter().map(|p| p.netns.as_str()));
-    names.extend(plan.externals.iter().map(|e| e.netns.as_str()));
-    net::netns_add(sys, &names)?;
+    net::netns_add(sys, &plan.netns_names())?;
 
     step("node")?;
     net::sysctl(sys, &plan.node_netns, &net::NODE_SYSCTLS)?;

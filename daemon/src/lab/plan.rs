@@ -204,6 +204,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Names (under /run/netns) of every network namespace the lab makes: its
+    /// node's, its pods', its externals'.
+    pub fn netns_names(&self) -> Vec<&str> {
+        std::iter::once(self.node_netns.as_str())
+            .chain(self.pods.iter().map(|p| p.netns.as_str()))
+            .chain(self.externals.iter().map(|e| e.netns.as_str()))
+            .collect()
+    }
+}
+
+impl Plan {
     pub fn netns_prefix(lab_id: &str) -> String {
         format!("fpl-{lab_id}-")
     }

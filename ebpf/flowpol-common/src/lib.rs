@@ -133,7 +133,11 @@ pub const CNT_DROPS_ROUTINE: u32 = 9;
 /// Entries inserted into a flow map (socket or tc): the agent compares it with
 /// the count at the last flip to drain early when the active copy fills.
 pub const CNT_FLOW_INSERTS: u32 = 10;
-pub const COUNTER_COUNT: u32 = 11;
+/// kfree_skb of a packet outside the network namespaces the agent was told to
+/// keep drops of (`flowpol agent --drop-netns`), or whose namespace could not
+/// be read: counted, not recorded.
+pub const CNT_DROPS_OTHER_NETNS: u32 = 11;
+pub const COUNTER_COUNT: u32 = 12;
 
 /// Reasons the kernel frees packets for in normal operation: a duplicate of
 /// data already received (retransmission), the queue of a closing socket, a
@@ -167,6 +171,7 @@ pub const COUNTER_NAMES: [&str; COUNTER_COUNT as usize] = [
     "ipv6_ext_limit",
     "drops_routine",
     "flow_inserts",
+    "drops_other_netns",
 ];
 
 /// An address and port: the key of `SERVER_PORTS` (TCP servers learned from
@@ -180,6 +185,9 @@ pub struct EndpointKey {
     pub family: u8,
     pub _pad: u8,
 }
+
+/// Entries of the `DROP_NETNS` map: network namespaces whose drops are kept.
+pub const DROP_NETNS_ENTRIES: u32 = 4096;
 
 /// Entries of the `HOST_ADDRS` map (the node's addresses; more are not kept).
 pub const HOST_ADDR_ENTRIES: u32 = 1024;

@@ -74,6 +74,11 @@ static SERVER_PORT_BITS: Array<u64> = Array::with_max_entries(1024, 0);
 /// never aggregated (one entry would mix their cgroups).
 #[map]
 static HOST_ADDRS: HashMap<EndpointKey, u8> = HashMap::with_max_entries(HOST_ADDR_ENTRIES, 0);
+/// Network namespaces (their nsfs inode numbers) whose drops are recorded when
+/// `DROP_NETNS_FILTER` is 1 (`flowpol agent --drop-netns`): on a shared host,
+/// two labs number their pods alike, and the `kfree_skb` tracepoint is global.
+#[map]
+static DROP_NETNS: HashMap<u32, u8> = HashMap::with_max_entries(DROP_NETNS_ENTRIES, 0);
 /// Per CPU: `[jiffies, bpf_ktime_get_coarse_ns()]` read at that jiffy (see
 /// `coarse_now`). Kernel-internal: user space never reads it.
 #[map]
@@ -86,6 +91,21 @@ static SKB_OFF_HEAD: u32 = 0;
 static SKB_OFF_NETWORK_HEADER: u32 = 0;
 #[unsafe(no_mangle)]
 static SKB_OFF_TRANSPORT_HEADER: u32 = 0;
+// Where a packet's network namespace is (set by the loader with DROP_NETNS_FILTER):
+// sk_buff.dev / sk_buff.sk, net_device.nd_net, sock.__sk_common.skc_net, net.ns.inum.
+#[unsafe(no_mangle)]
+static SKB_OFF_DEV: u32 = 0;
+#[unsafe(no_mangle)]
+static SKB_OFF_SK: u32 = 0;
+#[unsafe(no_mangle)]
+static DEV_OFF_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static SK_OFF_NET: u32 = 0;
+#[unsafe(no_mangle)]
+static NET_OFF_INUM: u32 = 0;
+/// 1: only drops in a `DROP_NETNS` namespace are recorded.
+#[unsafe(no_mangle)]
+static DROP_NETNS_FILTER: u32 = 0;
 /// `SKB_DROP_REASON_NOT_SPECIFIED` of the running kernel; only larger reasons are kept.
 #[unsafe(no_mangle)]
 static DROP_REASON_NOT_SPECIFIED: u32 = 2;
@@ -910,6 +930,26 @@ fn drop_tuple(skb: u64) -> Option<(FlowKey, u8, u64)> {
     Some((key, flags, bytes))
 }
 
+/// The nsfs inode number of the namespace a dropped packet was in: its
+/// device's, else (a packet dropped before it had one) its socket's.
+#[inline(always)]
+fn drop_netns(skb: u64) -> Option<u32> {
+    let dev: u64 = read_kernel(skb + global(&SKB_OFF_DEV) as u64)?;
+    let net: u64 = if dev != 0 {
+        read_kernel(dev + global(&DEV_OFF_NET) as u64)?
+    } else {
+        let sk: u64 = read_kernel(skb + global(&SKB_OFF_SK) as u64)?;
+        if sk == 0 {
+            return None;
+        }
+        read_kernel(sk + global(&SK_OFF_NET) as u64)?
+    };
+    if net == 0 {
+        return None;
+    }
+    read_kernel(net + global(&NET_OFF_INUM) as u64)
+}
+
 #[inline(always)]
 fn add_drop(map: &PerCpuHashMap<DropKey, DropStats>, key: &DropKey, flags: u8, bytes: u64) {
     // Tracing programs may not use the coarse clock (seqlock); this one is rare.
@@ -973,8 +1013,15 @@ pub fn drop_kfree_skb(ctx: RawTracePointContext) -> i32 {
         count(CNT_DROPS_ROUTINE);
         return 0;
     }
-    count(CNT_DROPS_SEEN);
     let skb: u64 = ctx.arg(0);
+    if global(&DROP_NETNS_FILTER) != 0 {
+        let kept = drop_netns(skb).is_some_and(|ns| unsafe { DROP_NETNS.get(&ns) }.is_some());
+        if !kept {
+            count(CNT_DROPS_OTHER_NETNS);
+            return 0;
+        }
+    }
+    count(CNT_DROPS_SEEN);
     let Some((flow, flags, bytes)) = drop_tuple(skb) else {
         count(CNT_DROP_UNPARSABLE);
         return 0;
