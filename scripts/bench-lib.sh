@@ -19,7 +19,13 @@ HOLD=target/release/examples/hook_hold
 
 # need_flowpol WHAT: exit 1 naming the fix when $BIN is not built.
 need_flowpol() {
-  [ -x "$BIN" ] || { echo "$1: $BIN missing: run 'make build'" >&2; exit 1; }
+  [ -x "$BIN" ] && return
+  if [ -n "${FLOWPOL_BIN:-}" ]; then
+    echo "$1: FLOWPOL_BIN=$BIN is not an executable file" >&2
+  else
+    echo "$1: $BIN missing: run 'make build'" >&2
+  fi
+  exit 1
 }
 
 # mean VALUES...: their mean (3 decimals). spread VALUES...: "lowest-highest".
