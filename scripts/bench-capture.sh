@@ -8,6 +8,7 @@
 #  3. the socket programs' cost by stage, from a `return 1` floor to the production programs,
 #     with BPF_PROG_TEST_RUN and with bpf_stats on 200-byte UDP over loopback
 #     (examples/capture_prog_cost.rs);
+#     The drop program's cost is also taken with --drop-netns (the namespace filter on);
 #  4. the tc program's cost (bpf_stats): 200-byte UDP forwarded by a router namespace whose
 #     interfaces the agent, running in that namespace, watches with --tc-interfaces.
 # Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN, BENCH_RESULTS.
@@ -100,6 +101,17 @@ echo "eBPF program cost with 200-byte UDP datagrams for ${DUR}s (one packet per 
 prog_stats "$WORK/agent-all.log"
 agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
   result "prog.$p.ns_per_packet.udp200" "$ns" ns/pkt "<=100"
+done
+# The same flood with the drop program told to keep B's namespace only (--drop-netns): what
+# following each drop to its namespace costs (the receive-buffer drops above are all in B).
+: > "$WORK/agent-all.log"
+AGENT_ARGS=(--drop-netns "/run/netns/$B")
+start_agent
+ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
+stop_agent
+AGENT_ARGS=()
+agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
+  if [ "$p" = drop_kfree_skb ]; then result "prog.$p.ns_per_packet.udp200_drop_netns" "$ns" ns/pkt -; fi
 done
 echo
 echo "socket programs by stage (examples/capture_prog_cost.rs: test-run, then bpf_stats on loopback UDP):"

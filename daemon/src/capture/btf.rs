@@ -281,8 +281,9 @@ impl SkbOffsets {
 }
 
 /// Offsets the drop program follows from a dropped packet to its network
-/// namespace's inode number (`flowpol agent --drop-netns`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// namespace's inode number (`flowpol agent --drop-netns`). All 0 when
+/// unused: the program then never reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct NetnsOffsets {
     /// `sk_buff.dev`, `sk_buff.sk`.
     pub skb_dev: u32,

@@ -220,13 +220,7 @@ impl Capture {
             Some(NetnsOffsets::from_btf(&btf)?)
         };
         drop(btf);
-        let ns = ns_offsets.unwrap_or(NetnsOffsets {
-            skb_dev: 0,
-            skb_sk: 0,
-            dev_net: 0,
-            sk_net: 0,
-            net_inum: 0,
-        });
+        let ns = ns_offsets.unwrap_or_default();
         let (routine, unknown) = reasons.bitmap(&options.routine_drop_reasons);
         if !unknown.is_empty() {
             // Reason names come and go between kernels: not an error.
