@@ -130,9 +130,12 @@ pod() {
 }
 # in_pod WORKLOAD INDEX CMD...: CMD inside the pod's netns and its container's cgroup (so
 # `lab down` kills it with the pod).
+# LAB_CPUS (a taskset CPU list, e.g. 1): the pods' processes run on those CPUs only, so that
+# where the scheduler puts client and server threads stops moving the rate between runs.
 in_pod() {
-  local ns cg; ns=$(pod "$1" "$2" netns); cg=$(pod "$1" "$2" cgroup); shift 2
-  sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" ip netns exec "$ns" "$@"
+  local ns cg pin=(); ns=$(pod "$1" "$2" netns); cg=$(pod "$1" "$2" cgroup); shift 2
+  [ -z "${LAB_CPUS:-}" ] || pin=(taskset -c "$LAB_CPUS")
+  sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$LAB_CG2/$cg" "${pin[@]}" ip netns exec "$ns" "$@"
 }
 
 # syn_retrans WORKLOAD INDEX: the SYNs the pod's network namespace has sent again so far
