@@ -23,12 +23,7 @@ if [ "$(id -u)" != 0 ]; then
   rm -rf "$work"
   exit 0
 fi
-# The agent measured is $BIN: built here only when it is the workspace's own binary.
-if [ -z "${FLOWPOL_BIN:-}" ]; then
-  [ -x "$BIN" ] || cargo build -q --release -p flowpol
-else
-  need_flowpol bench-api
-fi
+build_flowpol bench-api
 ns="fpapi-bench-$$"
 agent=""
 cleanup() {

@@ -91,11 +91,16 @@ if [ "$ROUNDS" -gt 0 ]; then
   prog_stats "$WORK/agent-all.log"
 fi
 
-# One packet per run: small UDP datagrams (no GSO), agent attached.
-: > "$WORK/agent-all.log"
-start_agent
-ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
-stop_agent
+# One packet per run: small UDP datagrams (no GSO), agent attached. B's receive buffer
+# overflows, so drop_kfree_skb runs on drops too. udp200_flood: one such run, its agent's
+# log in agent-all.log.
+udp200_flood() {
+  : > "$WORK/agent-all.log"
+  start_agent
+  ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
+  stop_agent
+}
+udp200_flood
 echo
 echo "eBPF program cost with 200-byte UDP datagrams for ${DUR}s (one packet per run; bpf_stats):"
 prog_stats "$WORK/agent-all.log"
@@ -104,11 +109,8 @@ agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
 done
 # The same flood with the drop program told to keep B's namespace only (--drop-netns): what
 # following each drop to its namespace costs (the receive-buffer drops above are all in B).
-: > "$WORK/agent-all.log"
 AGENT_ARGS=(--drop-netns "/run/netns/$B")
-start_agent
-ip netns exec "$A" iperf3 -c 10.214.9.2 -p 5201 -u -b 0 -l 200 -t "$DUR" >/dev/null
-stop_agent
+udp200_flood
 AGENT_ARGS=()
 agent_prog_stats "$WORK/agent-all.log" | while read -r p n ns; do
   if [ "$p" = drop_kfree_skb ]; then result "prog.$p.ns_per_packet.udp200_drop_netns" "$ns" ns/pkt -; fi

@@ -28,6 +28,16 @@ need_flowpol() {
   exit 1
 }
 
+# build_flowpol WHAT: the workspace's flowpol built when missing; FLOWPOL_BIN, another binary,
+# is never built here, only checked (need_flowpol).
+build_flowpol() {
+  if [ -z "${FLOWPOL_BIN:-}" ]; then
+    [ -x "$BIN" ] || cargo build -q --release -p flowpol --bin flowpol
+  else
+    need_flowpol "$1"
+  fi
+}
+
 # mean VALUES...: their mean (3 decimals). spread VALUES...: "lowest-highest".
 mean() { printf '%s\n' "$@" | awk '{s+=$1} END {printf "%.3f", s/NR}'; }
 spread() { printf '%s\n' "$@" | sort -n | awk '{v[NR]=$1} END {printf "%s-%s", v[1], v[NR]}'; }

@@ -56,11 +56,9 @@ conns() { lab_conn_rate "$SERVER_IP" 9000 "$DUR" "$WARMUP"; }
 # run NAME PATH|built-in|none: one connection-rate run; prints `NAME rate run_time_ns runs`.
 run() {
   if [ "$2" = none ]; then echo "$1 $(conns) 0 0"; return; fi
-  if [ "$2" = built-in ]; then
-    coproc HOOK { exec "$HOLD" flow_egress flow_ingress; }
-  else
-    coproc HOOK { FLOWPOL_BPF_OBJECT=$2 exec "$HOLD" flow_egress flow_ingress; }
-  fi
+  local object=()
+  [ "$2" = built-in ] || object=(env FLOWPOL_BPF_OBJECT="$2")
+  coproc HOOK { exec "${object[@]}" "$HOLD" flow_egress flow_ingress; }
   local line
   read -r line <&"${HOOK[0]}" || { echo "bench-objects: hook_hold failed for $2" >&2; exit 1; }
   local rate stats

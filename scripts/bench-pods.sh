@@ -11,7 +11,8 @@
 #     (completed + SYN retransmissions, target 100 %), next to the agent's loss counters
 #     (capture_losses table and its exit log).
 # eBPF program cost per run (bpf_stats) is reported for the lab TCP rounds and for the storm.
-# Needs root. Env: LAB_CPUS (a CPU list: the pods' processes pinned there, bench-lib.sh), ROUNDS (10), SECONDS_PER_RUN (5), WARMUP (5: seconds of connections before each
+# Needs root. Env: LAB_CPUS (a CPU list: the pods' processes pinned there, bench-lib.sh),
+# ROUNDS (10), SECONDS_PER_RUN (5), WARMUP (5: seconds of connections before each
 # measured connection-rate window, uncounted, so that the window holds the agent's steady state:
 # one interval, 5 s, has gone by and its drains and SQLite writes fall inside the window; 0 to
 # measure from attach, as before 2026-11-22), THROUGHPUT (1; 0: the rounds measure the

@@ -15,7 +15,7 @@ PODS=${PODS:-10000}
 ROOT=${BENCH_DIR:-$(mktemp -d)}
 [ -n "${BENCH_DIR:-}" ] || trap 'rm -rf "$ROOT"' EXIT
 cargo build -q --release -p flowpol --example bench_recommend
-[ -x target/release/flowpol ] || cargo build -q --release -p flowpol --bin flowpol
+build_flowpol bench-recommend
 # measure WHAT PODS TARGET_S TARGET_MIB CMD...: runs CMD (stdout to $DIR/WHAT.out) under
 # /usr/bin/time; records its wall time and peak RSS.
 measure() {

@@ -213,14 +213,14 @@ impl Capture {
         let offsets = SkbOffsets::from_btf(&btf)?;
         let reasons = DropReasons::from_btf(&btf)?;
         let drop_netns = netns::inodes(&options.drop_netns, DROP_NETNS_ENTRIES)?;
+        let netns_filter = !drop_netns.is_empty();
         // Only a filtering agent needs them (a kernel without them still loads otherwise).
-        let ns_offsets = if drop_netns.is_empty() {
-            None
+        let ns = if netns_filter {
+            NetnsOffsets::from_btf(&btf)?
         } else {
-            Some(NetnsOffsets::from_btf(&btf)?)
+            NetnsOffsets::default()
         };
         drop(btf);
-        let ns = ns_offsets.unwrap_or_default();
         let (routine, unknown) = reasons.bitmap(&options.routine_drop_reasons);
         if !unknown.is_empty() {
             // Reason names come and go between kernels: not an error.
@@ -235,7 +235,7 @@ impl Capture {
             .override_global("SKB_OFF_NETWORK_HEADER", &offsets.network_header, true)
             .override_global("SKB_OFF_TRANSPORT_HEADER", &offsets.transport_header, true)
             .override_global("DROP_REASON_NOT_SPECIFIED", &reasons.not_specified, true)
-            .override_global("DROP_NETNS_FILTER", &u32::from(ns_offsets.is_some()), true)
+            .override_global("DROP_NETNS_FILTER", &u32::from(netns_filter), true)
             .override_global("SKB_OFF_DEV", &ns.skb_dev, true)
             .override_global("SKB_OFF_SK", &ns.skb_sk, true)
             .override_global("DEV_OFF_NET", &ns.dev_net, true)

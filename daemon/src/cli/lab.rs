@@ -376,7 +376,7 @@ mod linux {
                 lab.plan
                     .netns_names()
                     .iter()
-                    .map(|n| format!("/run/netns/{n}"))
+                    .map(|n| lab::sys::netns_path(n).display().to_string())
                     .collect::<Vec<_>>()
                     .join(","),
             );

@@ -707,7 +707,7 @@ fn spawn_client(
     // Like spawn_in, but stdout is piped back to us (stderr goes to the log).
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
-    let netns_path = PathBuf::from("/run/netns").join(netns);
+    let netns_path = sys::netns_path(netns);
     let nsf = std::fs::File::open(&netns_path).map_err(|err| SysError::Io {
         path: netns_path.clone(),
         err,

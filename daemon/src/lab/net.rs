@@ -258,7 +258,7 @@ pub fn netns_del(sys: &dyn Sys, names: &[String]) -> Result<(), SysError> {
 
 /// Named netns whose name starts with `prefix` (from /run/netns, no command needed).
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/run/netns")
+    let mut v: Vec<String> = std::fs::read_dir(super::sys::NETNS_DIR)
         .into_iter()
         .flatten()
         .flatten()

@@ -212,9 +212,7 @@ impl Plan {
             .chain(self.externals.iter().map(|e| e.netns.as_str()))
             .collect()
     }
-}
 
-impl Plan {
     pub fn netns_prefix(lab_id: &str) -> String {
         format!("fpl-{lab_id}-")
     }

@@ -193,6 +193,14 @@ pub fn parallel<T: Sync, E: Send>(
     })
 }
 
+/// Where `ip netns` keeps the files of named network namespaces.
+pub const NETNS_DIR: &str = "/run/netns";
+
+/// The file of the named network namespace `name`.
+pub fn netns_path(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
 /// Where a spawned process goes: a named network namespace and a cgroup.
 pub struct Placement<'a> {
     /// Name under /run/netns.
@@ -211,7 +219,7 @@ pub fn spawn_in(
     place: &Placement<'_>,
     env: &[(&str, &str)],
 ) -> Result<Child, SysError> {
-    let netns_path = PathBuf::from("/run/netns").join(place.netns);
+    let netns_path = netns_path(place.netns);
     let netns = File::open(&netns_path).map_err(io(&netns_path))?;
     let procs_path = place.cgroup.join("cgroup.procs");
     let procs = std::fs::OpenOptions::new()
