@@ -186,3 +186,29 @@ sum_field() {
   local field=$1; shift
   sed -E "s/(^|.* )$field=([0-9]+).*/\2/" "$@" | awk '{s+=$1} END {print s+0}'
 }
+
+# window_rates TIMELINE MARKS: the rate of each marked window of one `bench_conn --timeline`
+# run. TIMELINE: `UNIX_SECONDS COMPLETED` lines (every 100 ms); MARKS: `STATE FROM TO` lines
+# (wall-clock seconds, in order). Prints `STATE RATE` per window, the completed count at FROM and
+# TO read by linear interpolation between the samples around them.
+window_rates() {
+  awk 'FNR == NR { t[++n] = $1; c[n] = $2; next }
+    function at(x,   lo, hi, mid) {
+      if (x <= t[1]) return c[1]
+      if (x >= t[n]) return c[n]
+      lo = 1; hi = n
+      while (hi - lo > 1) { mid = int((lo + hi) / 2); if (t[mid] <= x) lo = mid; else hi = mid }
+      return c[lo] + (c[hi] - c[lo]) * (x - t[lo]) / (t[hi] - t[lo])
+    }
+    { printf "%s %.1f\n", $1, (at($3) - at($2)) / ($3 - $2) }' "$1" "$2"
+}
+
+# sandwich_ratios STATE < WINDOW_RATES: for each STATE window between two `without` windows, its
+# rate over the mean of those two (`window_rates` output on stdin), one per line: a ratio whose
+# reference brackets it in time, so that drift of the machine's speed over seconds cancels.
+sandwich_ratios() {
+  awk -v want="$1" '{ s[NR] = $1; r[NR] = $2 } END {
+    for (i = 2; i < NR; i++)
+      if (s[i] == want && s[i-1] == "without" && s[i+1] == "without" && r[i-1] + r[i+1] > 0)
+        printf "%.4f\n", r[i] / ((r[i-1] + r[i+1]) / 2) }'
+}

@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
-# Traffic between lab pods (`flowpol lab`) with and without the agent (see BENCHMARKS.md):
-#  1. TCP throughput (iperf3) and connection rate (bench_conn, short connections flat-out)
-#     from a client pod to a server pod, without the agent, with `flowpol agent`, and with the
-#     bare cgroup hooks only (`examples/hook_hold.rs`: programs that return 1, no agent), in
-#     ROUNDS rounds whose order rotates, bpf_stats off, as ratios of the means (targets >= 0.97
-#     and >= 0.95), then one round with the agent and bpf_stats on for program cost;
-#  2. a connection storm: every client pod opens connections flat-out for STORM_SECONDS with the
+# Traffic between lab pods (`flowpol lab`) with and without the agent (see BENCHMARKS.md),
+# bpf_stats off:
+#  1. TCP throughput (iperf3) from a client pod to a server pod, without the agent, with
+#     `flowpol agent`, and with the bare cgroup hooks only (`examples/hook_hold.rs`: programs
+#     that return 1, no agent), in ROUNDS rounds whose order rotates, as a ratio of the means
+#     (target >= 0.97);
+#  2. connection rate (bench_conn, short connections flat-out, 8 threads): one client run,
+#     under which the agent and the bare hooks are switched on and off in CONN_CYCLES cycles of
+#     windows `without, agent, without, hooks`; each agent window's rate over the mean of the
+#     two `without` windows around it, averaged (target >= 0.95), with its 95 % interval;
+#  then one more pass with the agent and bpf_stats on for program cost, and the CPU share of
+#  the capture (perf);
+#  3. a connection storm: every client pod opens connections flat-out for STORM_SECONDS with the
 #     agent recording, each connection on its own 5-tuple; the connections the agent recorded for
 #     those pods and ports (the `connections` of their rows) are compared with those opened
 #     (completed + SYN retransmissions, target 100 %), next to the agent's loss counters
 #     (capture_losses table and its exit log).
-# eBPF program cost per run (bpf_stats) is reported for the lab TCP rounds and for the storm.
+# eBPF program cost per run (bpf_stats) is reported for the lab TCP traffic and for the storm.
 # Needs root. Env: LAB_CPUS (a CPU list: the pods' processes pinned there, bench-lib.sh),
-# ROUNDS (10), SECONDS_PER_RUN (5), WARMUP (5: seconds of connections before each
-# measured connection-rate window, uncounted, so that the window holds the agent's steady state:
-# one interval, 5 s, has gone by and its drains and SQLite writes fall inside the window; 0 to
-# measure from attach, as before 2026-11-22), THROUGHPUT (1; 0: the rounds measure the
-# connection rate only, for many short rounds of it), CONN_RATE (1; 0: the rounds measure the
-# throughput only), STORM_SECONDS (30), STORM_CLIENTS (2),
+# ROUNDS (10; 0: the storm only), SECONDS_PER_RUN (5: each throughput run and each
+# connection-rate window), WARMUP (5: seconds of connections before the first window, and
+# before the measured seconds of the program-cost and CPU-share passes, uncounted),
+# CONN_CYCLES (30), CONN_SETTLE (1: seconds between the agent or the hooks attaching and their
+# window), THROUGHPUT (1; 0: no throughput rounds), CONN_RATE (1; 0: no connection-rate run),
+# STORM_SECONDS (30), STORM_CLIENTS (2),
 # STORM_THREADS (8 per client pod), STORM_AGENT_ARGS (extra `flowpol agent` flags, e.g.
 # "--flow-map-entries 262144"), STORM_DEPLOYED (1: the storm's agent also resolves identity from
 # the lab's manifests and serves the API, as the DaemonSet runs it), STORM_SCOPE (root: the agent at the cgroup v2 root, as deployed,
@@ -29,9 +35,13 @@ need_root bench-pods
 ROUNDS=${ROUNDS:-10}
 DUR=${SECONDS_PER_RUN:-5}
 WARMUP=${WARMUP:-5}
+CONN_CYCLES=${CONN_CYCLES:-30}
+CONN_SETTLE=${CONN_SETTLE:-1}
 THROUGHPUT=${THROUGHPUT:-1}
 CONN_RATE=${CONN_RATE:-1}
 [ "$THROUGHPUT" = 1 ] || [ "$CONN_RATE" = 1 ] || { echo "bench-pods: THROUGHPUT=0 and CONN_RATE=0 leave the rounds nothing to measure" >&2; exit 2; }
+[[ "$CONN_CYCLES" =~ ^[1-9][0-9]*$ ]] || { echo "bench-pods: CONN_CYCLES=$CONN_CYCLES: want a whole number >= 1" >&2; exit 2; }
+[[ "$CONN_SETTLE" =~ ^[0-9]+(\.[0-9]+)?$ ]] || { echo "bench-pods: CONN_SETTLE=$CONN_SETTLE: want seconds (e.g. 1 or 0.5)" >&2; exit 2; }
 STORM_SECONDS=${STORM_SECONDS:-30}
 CLIENTS=${STORM_CLIENTS:-2}
 STORM_THREADS=${STORM_THREADS:-8}
@@ -91,68 +101,95 @@ if [ "$ROUNDS" -gt 0 ]; then
   # reads the clock twice around every program run (~75 ns a run here, see BENCHMARKS.md), a
   # cost the agent does not have. Program cost is measured in its own pass below.
   sysctl -qw kernel.bpf_stats_enabled=0
-  tb=(); tw=(); th=(); cb=(); cw=(); ch=(); rt=(); rc=(); rht=(); rhc=(); dr=()
   ratio() { awk -v a="$1" -v b="$2" 'BEGIN {printf "%.3f", (b > 0 ? a/b : 0)}'; }
-  without() { b=$(gbps); c=$(conns); }
-  with() {
-    start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
-    w=$(gbps); d=$(conns)
-    stop_agent
-    # Its drains, the final one at exit included (its exit log line).
-    dr+=("$(log_field "$WORK/agent.log" "capture detached" drains)")
-  }
   # The hooks alone: programs that only return 1 at the same two cgroup hooks, no agent. What
   # any cgroup_skb capture costs before it does anything (the floor under the agent's ratio).
-  hook() {
+  hooks_on() {
     coproc HOOK { "$HOLD"; }
     local line; read -r line <&"${HOOK[0]}" || { echo "hook_hold failed" >&2; exit 1; }
-    h=$(gbps); e=$(conns)
-    exec {HOOK[1]}>&-; wait "$HOOK_PID" || true
   }
-  echo "rounds of ${DUR}s each (connections: after ${WARMUP}s of uncounted warm-up): without the agent,"
-  echo "with it, and with the bare hooks only, the order"
-  echo "rotating every round so that drift on the machine hits all three alike:"
+  hooks_off() { exec {HOOK[1]}>&-; wait "$HOOK_PID" || true; }
+fi
+if [ "$ROUNDS" -gt 0 ] && [ "$THROUGHPUT" = 1 ]; then
+  tb=(); tw=(); th=(); rt=(); rht=()
+  without() { b=$(gbps); }
+  with() { start_agent "$WORK/agent.log" --db "$WORK/rounds.db"; w=$(gbps); stop_agent; }
+  hook() { hooks_on; h=$(gbps); hooks_off; }
+  echo "throughput: rounds of ${DUR}s each without the agent, with it, and with the bare hooks"
+  echo "only, the order rotating every round so that drift on the machine hits all three alike:"
   for r in $(seq 1 "$ROUNDS"); do
     case $((r % 3)) in
       1) without; with; hook ;;
       2) with; hook; without ;;
       0) hook; without; with ;;
     esac
-    tb+=("$b"); tw+=("$w"); th+=("$h"); cb+=("$c"); cw+=("$d"); ch+=("$e")
-    rt+=("$(ratio "$w" "$b")"); rc+=("$(ratio "$d" "$c")")
-    rht+=("$(ratio "$h" "$b")"); rhc+=("$(ratio "$e" "$c")")
-    printf 'round %d: throughput %.2f / %.2f / %.2f Gbit/s, connections %s / %s / %s per s (without / agent / hooks)\n' \
-      "$r" "$b" "$w" "$h" "$c" "$d" "$e"
+    tb+=("$b"); tw+=("$w"); th+=("$h")
+    rt+=("$(ratio "$w" "$b")"); rht+=("$(ratio "$h" "$b")")
+    printf 'round %d: throughput %.2f / %.2f / %.2f Gbit/s (without / agent / hooks)\n' "$r" "$b" "$w" "$h"
   done
-  mtb=$(mean "${tb[@]}"); mtw=$(mean "${tw[@]}"); mcb=$(mean "${cb[@]}"); mcw=$(mean "${cw[@]}")
-  mth=$(mean "${th[@]}"); mch=$(mean "${ch[@]}")
-  echo "lab pods, $ROUNDS rounds of ${DUR}s (per-round ratios: throughput $(spread "${rt[@]}"), connections $(spread "${rc[@]}")):"
-  if [ "$THROUGHPUT" = 1 ]; then
-    result pods.tcp_throughput.without_agent "$mtb" Gbit/s -
-    result pods.tcp_throughput.with_agent "$mtw" Gbit/s -
-    result pods.tcp_throughput.ratio "$(ratio "$mtw" "$mtb")" ratio ">=0.97"
-    result pods.tcp_throughput.round_ratio_mean "$(mean "${rt[@]}")" ratio -
-    result pods.tcp_throughput.round_ratio_ci95 "$(ci95 "${rt[@]}")" "+-ratio" -
-  fi
-  if [ "$CONN_RATE" = 1 ]; then
-    result pods.conn_rate.without_agent "$(printf %.0f "$mcb")" conn/s -
-    result pods.conn_rate.with_agent "$(printf %.0f "$mcw")" conn/s -
-    result pods.conn_rate.ratio "$(ratio "$mcw" "$mcb")" ratio ">=0.95"
-    result pods.conn_rate.round_ratio_mean "$(mean "${rc[@]}")" ratio -
-    result pods.conn_rate.round_ratio_ci95 "$(ci95 "${rc[@]}")" "+-ratio" -
-    result pods.conn_rate.agent_drains_per_round "$(mean "${dr[@]}")" drains -
-  fi
-  echo "the bare hooks (programs that only return 1, no agent) against the same rounds without:"
-  if [ "$THROUGHPUT" = 1 ]; then
-    result pods.tcp_throughput.hooks_only "$mth" Gbit/s -
-    result pods.tcp_throughput.hooks_only_ratio "$(ratio "$mth" "$mtb")" ratio -
-  fi
-  if [ "$CONN_RATE" = 1 ]; then
-    result pods.conn_rate.hooks_only "$(printf %.0f "$mch")" conn/s -
-    result pods.conn_rate.hooks_only_ratio "$(ratio "$mch" "$mcb")" ratio -
-    result pods.conn_rate.hooks_only_round_ratio_mean "$(mean "${rhc[@]}")" ratio -
-    result pods.conn_rate.hooks_only_round_ratio_ci95 "$(ci95 "${rhc[@]}")" "+-ratio" -
-  fi
+  mtb=$(mean "${tb[@]}"); mtw=$(mean "${tw[@]}"); mth=$(mean "${th[@]}")
+  echo "lab pods, $ROUNDS rounds of ${DUR}s (per-round ratios $(spread "${rt[@]}")):"
+  result pods.tcp_throughput.without_agent "$mtb" Gbit/s -
+  result pods.tcp_throughput.with_agent "$mtw" Gbit/s -
+  result pods.tcp_throughput.ratio "$(ratio "$mtw" "$mtb")" ratio ">=0.97"
+  result pods.tcp_throughput.round_ratio_mean "$(mean "${rt[@]}")" ratio -
+  result pods.tcp_throughput.round_ratio_ci95 "$(ci95 "${rt[@]}")" "+-ratio" -
+  result pods.tcp_throughput.hooks_only "$mth" Gbit/s -
+  result pods.tcp_throughput.hooks_only_ratio "$(ratio "$mth" "$mtb")" ratio -
+fi
+if [ "$ROUNDS" -gt 0 ] && [ "$CONN_RATE" = 1 ]; then
+  # The connection rate drifts by several per cent over seconds with nothing changing (a
+  # 2-core VM; BENCHMARKS.md), more than the cost measured. So one client run connects
+  # flat-out throughout, recording its count every 100 ms (--timeline), while this script
+  # switches the capture on and off under it: CONN_CYCLES cycles of DUR-second windows
+  # `without, agent, without, hooks`, and a last `without`. Each agent (hooks) window is
+  # compared with the mean of the two `without` windows around it, a few seconds away.
+  # An agent window opens CONN_SETTLE s after the agent attached (its start-up, a one-time
+  # cost, stays outside) and lasts DUR s, one drain interval (5 s): one periodic drain with
+  # its SQLite write falls inside. The agent stops right after, outside any window.
+  tl=$WORK/conn.timeline; marks=$WORK/conn.marks; stopfile=$WORK/conn.stop
+  : > "$marks"
+  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds 1000000 --threads 8 \
+    --timeline "$tl" --stop-file "$stopfile" > "$WORK/conn-client.out" &
+  client_pid=$!
+  window() { # window STATE: DUR seconds marked as STATE
+    local from to; from=$(date +%s.%N); sleep "$DUR"; to=$(date +%s.%N)
+    echo "$1 $from $to" >> "$marks"
+  }
+  sleep "$WARMUP"
+  dr=()
+  echo "connection rate: one ${CONN_CYCLES}-cycle run, windows of ${DUR}s: without, agent, without, hooks"
+  for _ in $(seq 1 "$CONN_CYCLES"); do
+    window without
+    start_agent "$WORK/agent.log" --db "$WORK/rounds.db"
+    sleep "$CONN_SETTLE"; window agent; stop_agent
+    # Periodic drains while it ran (its exit line counts the final one at exit too).
+    dr+=("$(($(log_field "$WORK/agent.log" "capture detached" drains) - 1))")
+    window without
+    hooks_on; sleep "$CONN_SETTLE"; window hooks; hooks_off
+  done
+  window without
+  touch "$stopfile"; wait "$client_pid"
+  [ "$(wc -l < "$tl")" -gt 1 ] || { echo "bench-pods: the client wrote no timeline" >&2; cat "$WORK/conn-client.out" >&2; exit 1; }
+  window_rates "$tl" "$marks" > "$WORK/conn.rates"
+  state_rates() { awk -v s="$1" '$1 == s {print $2}' "$WORK/conn.rates"; }
+  mapfile -t cb < <(state_rates without); mapfile -t cw < <(state_rates agent); mapfile -t ch < <(state_rates hooks)
+  mapfile -t rc < <(sandwich_ratios agent < "$WORK/conn.rates")
+  mapfile -t rhc < <(sandwich_ratios hooks < "$WORK/conn.rates")
+  awk '{printf "%s%s %.0f", (NR > 1 ? ", " : "  windows (conn/s): "), $1, $2} END {print ""}' "$WORK/conn.rates" | fold -s -w 100
+  echo "lab pods, ${#rc[@]} agent and ${#rhc[@]} hooks windows of ${DUR}s (ratios to the windows around them: agent $(spread "${rc[@]}"), hooks $(spread "${rhc[@]}")):"
+  result pods.conn_rate.without_agent "$(printf %.0f "$(mean "${cb[@]}")")" conn/s -
+  result pods.conn_rate.with_agent "$(printf %.0f "$(mean "${cw[@]}")")" conn/s -
+  result pods.conn_rate.ratio "$(mean "${rc[@]}")" ratio ">=0.95"
+  result pods.conn_rate.ratio_ci95 "$(ci95 "${rc[@]}")" "+-ratio" -
+  result pods.conn_rate.ratio_of_means "$(ratio "$(mean "${cw[@]}")" "$(mean "${cb[@]}")")" ratio -
+  result pods.conn_rate.windows "${#rc[@]}" windows -
+  result pods.conn_rate.agent_drains_per_window "$(mean "${dr[@]}")" drains -
+  result pods.conn_rate.hooks_only "$(printf %.0f "$(mean "${ch[@]}")")" conn/s -
+  result pods.conn_rate.hooks_only_ratio "$(mean "${rhc[@]}")" ratio -
+  result pods.conn_rate.hooks_only_ratio_ci95 "$(ci95 "${rhc[@]}")" "+-ratio" -
+fi
+if [ "$ROUNDS" -gt 0 ]; then
   # Low-noise view of the same cost: while the client drives TRAFFIC flat-out with the agent
   # recording (bpf_stats off), the share of the machine's busy CPU that the capture takes:
   # the agent process (/proc/PID/stat) plus the kernel's side of the programs (perf samples in

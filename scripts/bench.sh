@@ -8,10 +8,12 @@
 # Root is needed for the kernel parts (capture, pods, the agent's RSS, lab): without it they
 # are skipped and their figures show as NOT MEASURED.
 #
-# Env knobs (the defaults finish in ~8 min on the 2-core build machine):
+# Env knobs (the defaults finish in ~16 min on the 2-core build machine):
 #   BENCH_PARTS        parts, in order (default: capture pods store api recommend engine identity lab)
 #   BENCH_RESULTS      results file (default target/bench/results-<UTC time>.txt)
-#   ROUNDS, SECONDS_PER_RUN   rounds without and with the agent between lab pods, order rotating (10, 5 s)
+#   ROUNDS, SECONDS_PER_RUN   throughput rounds without and with the agent between lab pods, order
+#                      rotating (10, 5 s); SECONDS_PER_RUN is also each connection-rate window
+#   CONN_CYCLES        connection-rate cycles (without, agent, without, hooks) in one client run (30)
 #   STORM_SECONDS, STORM_CLIENTS, STORM_THREADS, STORM_AGENT_ARGS   the connection storm (30 s, 2, 8)
 #   INGEST_ROWS        SQLite ingest rows (1 000 000)
 #   RECOMMEND_PODS     cluster sizes for recommend/audit/connectivity ("1000 10000")

@@ -4,6 +4,7 @@
 //!     bench_conn server --listen 10.0.0.2 --ports 9000-9003 [--threads 4]
 //!     bench_conn client --server 10.0.0.2 --ports 9000-9003 --seconds 30 [--threads 8]
 //!                       [--bind 10.0.0.3 --unique] [--rate N] [--warmup 5]
+//!                       [--timeline FILE] [--stop-file FILE]
 //!
 //! One connection: connect, send one byte, the server reads it and closes first (so TIME_WAIT
 //! sits on the server side and the client's ports stay free), the client reads EOF and closes.
@@ -12,7 +13,9 @@
 //! prints one line of `key=value` figures: completed, failed, seconds, rate (connections/s),
 //! min_1s and max_1s (slowest and fastest whole second). With `--warmup S` the client connects
 //! for S seconds first and counts only the `--seconds` after them (`warmup_connections` says how
-//! many came before).
+//! many came before). `--timeline FILE` records the running count every 100 ms, so that a
+//! script can read the rate of any window of one long run (`scripts/bench-pods.sh` switches the
+//! agent on and off inside one run); `--stop-file FILE` ends the run once FILE exists.
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::FromRawFd;
@@ -75,6 +78,15 @@ enum Command {
         /// whatever runs beside the load (an agent's periodic drains) reach its steady state.
         #[arg(long, default_value_t = 0)]
         warmup: u64,
+        /// Append `UNIX_SECONDS COMPLETED` to this file every 100 ms, from the start (warm-up
+        /// included): the rate over any window is read from it afterwards, e.g. while another
+        /// process switches the capture on and off during one run.
+        #[arg(long)]
+        timeline: Option<std::path::PathBuf>,
+        /// End the run early once this file exists (checked every second): a script that
+        /// drives a long `--timeline` run stops it when its last window is done.
+        #[arg(long)]
+        stop_file: Option<std::path::PathBuf>,
     },
 }
 
@@ -199,6 +211,8 @@ fn client(
     rate: u64,
     progress: Option<&std::path::Path>,
     warmup: u64,
+    timeline: Option<&std::path::Path>,
+    stop_file: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let threads = threads.max(1);
     let completed = Arc::new(AtomicU64::new(0));
@@ -267,6 +281,18 @@ fn client(
             }
         }));
     }
+    let timeline = timeline
+        .map(|path| {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("--timeline {}", path.display()))?;
+            let (completed, stop) = (Arc::clone(&completed), Arc::clone(&stop));
+            let path = path.to_path_buf();
+            Ok::<_, anyhow::Error>(std::thread::spawn(move || {
+                record_timeline(file, &completed, &stop)
+                    .with_context(|| format!("--timeline {}", path.display()))
+            }))
+        })
+        .transpose()?;
     // The measured window starts after the warm-up: its counts are differences from there.
     // Without one it is the whole run, so every connection made is counted (the storm
     // compares them with the flows stored).
@@ -301,13 +327,17 @@ fn client(
                 .and_then(|()| std::fs::rename(&tmp, p))
                 .with_context(|| format!("--progress {}", p.display()))?;
         }
-        if exhausted.load(Ordering::Relaxed) {
+        if exhausted.load(Ordering::Relaxed) || stop_file.is_some_and(|p| p.exists()) {
             break;
         }
     }
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         let _ = h.join();
+    }
+    if let Some(t) = timeline {
+        t.join()
+            .map_err(|_| anyhow::anyhow!("--timeline: writer panicked"))??;
     }
     let secs = window_started.elapsed().as_secs_f64();
     let done = completed.load(Ordering::Relaxed) - warm_done;
@@ -320,6 +350,33 @@ fn client(
         exhausted.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// Every 100 ms until `stop`: one line `UNIX_SECONDS COMPLETED`, wall-clock time so that a
+/// script can place its own `date +%s.%N` marks on the same axis.
+fn record_timeline(
+    file: std::fs::File,
+    completed: &AtomicU64,
+    stop: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut out = std::io::BufWriter::new(file);
+    let tick = Duration::from_millis(100);
+    let mut next = Instant::now();
+    loop {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let c = completed.load(Ordering::Relaxed);
+        writeln!(out, "{}.{:09} {c}", now.as_secs(), now.subsec_nanos())?;
+        out.flush()?;
+        if stop.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        next += tick;
+        if let Some(left) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(left);
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -341,6 +398,8 @@ fn main() -> anyhow::Result<()> {
             rate,
             progress,
             warmup,
+            timeline,
+            stop_file,
         } => client(
             server,
             &port_range(&ports)?,
@@ -353,6 +412,8 @@ fn main() -> anyhow::Result<()> {
             rate,
             progress.as_deref(),
             warmup,
+            timeline.as_deref(),
+            stop_file.as_deref(),
         ),
     }
 }
