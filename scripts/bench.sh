@@ -8,7 +8,7 @@
 # Root is needed for the kernel parts (capture, pods, the agent's RSS, lab): without it they
 # are skipped and their figures show as NOT MEASURED.
 #
-# Env knobs (the defaults finish in ~16 min on the 2-core build machine):
+# Env knobs (the defaults finish in ~20 min on the 2-core build machine):
 #   BENCH_PARTS        parts, in order (default: capture pods store api recommend engine identity lab)
 #   BENCH_RESULTS      results file (default target/bench/results-<UTC time>.txt)
 #   ROUNDS, SECONDS_PER_RUN   throughput rounds without and with the agent between lab pods, order

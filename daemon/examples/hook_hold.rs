@@ -3,7 +3,8 @@
 //! cost the traffic of a node (`scripts/bench-pods.sh`, the "hook only" rounds).
 //! Needs root. `hook_hold [EGRESS_PROGRAM INGRESS_PROGRAM]` (default
 //! `bench_floor bench_floor_ingress`: programs that only return 1; the agent
-//! never loads them). Prints `attached` once both are attached.
+//! never loads them); `-` for either leaves that hook empty (what one hook
+//! costs against two). Prints `attached` once they are attached.
 //! `FLOWPOL_BPF_OBJECT`: an object file to take the programs from instead of
 //! the built-in one (to compare variants of the programs on real traffic).
 
@@ -41,6 +42,9 @@ fn main() -> anyhow::Result<()> {
         (egress, CgroupSkbAttachType::Egress),
         (ingress, CgroupSkbAttachType::Ingress),
     ] {
+        if name == "-" {
+            continue;
+        }
         let prog = program(&mut ebpf, name)?;
         prog.load()?;
         links.push(prog.attach(&cgroup, attach, CgroupAttachMode::Single)?);
