@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Capture benchmarks (figures in BENCHMARKS.md):
 #  1. mean eBPF program cost per packet: kernel.bpf_stats_enabled=1, run_time_ns / run_cnt
-#     of each program, as logged by the agent when it stops;
+#     of each program, as logged by the agent when it stops; the drop program's cost also with
+#     --drop-netns (the namespace filter on);
 #  2. TCP throughput between two network namespaces without and with the agent
 #     attached, alternating in one run (iperf3), as a ratio (ROUNDS=0 skips it: scripts/bench.sh
 #     measures throughput between lab pods instead, scripts/bench-pods.sh);
 #  3. the socket programs' cost by stage, from a `return 1` floor to the production programs,
 #     with BPF_PROG_TEST_RUN and with bpf_stats on 200-byte UDP over loopback
 #     (examples/capture_prog_cost.rs);
-#     The drop program's cost is also taken with --drop-netns (the namespace filter on);
 #  4. the tc program's cost (bpf_stats): 200-byte UDP forwarded by a router namespace whose
 #     interfaces the agent, running in that namespace, watches with --tc-interfaces.
 # Env: ROUNDS (default 3), SECONDS_PER_RUN (default 5), FLOWPOL_BIN, BENCH_RESULTS.

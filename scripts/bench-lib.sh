@@ -73,12 +73,18 @@ client_ips_sql() {
   echo "$srcs"
 }
 
-# lab_conn_rate SERVER_IP PORT SECONDS WARMUP: connections/s from the first client pod to
-# SERVER_IP:PORT (a `bench_conn server` there), 8 threads flat-out, kernel-chosen source ports,
-# counted after WARMUP seconds of uncounted connections.
+# lab_conn_client SERVER_IP PORT FLAGS...: the benchmarks' connection load, from the first client
+# pod to SERVER_IP:PORT (a `bench_conn server` there), 8 threads flat-out, kernel-chosen source
+# ports; FLAGS: the run's other `bench_conn client` flags.
+lab_conn_client() {
+  local server=$1 port=$2; shift 2
+  in_pod client 0 "$CONN" client --server "$server" --ports "$port" --threads 8 "$@"
+}
+
+# lab_conn_rate SERVER_IP PORT SECONDS WARMUP: connections/s of that load, counted after WARMUP
+# seconds of uncounted connections.
 lab_conn_rate() {
-  in_pod client 0 "$CONN" client --server "$1" --ports "$2" --seconds "$3" --threads 8 \
-    --warmup "$4" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
+  lab_conn_client "$1" "$2" --seconds "$3" --warmup "$4" | sed -E 's/(^|.* )rate=([0-9]+).*/\2/'
 }
 
 # agent_prog_stats LOG: `program runs ns_per_run` per eBPF program from the agent's exit log

@@ -149,8 +149,8 @@ if [ "$ROUNDS" -gt 0 ] && [ "$CONN_RATE" = 1 ]; then
   # its SQLite write falls inside. The agent stops right after, outside any window.
   tl=$WORK/conn.timeline; marks=$WORK/conn.marks; stopfile=$WORK/conn.stop
   : > "$marks"
-  in_pod client 0 "$CONN" client --server "$SERVER_IP" --ports 9000 --seconds 1000000 --threads 8 \
-    --timeline "$tl" --stop-file "$stopfile" > "$WORK/conn-client.out" &
+  lab_conn_client "$SERVER_IP" 9000 --seconds 1000000 --timeline "$tl" --stop-file "$stopfile" \
+    > "$WORK/conn-client.out" &
   client_pid=$!
   window() { # window STATE: DUR seconds marked as STATE
     local from to; from=$(date +%s.%N); sleep "$DUR"; to=$(date +%s.%N)
